@@ -1,0 +1,163 @@
+"""Normalizing flows over feature vectors, built from FrEIA coupling blocks.
+
+The flow maps a feature ``x`` (any width) to a latent ``z`` with a standard-normal base density, so
+``log p(x) = log N(z; 0, I) + log|det dz/dx|`` in nats. It is the density model of FFS (box features),
+of FDE-style image-level scoring (classifier features) and of the flow-based scorers.
+"""
+import contextlib
+import math
+from typing import Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+import FrEIA.framework as Ff
+import FrEIA.modules as Fm
+
+__all__ = ["FeatureFlow", "build_flow", "COUPLINGS"]
+
+# name -> (FrEIA block, name of its clamp argument or None when the block has no affine part)
+COUPLINGS = {
+    "glow": (Fm.GLOWCouplingBlock, "clamp"),
+    "realnvp": (Fm.RNVPCouplingBlock, "clamp"),
+    "nice": (Fm.NICECouplingBlock, None),
+    "allinone": (Fm.AllInOneBlock, "affine_clamping"),
+}
+
+
+@contextlib.contextmanager
+def _numpy_seed(seed):
+    """FrEIA draws its permutations from numpy's global RNG; seed it for the block and restore it after."""
+    state = np.random.get_state()
+    if seed is not None:
+        np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _subnet(hidden: int):
+    def make(c_in: int, c_out: int) -> nn.Module:
+        net = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(), nn.Linear(hidden, c_out))
+        # zero last layer: every coupling starts as the identity, so a new flow is exactly N(0, I)
+        nn.init.zeros_(net[-1].weight)
+        nn.init.zeros_(net[-1].bias)
+        return net
+
+    return make
+
+
+class FeatureFlow(nn.Module):
+    """An invertible map ``x -> z`` on ``dim``-wide features with a standard-normal base density."""
+
+    def __init__(self, dim: int, coupling: str = "glow", blocks: int = 2, hidden: int = 2048,
+                 clamp: float = 2.0, permute: bool = True, seed: int = 0):
+        super().__init__()
+        if coupling not in COUPLINGS:
+            raise ValueError(f"unknown flow coupling {coupling!r}; choose one of {sorted(COUPLINGS)}")
+        if dim < 2:
+            raise ValueError(f"a coupling flow needs at least 2 feature dimensions, got dim={dim}")
+        if blocks < 1 or hidden < 1:
+            raise ValueError(f"flow blocks and hidden width must be >= 1, got blocks={blocks}, hidden={hidden}")
+        self.config = dict(dim=int(dim), coupling=coupling, blocks=int(blocks), hidden=int(hidden),
+                           clamp=float(clamp), permute=bool(permute), seed=seed)
+        self.dim = int(dim)
+        block, clamp_arg = COUPLINGS[coupling]
+        kwargs = {"subnet_constructor": _subnet(hidden)}
+        if clamp_arg is not None:
+            kwargs[clamp_arg] = clamp
+        self.inn = Ff.SequenceINN(dim)
+        with _numpy_seed(seed):
+            for _ in range(blocks):
+                self.inn.append(block, **kwargs)
+                # AllInOneBlock permutes internally; the other couplings only mix the two halves if permuted
+                if permute and coupling != "allinone":
+                    self.inn.append(Fm.PermuteRandom)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x (N, dim) -> (z (N, dim), log|det dz/dx| (N,))``."""
+        self._check(x)
+        z, log_det = self.inn(x)
+        return z, self._per_sample(log_det, x)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """``z (N, dim) -> x (N, dim)``."""
+        return self.inverse_with_log_det(z)[0]
+
+    def inverse_with_log_det(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``z -> (x, log|det dx/dz|)``; the log-det is minus the forward one at ``x``."""
+        self._check(z)
+        x, log_det = self.inn(z, rev=True)
+        return x, self._per_sample(log_det, z)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of each row of ``x`` in nats."""
+        z, log_det = self(x)
+        return standard_normal_log_prob(z) + log_det
+
+    def nll(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood (nats per sample); 0 with a live graph for an empty batch."""
+        return -self.log_prob(x).sum() / max(x.shape[0], 1)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """Draw ``n`` features: ``z ~ N(0, temperature^2 I)`` mapped through the inverse."""
+        z = torch.randn(n, self.dim, device=self._device(), dtype=self._dtype()) * temperature
+        return self.inverse(z)
+
+    def save(self, path: str) -> None:
+        torch.save({"config": self.config, "state_dict": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str, map_location="cpu") -> "FeatureFlow":
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
+            raise ValueError(f"{path}: not a saved FeatureFlow (expected keys 'config' and 'state_dict')")
+        flow = cls(**blob["config"])
+        flow.load_state_dict(blob["state_dict"])
+        return flow
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"flow expects features of shape (N, {self.dim}), got {tuple(x.shape)}")
+
+    @staticmethod
+    def _per_sample(log_det, x):
+        # FrEIA returns a python 0. for volume-preserving flows (NICE + permutations)
+        if not torch.is_tensor(log_det):
+            return x.new_zeros(x.shape[0])
+        return log_det.reshape(-1).expand(x.shape[0]) if log_det.numel() == 1 else log_det
+
+    def _device(self):
+        return next(self.parameters()).device
+
+    def _dtype(self):
+        return next(p for p in self.parameters() if p.is_floating_point()).dtype
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config.items())
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) per row, in nats."""
+    return -0.5 * (z * z).sum(dim=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+
+def build_flow(dim: int, coupling: str = "glow", blocks: int = 2, hidden: int = 2048, clamp: float = 2.0,
+               permute: bool = True, seed: int = 0) -> FeatureFlow:
+    """A :class:`FeatureFlow` over ``dim``-wide features.
+
+    Args:
+        dim: feature width (the box head's output width in the detector; any width works).
+        coupling: ``"glow"``, ``"realnvp"``, ``"nice"`` or ``"allinone"`` (FrEIA's AllInOneBlock).
+        blocks: number of coupling blocks.
+        hidden: width of each coupling's two-layer subnet.
+        clamp: soft clamp of the affine log-scales (ignored by NICE, which is volume preserving).
+        permute: put a fixed random permutation after each coupling (AllInOneBlock has its own).
+        seed: seed of those permutations, so every process builds the same flow.
+    """
+    return FeatureFlow(dim, coupling=coupling, blocks=blocks, hidden=hidden, clamp=clamp, permute=permute,
+                       seed=seed)
+
