@@ -31,12 +31,15 @@ def resolve_config_file(path: str) -> str:
     raise ConfigError(f"config file not found: {path!r} (also looked for {candidate})")
 
 
-def build_cfg(config_file: str = "", opts=(), *, cpu_fallback: bool = True):
-    """A detectron2 config with ffs_det's keys, merged from ``config_file`` then ``opts`` (KEY VALUE ...)."""
+def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: bool = True):
+    """A detectron2 config with ffs_det's keys, merged from ``config_file``, then each of ``extra_files``
+    (e.g. an inference config), then ``opts`` (KEY VALUE ...)."""
     cfg = get_cfg()
     add_ffs_config(cfg)
-    if config_file:
-        resolved = resolve_config_file(config_file)
+    for path in [config_file, *extra_files]:
+        if not path:
+            continue
+        resolved = resolve_config_file(path)
         try:
             cfg.merge_from_file(resolved)
         except KeyError as e:
