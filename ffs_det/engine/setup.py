@@ -60,6 +60,8 @@ def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: b
 
 def setup_cfg(args):
     """Build, freeze and log the config of a detectron2-style ``args`` (``config_file``, ``opts``)."""
+    if args.config_file:
+        args.config_file = resolve_config_file(args.config_file)  # default_setup reads it to log it
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
