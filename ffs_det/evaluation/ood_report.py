@@ -1,0 +1,232 @@
+"""The VOS/FFS OOD-detection report: ID and OOD records -> FPR95 / AUROC / AUPR table, files and plots.
+
+Protocol: a detection counts when its ``score`` (probability of its predicted inlier class) is >= a
+threshold. By default the threshold is the one maximising F1 of "kept" vs ``gt_matched`` on the ID
+records, with every ground-truth box counted as a positive (``meta["num_gt"]``); unannotated ID records
+need an explicit threshold. Kept ID detections are the positives and kept OOD detections the negatives of
+an OOD score (``energy`` by default, or ``score`` or any other 1-D array in the records; higher = more
+ID), and :func:`ffs_det.density.metrics.ood_metrics` computes the metrics.
+
+Everything is loaded, checked and rendered before anything is written, so a bad input leaves no output;
+each file is then written atomically.
+"""
+import csv
+import io
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..atomic_io import atomic_write_bytes
+from ..density.metrics import ood_metrics, optimal_f1_threshold, roc_curve_points
+from .records import load_records
+
+__all__ = ["RecordSet", "detection_threshold", "kept_scores", "evaluate_ood", "format_table", "render_report",
+           "write_report", "run_report", "METRIC_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_ood_positive")
+_NOT_SCORES = ("image_id", "pred_class", "gt_matched")
+
+
+@dataclass
+class RecordSet:
+    path: str
+    arrays: Dict[str, np.ndarray]
+    meta: dict
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["dataset"])
+
+    @classmethod
+    def load(cls, path: str) -> "RecordSet":
+        arrays, meta = load_records(path)
+        return cls(path, arrays, meta)
+
+
+def detection_threshold(id_set: RecordSet, thres: Optional[float] = None) -> Tuple[float, str, Optional[float]]:
+    """``(threshold, how it was chosen, F1 on the ID set or None)``."""
+    if thres is not None:
+        if not np.isfinite(thres):
+            raise ValueError(f"--thres must be a finite number, got {thres}")
+        return float(thres), "given (--thres)", None
+    if "gt_matched" not in id_set.arrays or "num_gt" not in id_set.meta:
+        raise ValueError(f"ID records {id_set.path} ({id_set.name}) are unannotated (no gt_matched / num_gt), so "
+                         "the optimal-F1 detection threshold cannot be computed: pass --thres")
+    if id_set.arrays["score"].size == 0:
+        raise ValueError(f"ID records {id_set.path} ({id_set.name}) hold no detections")
+    if id_set.meta["num_gt"] == 0:
+        raise ValueError(f"ID records {id_set.path} ({id_set.name}) have num_gt = 0: no ground truth to pick the "
+                         "optimal-F1 threshold from; pass --thres")
+    t, f1 = optimal_f1_threshold(id_set.arrays["score"], id_set.arrays["gt_matched"],
+                                 n_positive_total=id_set.meta["num_gt"])
+    return t, "optimal F1 on the ID records", f1
+
+
+def kept_scores(rs: RecordSet, threshold: float, score_key: str, role: str) -> np.ndarray:
+    """The ``score_key`` values (float64) of the detections with ``score >= threshold``."""
+    arr = rs.arrays.get(score_key)
+    usable = sorted(k for k, v in rs.arrays.items() if v.ndim == 1 and v.dtype.kind == "f" and k not in _NOT_SCORES)
+    if arr is None or score_key in _NOT_SCORES or arr.ndim != 1 or arr.dtype.kind != "f":
+        what = "has no" if arr is None else "has a non-score"
+        raise ValueError(f"{role} records {rs.path} {what} array {score_key!r}; usable --score-key values: "
+                         f"{', '.join(usable)}")
+    keep = rs.arrays["score"] >= threshold
+    if not keep.any():
+        raise ValueError(f"{role} records {rs.path} ({rs.name}): none of its {keep.size} detections has "
+                         f"score >= {threshold:.6g}; nothing to evaluate (lower --thres?)")
+    vals = arr[keep].astype(np.float64)
+    if not np.all(np.isfinite(vals)):
+        raise ValueError(f"{role} records {rs.path}: {score_key!r} has NaN or infinite values among kept detections")
+    return vals
+
+
+def _set_names(ood_sets: Sequence[RecordSet]) -> List[str]:
+    names = [rs.name for rs in ood_sets]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise ValueError(f"two --ood records are for dataset {name!r} ({ood_sets[names.index(name)].path}, "
+                             f"{ood_sets[i].path}); give each OOD set once")
+    return names
+
+
+def evaluate_ood(id_path: str, ood_paths: Sequence[str], thres: Optional[float] = None,
+                 score_key: str = "energy") -> dict:
+    """Load and check every records file, pick the threshold, and compute the metrics of each OOD set.
+
+    Returns ``{"id": {...}, "threshold": t, "threshold_source": str, "f1": f1 or None, "score_key": key,
+    "sets": {name: {"path", "metrics", "id_scores", "ood_scores"}}}`` (metrics as written to metrics.json).
+    """
+    if not ood_paths:
+        raise ValueError("give at least one --ood records file")
+    if len(set(map(os.path.abspath, ood_paths))) != len(ood_paths):
+        raise ValueError("the same --ood records file is given twice")
+    id_set = RecordSet.load(id_path)
+    ood_sets = [RecordSet.load(p) for p in ood_paths]
+    names = _set_names(ood_sets)
+    for rs in ood_sets:
+        if rs.meta["class_names"] != id_set.meta["class_names"]:
+            raise ValueError(f"OOD records {rs.path} come from a model with classes {rs.meta['class_names']}, "
+                             f"the ID records {id_path} from one with {id_set.meta['class_names']}")
+        if rs.meta["model"] != id_set.meta["model"]:
+            logger.warning("OOD records %s are from model %r, ID records from %r", rs.path, rs.meta["model"],
+                           id_set.meta["model"])
+    threshold, source, f1 = detection_threshold(id_set, thres)
+    id_scores = kept_scores(id_set, threshold, score_key, "ID")
+    report = {"id": {"path": id_path, "dataset": id_set.name, "model": id_set.meta["model"],
+                     "n_detections": int(id_set.arrays["score"].size)},
+              "threshold": threshold, "threshold_source": source, "f1": f1, "score_key": score_key, "sets": {}}
+    for name, rs in zip(names, ood_sets):
+        ood_scores = kept_scores(rs, threshold, score_key, "OOD")
+        m = ood_metrics(id_scores, ood_scores)
+        metrics = {k: m[k] for k in METRIC_KEYS}
+        metrics.update(threshold=threshold, n_id=m["n_id"], n_ood=m["n_ood"], score_key=score_key,
+                       score_at_tpr95=m["fpr95_threshold"])
+        report["sets"][name] = {"path": rs.path, "metrics": metrics, "id_scores": id_scores, "ood_scores": ood_scores}
+    return report
+
+
+def format_table(report: dict) -> str:
+    f1 = f", F1 {report['f1']:.3f}" if report["f1"] is not None else ""
+    lines = [f"ID: {report['id']['dataset']} ({report['id']['model']}); detection score >= "
+             f"{report['threshold']:.4f} ({report['threshold_source']}{f1}); OOD score: {report['score_key']} "
+             "(higher = more ID)",
+             f"{'OOD set':<24s} {'n_id':>7s} {'n_ood':>7s} {'FPR95%':>8s} {'AUROC%':>8s} {'AUPR-In%':>9s} "
+             f"{'AUPR-Out%':>9s}"]
+    for name, s in report["sets"].items():
+        m = s["metrics"]
+        lines.append(f"{name:<24s} {m['n_id']:>7d} {m['n_ood']:>7d} {100 * m['fpr95']:>8.2f} {100 * m['auroc']:>8.2f} "
+                     f"{100 * m['aupr_in']:>9.2f} {100 * m['aupr_out']:>9.2f}")
+    return "\n".join(lines)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "set"
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _roc_png(report: dict) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.add_subplot()
+    for name, s in report["sets"].items():
+        fpr, tpr, _ = roc_curve_points(s["id_scores"], s["ood_scores"])
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * s['metrics']['auroc']:.1f}%)")
+    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+    ax.axhline(0.95, color="0.5", lw=0.8, ls=":")
+    ax.set(xlabel="FPR (OOD detections kept)", ylabel="TPR (ID detections kept)", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"ROC, {report['score_key']}: {report['id']['dataset']} vs OOD")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _hist_png(report: dict, name: str) -> bytes:
+    from matplotlib.figure import Figure
+
+    s = report["sets"][name]
+    bins = np.histogram_bin_edges(np.concatenate([s["id_scores"], s["ood_scores"]]), bins=50)
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.add_subplot()
+    ax.hist(s["id_scores"], bins=bins, density=True, alpha=0.55, label=f"ID: {report['id']['dataset']}")
+    ax.hist(s["ood_scores"], bins=bins, density=True, alpha=0.55, label=f"OOD: {name}")
+    ax.axvline(s["metrics"]["score_at_tpr95"], color="k", lw=0.8, ls="--", label="95% of ID kept")
+    ax.set(xlabel=f"{report['score_key']} (higher = more ID)", ylabel="density",
+           title=f"FPR95 {100 * s['metrics']['fpr95']:.1f}%, AUROC {100 * s['metrics']['auroc']:.1f}%")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render_report(report: dict) -> Dict[str, bytes]:
+    """File name -> contents: metrics.json, metrics.csv, roc.png, hist_<set>.png."""
+    metrics = {name: s["metrics"] for name, s in report["sets"].items()}
+    files = {"metrics.json": (json.dumps(metrics, indent=2) + "\n").encode()}
+    buf = io.StringIO()
+    cols = ("ood_set", "score_key", "threshold", "n_id", "n_ood") + METRIC_KEYS
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    for name, m in metrics.items():
+        writer.writerow([name] + [m[c] for c in cols[1:]])
+    files["metrics.csv"] = buf.getvalue().encode()
+    files["roc.png"] = _roc_png(report)
+    for name in report["sets"]:
+        fname, i = f"hist_{_safe(name)}.png", 1
+        while fname in files:  # two set names that differ only in unsafe characters
+            i += 1
+            fname = f"hist_{_safe(name)}_{i}.png"
+        files[fname] = _hist_png(report, name)
+    return files
+
+
+def write_report(report: dict, output_dir: str) -> List[str]:
+    files = render_report(report)  # render everything first: nothing is written if this fails
+    os.makedirs(output_dir, exist_ok=True)
+    paths = []
+    for fname, data in files.items():
+        path = os.path.join(output_dir, fname)
+        atomic_write_bytes(path, data)
+        paths.append(path)
+    return paths
+
+
+def run_report(id_path: str, ood_paths: Sequence[str], output_dir: str, thres: Optional[float] = None,
+               score_key: str = "energy") -> Tuple[dict, List[str]]:
+    """Evaluate and write the report; returns ``(report, written paths)``."""
+    report = evaluate_ood(id_path, ood_paths, thres, score_key)
+    return report, write_report(report, output_dir)

@@ -1,0 +1,168 @@
+"""Per-detection records: one ``.npz`` per (model, dataset), written by apply_net and read by eval_ood.
+
+Arrays (N detections, K inlier classes):
+
+==============  ========  ===========  =========================================================
+key             dtype     shape        meaning
+==============  ========  ===========  =========================================================
+``image_id``    int64     (N,)         dataset image id
+``boxes``       float32   (N, 4)       XYXY, absolute pixels
+``pred_class``  int64     (N,)         predicted class in ``[0, K)``
+``score``       float32   (N,)         detection score: softmax probability of ``pred_class``
+``energy``      float32   (N,)         logsumexp of the K inlier logits (higher = more ID)
+``logits``      float32   (N, K + 1)   class logits, last column = background
+``features``    float32   (N, D)       optional: box features
+``gt_matched``  bool      (N,)         optional: matched a ground-truth box of its class (IoU >= 0.5)
+==============  ========  ===========  =========================================================
+
+Any other array is allowed if its first dimension is N (e.g. a box-level scorer's output). ``meta`` is a
+JSON object stored as a string: ``dataset``, ``model``, ``num_classes`` (K), ``class_names`` (K names),
+``config``, and ``num_gt`` (the number of ground-truth boxes, required with ``gt_matched``); more keys are
+allowed. Files are written atomically and read with ``allow_pickle=False``; every problem is a ValueError
+naming the file and the key.
+"""
+import io
+import json
+import os
+import zipfile
+import zlib
+from typing import Dict, Tuple
+
+import numpy as np
+
+from ..atomic_io import atomic_open
+
+__all__ = ["REQUIRED", "OPTIONAL", "REQUIRED_META", "save_records", "load_records", "validate_records"]
+
+# key -> (dtype, number of dimensions)
+REQUIRED = {
+    "image_id": (np.int64, 1),
+    "boxes": (np.float32, 2),
+    "pred_class": (np.int64, 1),
+    "score": (np.float32, 1),
+    "energy": (np.float32, 1),
+    "logits": (np.float32, 2),
+}
+OPTIONAL = {"features": (np.float32, 2), "gt_matched": (np.bool_, 1)}
+REQUIRED_META = ("dataset", "model", "num_classes", "class_names", "config")
+_FINITE = ("boxes", "score", "energy")
+
+
+def _fail(path: str, key: str, msg: str):
+    raise ValueError(f"records {path}: {key!r}: {msg}")
+
+
+def validate_records(arrays: Dict[str, np.ndarray], meta: dict, path: str = "<memory>") -> int:
+    """Check keys, dtypes, shapes and meta; return N. Raises ValueError naming ``path`` and the key."""
+    if "meta" in arrays:
+        _fail(path, "meta", "'meta' is reserved for the JSON metadata; pass it as meta")
+    for key in REQUIRED:
+        if key not in arrays:
+            _fail(path, key, f"missing (required: {', '.join(REQUIRED)})")
+    n = int(np.shape(arrays["image_id"])[0]) if np.ndim(arrays["image_id"]) else -1
+    for key, arr in arrays.items():
+        if not isinstance(arr, np.ndarray):
+            _fail(path, key, f"must be a numpy array, got {type(arr).__name__}")
+        if arr.dtype.kind not in "biuf":
+            _fail(path, key, f"must be a numeric or bool array, got dtype {arr.dtype}")
+        want = REQUIRED.get(key) or OPTIONAL.get(key)
+        if want is not None:
+            dtype, ndim = want
+            if arr.dtype != dtype:
+                _fail(path, key, f"dtype must be {np.dtype(dtype).name}, got {arr.dtype}")
+            if arr.ndim != ndim:
+                _fail(path, key, f"must have {ndim} dimension(s), got shape {arr.shape}")
+        if arr.ndim == 0 or arr.shape[0] != n:
+            _fail(path, key, f"length {arr.shape[0] if arr.ndim else 'scalar'} does not match image_id ({n})")
+    if arrays["boxes"].shape[1] != 4:
+        _fail(path, "boxes", f"must be (N, 4) XYXY, got shape {arrays['boxes'].shape}")
+    for key in _FINITE:
+        bad = ~np.isfinite(arrays[key])
+        if bad.any():
+            _fail(path, key, f"{int(bad.sum())} values are NaN or infinite")
+
+    if not isinstance(meta, dict):
+        _fail(path, "meta", f"must be a JSON object, got {type(meta).__name__}")
+    for key in REQUIRED_META:
+        if key not in meta:
+            _fail(path, "meta", f"missing key {key!r} (required: {', '.join(REQUIRED_META)})")
+    k = meta["num_classes"]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        _fail(path, "meta", f"num_classes must be a positive integer, got {k!r}")
+    names = meta["class_names"]
+    if not isinstance(names, list) or len(names) != k or not all(isinstance(s, str) for s in names):
+        _fail(path, "meta", f"class_names must be a list of {k} strings, got {names!r}")
+    if arrays["logits"].shape[1] != k + 1:
+        _fail(path, "logits", f"must have num_classes + 1 = {k + 1} columns, got shape {arrays['logits'].shape}")
+    pc = arrays["pred_class"]
+    if n and (pc.min() < 0 or pc.max() >= k):
+        _fail(path, "pred_class", f"values must be in [0, {k}), got range [{pc.min()}, {pc.max()}]")
+    if "gt_matched" in arrays:
+        num_gt = meta.get("num_gt")
+        if not isinstance(num_gt, int) or isinstance(num_gt, bool) or num_gt < 0:
+            _fail(path, "meta", f"num_gt must be a non-negative integer when gt_matched is present, got {num_gt!r}")
+        if int(arrays["gt_matched"].sum()) > num_gt:
+            _fail(path, "gt_matched", f"{int(arrays['gt_matched'].sum())} matches but only num_gt={num_gt} boxes")
+    return n
+
+
+def _coerce(key: str, arr) -> np.ndarray:
+    """Cast the known keys to their dtype when that loses nothing (e.g. float64 -> float32, int32 -> int64)."""
+    arr = np.asarray(arr)
+    want = REQUIRED.get(key) or OPTIONAL.get(key)
+    if want is None or arr.dtype == want[0]:
+        return arr
+    dtype = np.dtype(want[0])
+    ok = (dtype.kind == "f" and arr.dtype.kind in "fiu") or (dtype.kind == "i" and arr.dtype.kind in "iu"
+                                                              and np.can_cast(arr.dtype, dtype))
+    return arr.astype(dtype) if ok else arr
+
+
+def save_records(path: str, arrays: Dict[str, np.ndarray], meta: dict) -> str:
+    """Validate and write records to ``path`` atomically (temp file + ``os.replace``). Returns ``path``.
+
+    Known keys are cast to their dtype when the cast is safe (floats to float32, narrower ints to int64).
+    """
+    arrays = {k: _coerce(k, v) for k, v in arrays.items()}
+    validate_records(arrays, meta, path)
+    try:
+        meta_json = json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        _fail(path, "meta", f"not JSON-serialisable ({e})")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, meta=np.array(meta_json), **arrays)
+    with atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return path
+
+
+def load_records(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
+    """``(arrays, meta)`` from a records file, validated. FileNotFoundError if absent, else ValueError."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"records file not found: {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"records {path}: not a readable .npz file ({e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"records {path}: not an .npz archive (a single array of shape {np.shape(npz)})")
+    arrays = {}
+    with npz:
+        for key in npz.files:
+            try:
+                arrays[key] = npz[key]
+            except ValueError as e:  # object arrays need pickle
+                _fail(path, key, f"cannot be read without pickle ({e})")
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                _fail(path, key, f"corrupt entry ({e})")
+    if "meta" not in arrays:
+        _fail(path, "meta", "missing (a JSON string with dataset, model, num_classes, class_names, config)")
+    raw = arrays.pop("meta")
+    if raw.dtype.kind != "U" or raw.ndim != 0:
+        _fail(path, "meta", f"must be a JSON string, got dtype {raw.dtype} shape {raw.shape}")
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as e:
+        _fail(path, "meta", f"invalid JSON ({e})")
+    validate_records(arrays, meta, path)
+    return arrays, meta

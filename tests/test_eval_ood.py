@@ -1,0 +1,233 @@
+"""Records files and the OOD report (tools/eval_ood.py) on synthetic records."""
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ffs_det.density.metrics import ood_metrics, optimal_f1_threshold
+from ffs_det.evaluation.records import load_records, save_records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K = 3
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("eval_ood_cli", os.path.join(ROOT, "tools", "eval_ood.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+eval_ood = _load_cli()
+
+
+def make_records(n, seed, shift=0.0, annotated=True, dataset="voc_custom_val", extra=False):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (n, K + 1)).astype(np.float32)
+    logits[:, :K] += shift
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = probs[:, :K].argmax(1)
+    xy = rng.uniform(0, 100, (n, 2))
+    arrays = {
+        "image_id": rng.integers(1, 20, n).astype(np.int64),
+        "boxes": np.concatenate([xy, xy + rng.uniform(5, 40, (n, 2))], 1).astype(np.float32),
+        "pred_class": pred.astype(np.int64),
+        "score": probs[np.arange(n), pred].astype(np.float32),
+        "energy": np.log(np.exp(logits[:, :K]).sum(1)).astype(np.float32),
+        "logits": logits,
+        "features": rng.normal(0, 1, (n, 8)).astype(np.float32),
+    }
+    meta = {"dataset": dataset, "model": "m1", "num_classes": K, "class_names": ["a", "b", "c"],
+            "config": "MODEL: {}"}
+    if annotated:
+        arrays["gt_matched"] = rng.uniform(0, 1, n) < arrays["score"]
+        meta["num_gt"] = int(arrays["gt_matched"].sum()) + 7
+    if extra:
+        arrays["knn"] = rng.normal(shift, 1, n).astype(np.float32)
+    return arrays, meta
+
+
+@pytest.fixture
+def record_files(tmp_path):
+    paths = {}
+    for name, seed, shift, kw in [("id", 0, 1.0, {}), ("coco", 1, 0.0, {"annotated": False, "dataset": "coco_ood_val"}),
+                                  ("oi", 2, -0.5, {"annotated": False, "dataset": "openimages_ood_val"})]:
+        arrays, meta = make_records(400, seed, shift, extra=True, **kw)
+        paths[name] = save_records(str(tmp_path / f"{name}.npz"), arrays, meta)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------- records
+def test_records_roundtrip_and_coercion(tmp_path):
+    arrays, meta = make_records(50, 0)
+    arrays["energy"] = arrays["energy"].astype(np.float64)  # safe casts are applied on save
+    arrays["image_id"] = arrays["image_id"].astype(np.int32)
+    path = save_records(str(tmp_path / "r.npz"), arrays, meta)
+    got, got_meta = load_records(path)
+    assert got_meta == meta
+    assert set(got) == set(arrays)
+    assert got["energy"].dtype == np.float32 and got["image_id"].dtype == np.int64
+    for k in arrays:
+        np.testing.assert_array_equal(got[k], arrays[k].astype(got[k].dtype))
+    assert os.listdir(tmp_path) == ["r.npz"]  # no temporary file left behind
+
+
+def test_records_with_no_detections_roundtrip(tmp_path):
+    arrays, meta = make_records(0, 0)
+    got, _ = load_records(save_records(str(tmp_path / "empty.npz"), arrays, meta))
+    assert got["logits"].shape == (0, K + 1)
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda a, m: a.pop("energy"), "energy"),
+    (lambda a, m: a.__setitem__("score", a["score"][:-1]), "score"),
+    (lambda a, m: a.__setitem__("logits", a["logits"][:, :K]), "logits"),
+    (lambda a, m: a.__setitem__("boxes", a["boxes"][:, :3]), "boxes"),
+    (lambda a, m: a.__setitem__("pred_class", a["pred_class"] + K), "pred_class"),
+    (lambda a, m: a["energy"].__setitem__(3, np.nan), "energy"),
+    (lambda a, m: a.__setitem__("gt_matched", a["gt_matched"].astype(np.int8)), "gt_matched"),
+    (lambda a, m: m.pop("num_gt"), "meta"),
+    (lambda a, m: m.pop("class_names"), "meta"),
+    (lambda a, m: m.__setitem__("class_names", ["a"]), "meta"),
+])
+def test_malformed_records_are_rejected_on_save_and_load(tmp_path, mutate, key):
+    arrays, meta = make_records(30, 0)
+    mutate(arrays, meta)
+    path = str(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match=f"bad.npz: '{key}'"):
+        save_records(path, arrays, meta)
+    assert not os.path.exists(path)
+    # the same content written by hand is rejected when loaded
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    with pytest.raises(ValueError, match=f"bad.npz: '{key}'"):
+        load_records(path)
+
+
+def test_load_rejects_wrong_dtype_pickles_bad_meta_and_garbage(tmp_path):
+    arrays, meta = make_records(20, 0)
+    p = str(tmp_path / "f64.npz")
+    np.savez(p, meta=np.array(json.dumps(meta)), **dict(arrays, score=arrays["score"].astype(np.float64)))
+    with pytest.raises(ValueError, match="f64.npz: 'score': dtype must be float32"):
+        load_records(p)
+    p = str(tmp_path / "obj.npz")
+    np.savez(p, meta=np.array(json.dumps(meta)), **dict(arrays, note=np.array([{"x": 1}] * 20, dtype=object)))
+    with pytest.raises(ValueError, match="obj.npz: 'note'"):
+        load_records(p)
+    p = str(tmp_path / "meta.npz")
+    np.savez(p, meta=np.array("{not json"), **arrays)
+    with pytest.raises(ValueError, match="meta.npz: 'meta': invalid JSON"):
+        load_records(p)
+    p = str(tmp_path / "nometa.npz")
+    np.savez(p, **arrays)
+    with pytest.raises(ValueError, match="nometa.npz: 'meta'"):
+        load_records(p)
+    p = tmp_path / "garbage.npz"
+    p.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="garbage.npz"):
+        load_records(str(p))
+    with pytest.raises(FileNotFoundError, match="absent.npz"):
+        load_records(str(tmp_path / "absent.npz"))
+
+
+# ------------------------------------------------------------------------------------------------- report
+def _kept(path, thr, key):
+    arrays, _ = load_records(path)
+    return arrays[key][arrays["score"] >= thr]
+
+
+def test_eval_ood_end_to_end_matches_direct_metrics(record_files, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--ood", record_files["oi"],
+                          "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "coco_ood_val" in printed and "openimages_ood_val" in printed and "FPR95" in printed
+    assert sorted(os.listdir(out)) == ["hist_coco_ood_val.png", "hist_openimages_ood_val.png", "metrics.csv",
+                                       "metrics.json", "roc.png"]
+    for png in ("roc.png", "hist_coco_ood_val.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    id_arrays, id_meta = load_records(record_files["id"])
+    thr, _ = optimal_f1_threshold(id_arrays["score"], id_arrays["gt_matched"], n_positive_total=id_meta["num_gt"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["coco_ood_val", "openimages_ood_val"]
+    for name, key in (("coco_ood_val", "coco"), ("openimages_ood_val", "oi")):
+        m = metrics[name]
+        want = ood_metrics(_kept(record_files["id"], thr, "energy"), _kept(record_files[key], thr, "energy"))
+        assert m["threshold"] == pytest.approx(thr)
+        assert (m["n_id"], m["n_ood"]) == (want["n_id"], want["n_ood"])
+        for k in ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_ood_positive"):
+            assert m[k] == pytest.approx(want[k], abs=1e-12)
+            assert 0.0 <= m[k] <= 1.0
+    # the ID energies are shifted up: a working report sees clear separation
+    assert metrics["coco_ood_val"]["auroc"] > 0.75
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["ood_set"] for r in rows] == ["coco_ood_val", "openimages_ood_val"]
+    assert float(rows[0]["auroc"]) == pytest.approx(metrics["coco_ood_val"]["auroc"])
+
+
+def test_thres_and_score_key(record_files, tmp_path):
+    out = tmp_path / "r"
+    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--thres", "0.5",
+                          "--score-key", "score", "--output-dir", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())["coco_ood_val"]
+    id_kept, ood_kept = _kept(record_files["id"], 0.5, "score"), _kept(record_files["coco"], 0.5, "score")
+    want = ood_metrics(id_kept, ood_kept)
+    assert m["threshold"] == 0.5 and m["score_key"] == "score"
+    assert (m["n_id"], m["n_ood"]) == (id_kept.size, ood_kept.size)
+    assert m["auroc"] == pytest.approx(want["auroc"]) and m["fpr95"] == pytest.approx(want["fpr95"])
+    # a box-level scorer's output stored in the records works as a score key too
+    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--thres", "0.5",
+                          "--score-key", "knn", "--output-dir", str(tmp_path / "k")]) == 0
+    m_knn = json.loads((tmp_path / "k" / "metrics.json").read_text())["coco_ood_val"]
+    assert m_knn["auroc"] == pytest.approx(ood_metrics(_kept(record_files["id"], 0.5, "knn"),
+                                                       _kept(record_files["coco"], 0.5, "knn"))["auroc"])
+    # the default (optimal-F1) threshold is a different one
+    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir",
+                          str(tmp_path / "d")]) == 0
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["coco_ood_val"]["threshold"] != 0.5
+
+
+def _fails(args, tmp_path, capsys, match):
+    out = tmp_path / "out"
+    assert eval_ood.main(args + ["--output-dir", str(out)]) == 1
+    assert match in capsys.readouterr().err
+    assert not out.exists()  # no partial output
+
+
+def test_unannotated_id_needs_thres(record_files, tmp_path, capsys):
+    _fails(["--id", record_files["coco"], "--ood", record_files["oi"]], tmp_path, capsys, "pass --thres")
+    assert eval_ood.main(["--id", record_files["coco"], "--ood", record_files["oi"], "--thres", "0.3",
+                          "--output-dir", str(tmp_path / "ok")]) == 0
+
+
+def test_errors_leave_no_output(record_files, tmp_path, capsys):
+    bad = str(tmp_path / "bad.npz")
+    arrays, meta = make_records(10, 5, dataset="x")
+    np.savez(bad, meta=np.array(json.dumps(meta)), **dict(arrays, energy=arrays["energy"][:5]))
+    _fails(["--id", record_files["id"], "--ood", record_files["coco"], "--ood", bad], tmp_path, capsys,
+           "bad.npz: 'energy'")
+    _fails(["--id", record_files["id"], "--ood", record_files["coco"], "--thres", "1.5"], tmp_path, capsys,
+           "none of its")
+    _fails(["--id", record_files["id"], "--ood", record_files["coco"], "--score-key", "logits"], tmp_path, capsys,
+           "usable --score-key values: energy, knn, score")
+    _fails(["--id", record_files["id"], "--ood", record_files["coco"], "--ood", record_files["coco"]], tmp_path,
+           capsys, "given twice")
+    _fails(["--id", record_files["id"], "--ood", str(tmp_path / "missing.npz")], tmp_path, capsys, "missing.npz")
+    other = str(tmp_path / "other.npz")
+    arrays, meta = make_records(10, 6, dataset="y")
+    save_records(other, arrays, dict(meta, class_names=["x", "y", "z"]))
+    _fails(["--id", record_files["id"], "--ood", other], tmp_path, capsys, "classes")
+
+
+def test_cli_runs_as_a_script(record_files, tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval_ood.py"), "--id", record_files["id"],
+                           "--ood", record_files["coco"], "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "coco_ood_val" in proc.stdout and (out / "metrics.json").is_file()
