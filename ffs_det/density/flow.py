@@ -28,10 +28,16 @@ COUPLINGS = {
 
 @contextlib.contextmanager
 def _numpy_seed(seed):
-    """FrEIA draws its permutations from numpy's global RNG; seed it for the block and restore it after."""
+    """FrEIA draws its permutations from numpy's global RNG; seed it for the block and restore it after.
+
+    With ``seed=None`` the global RNG is used as is and advances, so that successive unseeded flows get
+    different permutations (restoring the state would give every unseeded flow the same ones).
+    """
+    if seed is None:
+        yield
+        return
     state = np.random.get_state()
-    if seed is not None:
-        np.random.seed(seed)
+    np.random.seed(seed)
     try:
         yield
     finally:
@@ -79,6 +85,8 @@ class FeatureFlow(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``x (N, dim) -> (z (N, dim), log|det dz/dx| (N,))``."""
         self._check(x)
+        if x.shape[0] == 0:  # FrEIA's AllInOneBlock indexes the first row; an empty batch maps to itself
+            return x.clone(), x.new_zeros(0)
         z, log_det = self.inn(x)
         return z, self._per_sample(log_det, x)
 
@@ -89,6 +97,8 @@ class FeatureFlow(nn.Module):
     def inverse_with_log_det(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``z -> (x, log|det dx/dz|)``; the log-det is minus the forward one at ``x``."""
         self._check(z)
+        if z.shape[0] == 0:
+            return z.clone(), z.new_zeros(0)
         x, log_det = self.inn(z, rev=True)
         return x, self._per_sample(log_det, z)
 
@@ -98,8 +108,19 @@ class FeatureFlow(nn.Module):
         return standard_normal_log_prob(z) + log_det
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood (nats per sample); 0 with a live graph for an empty batch."""
-        return -self.log_prob(x).sum() / max(x.shape[0], 1)
+        """Mean negative log-likelihood (nats per sample); 0 with a live graph for an empty batch.
+
+        For an empty batch the 0 is tied to every trainable parameter, so backward gives each of them a
+        (zero) gradient, as distributed data-parallel training needs on a step without foreground boxes.
+        """
+        if x.shape[0] == 0:
+            self._check(x)
+            zero = x.sum() * 0.0
+            for p in self.parameters():
+                if p.requires_grad:
+                    zero = zero + (p * 0.0).sum().to(zero.dtype)
+            return zero
+        return -self.log_prob(x).sum() / x.shape[0]
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
@@ -116,10 +137,16 @@ class FeatureFlow(nn.Module):
         if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
             raise ValueError(f"{path}: not a saved FeatureFlow (expected keys 'config' and 'state_dict')")
         flow = cls(**blob["config"])
+        # a new flow is built in the default dtype; keep the saved one (e.g. float64) so log_prob is unchanged
+        saved = [t for t in blob["state_dict"].values() if torch.is_tensor(t) and t.is_floating_point()]
+        if saved:
+            flow = flow.to(saved[0].dtype)
         flow.load_state_dict(blob["state_dict"])
         return flow
 
     def _check(self, x: torch.Tensor) -> None:
+        if not torch.is_tensor(x):
+            raise ValueError(f"flow expects a torch tensor of shape (N, {self.dim}), got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"flow expects features of shape (N, {self.dim}), got {tuple(x.shape)}")
 

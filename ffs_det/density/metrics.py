@@ -24,10 +24,18 @@ TPR_LEVEL = 0.95
 
 def check_scores(scores, name: str) -> np.ndarray:
     """Return ``scores`` as a 1-D float64 array, or raise a ValueError that names the problem."""
-    if hasattr(scores, "detach"):  # torch tensor
-        scores = scores.detach().cpu().numpy()
+    if hasattr(scores, "detach"):  # torch tensor; via float64, as numpy has no bfloat16
+        scores = scores.detach().cpu().double().numpy()
     try:
-        arr = np.asarray(scores, dtype=np.float64)
+        raw = np.asarray(scores)
+    except (TypeError, ValueError) as e:  # e.g. ragged nested lists
+        raise ValueError(f"{name}: scores must be numbers ({e})") from None
+    # numpy would silently parse numeric strings ("0.5") and drop imaginary parts; accept real numbers only
+    if raw.dtype.kind not in "biufO" or (raw.dtype.kind == "O" and any(
+            isinstance(v, (str, bytes)) for v in raw.reshape(-1))):
+        raise ValueError(f"{name}: scores must be real numbers, got dtype {raw.dtype}")
+    try:
+        arr = raw.astype(np.float64)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name}: scores must be numbers ({e})") from None
     if arr.ndim != 1:
@@ -72,6 +80,8 @@ def ood_metrics(id_scores, ood_scores, tpr_level: float = TPR_LEVEL) -> Dict[str
     ``aupr_out`` (fractions in [0, 1]), ``n_id`` and ``n_ood``. Raises ValueError on empty, non-finite or
     non-1-D input.
     """
+    if not 0.0 < tpr_level <= 1.0:
+        raise ValueError(f"tpr_level must be in (0, 1], got {tpr_level}")
     id_scores = check_scores(id_scores, "id_scores")
     ood_scores = check_scores(ood_scores, "ood_scores")
     thresholds, id_cum, ood_cum = _grouped_counts(id_scores, ood_scores)
@@ -114,6 +124,8 @@ def optimal_f1_threshold(scores, is_positive, n_positive_total=None) -> Tuple[fl
     pick the detection-score threshold from the ID set.
     """
     scores = check_scores(scores, "scores")
+    if hasattr(is_positive, "detach"):  # torch tensor
+        is_positive = is_positive.detach().cpu().numpy()
     pos = np.asarray(is_positive, dtype=bool)
     if pos.shape != scores.shape:
         raise ValueError(f"is_positive has shape {pos.shape}, scores have {scores.shape}")

@@ -38,6 +38,8 @@ class OutlierSynthesizer(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
+        if int(dim) < 1:
+            raise ValueError(f"feature width must be >= 1, got dim={dim}")
         self.dim = int(dim)
 
     def observe(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -51,10 +53,10 @@ class OutlierSynthesizer(nn.Module):
         return False
 
     def _empty(self) -> torch.Tensor:
-        ref = next(iter(self.buffers()), None)
+        ref = next((t for t in self.buffers() if t.is_floating_point()), None)
         if ref is None:
-            ref = next(iter(self.parameters()), torch.empty(0))
-        return torch.zeros(0, self.dim, device=ref.device)
+            ref = next((p for p in self.parameters() if p.is_floating_point()), torch.empty(0))
+        return torch.zeros(0, self.dim, device=ref.device, dtype=ref.dtype)
 
 
 class NoSynthesis(OutlierSynthesizer):
@@ -83,8 +85,7 @@ class FlowTailSynthesizer(OutlierSynthesizer):
 
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
-        p = next(self.flow.parameters())
-        z = torch.randn(self.sample_from, self.dim, device=p.device, dtype=p.dtype)
+        z = torch.randn(self.sample_from, self.dim, device=self.flow._device(), dtype=self.flow._dtype())
         x, log_det_inverse = self.flow.inverse_with_log_det(z)
         # log p(x) = log N(z) + log|det dz/dx| = log N(z) - log|det dx/dz|
         log_px = standard_normal_log_prob(z) - log_det_inverse
@@ -114,10 +115,20 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
 
     def observe(self, features, labels):
-        features = features.detach().to(self.queue.dtype)
-        for c in torch.unique(labels).tolist():
-            if not 0 <= c < self.num_classes:
-                raise ValueError(f"class label {c} outside [0, {self.num_classes})")
+        if features.dim() != 2 or features.shape[1] != self.dim:
+            raise ValueError(f"features must have shape (N, {self.dim}), got {tuple(features.shape)}")
+        if labels.shape != features.shape[:1]:
+            raise ValueError(f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}")
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        features = features.detach().to(device=self.queue.device, dtype=self.queue.dtype)
+        labels = labels.to(features.device)
+        classes = torch.unique(labels).tolist()
+        # validate every label before touching any queue, so a bad batch leaves the state unchanged
+        bad = [c for c in classes if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"class label {bad[0]} outside [0, {self.num_classes})")
+        for c in classes:
             new = features[labels == c][-self.queue_size:]
             n = new.shape[0]
             # FIFO: drop the n oldest rows, append the new ones at the end

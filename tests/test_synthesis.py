@@ -1,0 +1,286 @@
+"""Tests of outlier synthesis (ffs_det.density.synthesis): flow tail (FFS), Gaussian tail (VOS), none."""
+import numpy as np
+import pytest
+import torch
+
+from ffs_det.density.flow import build_flow
+from ffs_det.density.synthesis import (SYNTHESIS_KINDS, FlowTailSynthesizer, GaussianTailSynthesizer,
+                                       NoSynthesis, build_synthesizer)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny tensors: a single intra-op thread is faster and far steadier on a shared, busy CPU
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def random_flow(dim, coupling="glow", seed=0, std=0.15):
+    """A flow whose zero-initialised subnets got random weights, so its density is not just N(0, I)."""
+    flow = build_flow(dim, coupling=coupling, blocks=3, hidden=32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in flow.named_parameters():
+            if p.requires_grad:
+                noise = torch.randn(p.shape, generator=gen) * std
+                if "global_" in name:  # AllInOneBlock's global affine: perturb around its initial value
+                    p.add_(noise)
+                else:
+                    p.copy_(noise)
+    return flow
+
+
+# ---------------------------------------------------------------------------------------------- flow tail
+
+@pytest.mark.parametrize("coupling, std", [("glow", 0.25), ("allinone", 1.0)])
+def test_flow_tail_samples_are_in_the_low_likelihood_tail(coupling, std):
+    torch.manual_seed(0)
+    dim = 8
+    flow = random_flow(dim, coupling, std=std)
+    synth = build_synthesizer("flow", dim, flow=flow, sample_from=400, select=8)
+    with torch.no_grad():
+        reference = flow.log_prob(flow.sample(4000))
+        # the flow's volume change varies a lot, so ranking latents by log N(z) alone (or with the
+        # log-determinant's sign flipped) would rank the samples differently from their true likelihood
+        z = torch.randn(4000, dim)
+        x, _ = flow.inverse_with_log_det(z)
+        lp_x = flow.log_prob(x)
+        lp_z = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1)
+        rank_corr = np.corrcoef(np.argsort(np.argsort(lp_x.numpy())), np.argsort(np.argsort(lp_z.numpy())))[0, 1]
+        assert rank_corr < 0.9
+
+        for _ in range(3):
+            out = synth.sample()
+            lp_out = flow.log_prob(out)
+            # each synthetic outlier is less likely than at least 95% of ordinary flow samples
+            frac_above = (reference[None, :] > lp_out[:, None]).float().mean(dim=1)
+            assert (frac_above >= 0.95).all(), frac_above
+
+
+def test_flow_tail_output_is_detached_with_the_right_shape():
+    flow = random_flow(5)
+    synth = build_synthesizer("flow", 5, flow=flow, sample_from=50, select=3)
+    assert isinstance(synth, FlowTailSynthesizer) and synth.ready
+    out = synth.sample()
+    assert out.shape == (3, 5) and out.dtype == torch.float32
+    assert not out.requires_grad and out.grad_fn is None
+    # sampling must not leave anything for backward, even with grad enabled around it
+    with torch.enable_grad():
+        assert not synth.sample().requires_grad
+    synth.flow.double()  # samples follow the flow's dtype
+    assert synth.sample().dtype == torch.float64
+
+
+def test_flow_tail_observe_returns_a_flow_nll_loss_that_trains_the_flow():
+    torch.manual_seed(0)
+    flow = random_flow(4)
+    synth = build_synthesizer("flow", 4, flow=flow, sample_from=20, select=2)
+    features = (torch.randn(16, 4) * 2 + 1).requires_grad_()
+    losses = synth.observe(features, torch.zeros(16, dtype=torch.long))
+    assert set(losses) == {"loss_flow_nll"}
+    loss = losses["loss_flow_nll"]
+    assert loss.dim() == 0
+    assert torch.allclose(loss, flow.nll(features.detach()))
+    loss.backward()
+    grads = [p.grad for p in flow.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    # the loss trains the flow only: no gradient flows back into the features
+    assert features.grad is None
+
+
+def test_flow_tail_observe_on_no_boxes_still_reaches_the_flow():
+    flow = random_flow(4, "allinone")
+    synth = build_synthesizer("flow", 4, flow=flow)
+    loss = synth.observe(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))["loss_flow_nll"]
+    assert loss.item() == 0.0
+    loss.backward()
+    assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)
+
+
+def test_flow_tail_state_dict_contains_the_flow():
+    flow = random_flow(4)
+    synth = build_synthesizer("flow", 4, flow=flow)
+    keys = synth.state_dict().keys()
+    assert any(k.startswith("flow.") for k in keys)
+
+
+# ------------------------------------------------------------------------------------------ gaussian tail
+
+def feed(synth, cls, rows):
+    """Observe ``rows`` (a list of feature rows) all labelled ``cls``."""
+    x = torch.tensor(rows, dtype=torch.float32)
+    return synth.observe(x, torch.full((x.shape[0],), cls, dtype=torch.long))
+
+
+def test_gaussian_nothing_until_every_queue_is_full_then_select_per_class():
+    synth = build_synthesizer("gaussian", 2, num_classes=3, queue_size=4, sample_from=100, select=5)
+    assert isinstance(synth, GaussianTailSynthesizer)
+    gen = torch.Generator().manual_seed(0)
+
+    def rows(n, c):
+        return (torch.randn(n, 2, generator=gen) + 10 * c).tolist()
+
+    empty = synth.sample()
+    assert empty.shape == (0, 2) and empty.dtype == torch.float32 and not synth.ready
+    assert feed(synth, 0, rows(4, 0)) == {}  # class 0 full
+    assert synth.sample().shape == (0, 2)
+    feed(synth, 1, rows(10, 1))  # class 1 over-full (only the last 4 kept)
+    assert synth.sample().shape == (0, 2)
+    feed(synth, 2, rows(3, 2))  # class 2 one short
+    assert not synth.ready and synth.sample().shape == (0, 2)
+    assert synth.count.tolist() == [4, 4, 3]
+    feed(synth, 2, rows(1, 2))
+    assert synth.ready
+    out = synth.sample()
+    assert out.shape == (3 * 5, 2)
+    assert not out.requires_grad
+    # rows come class by class: class c's rows are around c's mean (10 * c, 10 * c)
+    centers = out.reshape(3, 5, 2).mean(dim=1)
+    for c in range(3):
+        assert torch.allclose(centers[c], torch.full((2,), 10.0 * c), atol=6.0)
+
+
+def test_gaussian_queue_is_fifo():
+    synth = build_synthesizer("gaussian", 2, num_classes=2, queue_size=3, sample_from=10, select=1)
+    feed(synth, 0, [[1, 1], [2, 2]])
+    feed(synth, 0, [[3, 3], [4, 4]])  # 1 (the oldest) is dropped
+    assert synth.queue[0].tolist() == [[2, 2], [3, 3], [4, 4]]
+    # a batch mixing classes goes to the right queues, in batch order
+    x = torch.tensor([[5.0, 5.0], [-1.0, -1.0], [6.0, 6.0], [-2.0, -2.0]])
+    synth.observe(x, torch.tensor([0, 1, 0, 1]))
+    assert synth.queue[0].tolist() == [[4, 4], [5, 5], [6, 6]]
+    assert synth.queue[1, -2:].tolist() == [[-1, -1], [-2, -2]]
+    assert synth.count.tolist() == [3, 2]
+    # more new rows than the queue holds: only the newest queue_size are kept
+    feed(synth, 1, [[10, 10], [11, 11], [12, 12], [13, 13], [14, 14]])
+    assert synth.queue[1].tolist() == [[12, 12], [13, 13], [14, 14]]
+    assert synth.count.tolist() == [3, 3]
+
+
+def test_gaussian_samples_are_in_each_class_tail():
+    torch.manual_seed(0)
+    dim, num_classes, select = 4, 3, 6
+    synth = build_synthesizer("gaussian", dim, num_classes=num_classes, queue_size=500, sample_from=2000,
+                              select=select)
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(dim, dim, generator=gen)
+    cov_true = a @ a.T + 0.5 * torch.eye(dim)
+    chol_true = torch.linalg.cholesky(cov_true)
+    means_true = torch.randn(num_classes, dim, generator=gen) * 8
+    for c in range(num_classes):
+        x = means_true[c] + torch.randn(500, dim, generator=gen) @ chol_true.T
+        synth.observe(x, torch.full((500,), c, dtype=torch.long))
+    out = synth.sample().double()
+    assert out.shape == (num_classes * select, dim)
+
+    # class means and the shared covariance, computed independently from the queues
+    q = synth.queue.double().numpy()
+    means = q.mean(axis=1)
+    centered = (q - means[:, None]).reshape(-1, dim)
+    cov = centered.T @ centered / centered.shape[0]
+    prec = torch.from_numpy(np.linalg.inv(cov))
+    means = torch.from_numpy(means)
+
+    def mahalanobis2(x, m):
+        d = x - m
+        return ((d @ prec) * d).sum(dim=-1)
+
+    # typical squared distances of draws from the fitted class Gaussian: chi^2 with dim degrees of freedom
+    typical = mahalanobis2(torch.from_numpy(np.random.default_rng(0).multivariate_normal(
+        means[0].numpy(), cov, size=20000)), means[0])
+    q99 = torch.quantile(typical, 0.99).item()  # about 13.3 for dim = 4
+    assert 12.0 < q99 < 14.5
+    for c in range(num_classes):
+        rows = out[c * select:(c + 1) * select]
+        d2 = torch.stack([mahalanobis2(rows, means[k]) for k in range(num_classes)])  # (classes, select)
+        assert (d2[c] > q99).all(), d2[c]  # far out in the tail of their own class ...
+        assert (d2.argmin(dim=0) == c).all()  # ... yet still nearest to their own class
+
+
+def test_gaussian_queues_are_checkpointed():
+    synth = build_synthesizer("gaussian", 3, num_classes=2, queue_size=5, sample_from=50, select=2)
+    gen = torch.Generator().manual_seed(0)
+    for c in range(2):
+        synth.observe(torch.randn(5, 3, generator=gen), torch.full((5,), c, dtype=torch.long))
+    state = synth.state_dict()
+    assert set(state) == {"queue", "count"}
+    assert state["queue"].shape == (2, 5, 3) and state["count"].tolist() == [5, 5]
+
+    fresh = build_synthesizer("gaussian", 3, num_classes=2, queue_size=5, sample_from=50, select=2)
+    assert not fresh.ready
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.queue, synth.queue) and torch.equal(fresh.count, synth.count)
+    assert fresh.ready and fresh.sample().shape == (4, 3)
+    # the restored state is a copy: new observations on one do not change the other
+    synth.observe(torch.ones(1, 3), torch.zeros(1, dtype=torch.long))
+    assert not torch.equal(fresh.queue, synth.queue)
+
+
+def test_gaussian_bad_labels_and_features_raise_and_leave_queues_unchanged():
+    synth = build_synthesizer("gaussian", 2, num_classes=2, queue_size=3, sample_from=10, select=1)
+    feed(synth, 0, [[1, 1]])
+    before_q, before_c = synth.queue.clone(), synth.count.clone()
+    with pytest.raises(ValueError, match="class label"):
+        synth.observe(torch.ones(2, 2), torch.tensor([0, 2]))  # class 0 is valid, class 2 is not
+    with pytest.raises(ValueError, match="class label"):
+        synth.observe(torch.ones(1, 2), torch.tensor([-1]))
+    with pytest.raises(ValueError):
+        synth.observe(torch.ones(2, 3), torch.tensor([0, 1]))  # wrong width
+    with pytest.raises(ValueError):
+        synth.observe(torch.ones(2, 2), torch.tensor([0]))  # one label for two rows
+    with pytest.raises(ValueError):
+        synth.observe(torch.ones(2, 2), torch.tensor([0.0, 1.0]))  # float labels
+    assert torch.equal(synth.queue, before_q) and torch.equal(synth.count, before_c)
+
+
+def test_gaussian_observe_of_no_boxes_changes_nothing():
+    synth = build_synthesizer("gaussian", 2, num_classes=2, queue_size=3, sample_from=10, select=1)
+    assert synth.observe(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)) == {}
+    assert synth.count.tolist() == [0, 0]
+
+
+# ------------------------------------------------------------------------------------------------- none
+
+def test_none_gives_nothing():
+    synth = build_synthesizer("none", 6)
+    assert isinstance(synth, NoSynthesis) and not synth.ready
+    assert synth.observe(torch.randn(3, 6), torch.zeros(3, dtype=torch.long)) == {}
+    out = synth.sample()
+    assert out.shape == (0, 6)
+    assert synth.state_dict() == {}
+
+
+# ------------------------------------------------------------------------------------------ bad arguments
+
+@pytest.mark.parametrize("kind, kwargs", [
+    ("vae", dict()),
+    ("", dict()),
+    ("flow", dict()),  # no flow given
+    ("flow", dict(flow="width 5")),  # flow of another width, built below
+    ("flow", dict(flow="ok", select=0)),
+    ("flow", dict(flow="ok", select=11, sample_from=10)),
+    ("gaussian", dict(num_classes=0)),
+    ("gaussian", dict(queue_size=0)),
+    ("gaussian", dict(select=0)),
+    ("gaussian", dict(select=300, sample_from=200)),
+    ("gaussian", dict(dim=0)),
+    ("none", dict(dim=-1)),
+])
+def test_invalid_arguments_raise_value_error(kind, kwargs):
+    kwargs = dict(kwargs)
+    dim = kwargs.pop("dim", 4)
+    if kwargs.get("flow") == "width 5":
+        kwargs["flow"] = build_flow(5, blocks=1, hidden=4)
+    elif kwargs.get("flow") == "ok":
+        kwargs["flow"] = build_flow(4, blocks=1, hidden=4)
+    with pytest.raises(ValueError):
+        build_synthesizer(kind, dim, **kwargs)
+
+
+def test_kinds_listed():
+    assert set(SYNTHESIS_KINDS) == {"flow", "gaussian", "none"}
+    for kind in SYNTHESIS_KINDS:
+        flow = build_flow(3, blocks=1, hidden=4) if kind == "flow" else None
+        assert build_synthesizer(kind, 3, flow=flow).kind == kind
