@@ -231,3 +231,26 @@ def test_cli_runs_as_a_script(record_files, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "coco_ood_val" in proc.stdout and (out / "metrics.json").is_file()
+
+
+def test_draw_marks_flagged_detections_on_images(tmp_path):
+    from PIL import Image
+
+    from ffs_det.data.shapes import generate_world
+    from ffs_det.evaluation.draw import ID_COLOUR, OOD_COLOUR
+
+    generate_world(str(tmp_path / "data" / "shapes"), {"train": 0, "val": 3, "ood": 3}, seed=2)
+    paths = []
+    for name, seed, shift in (("shapes_val", 0, 3.0), ("shapes_ood", 1, -3.0)):
+        arrays, meta = make_records(60, seed, shift, annotated=False, dataset=name)
+        arrays["image_id"] = (np.arange(60) % 3 + 1).astype(np.int64)
+        arrays["boxes"] = np.clip(arrays["boxes"], 0, 120)
+        paths.append(save_records(str(tmp_path / f"{name}.npz"), arrays, meta))
+    out = tmp_path / "drawn"
+    assert eval_ood.main(["--id", paths[0], "--ood", paths[1], "--thres", "0.2", "--draw", "2", "--dataset-dir",
+                          str(tmp_path / "data"), "--output-dir", str(out)]) == 0
+    for name, colour in (("shapes_val", ID_COLOUR), ("shapes_ood", OOD_COLOUR)):
+        files = sorted(os.listdir(out / "images" / name))
+        assert files == ["00000001.png", "00000002.png"]
+        pix = np.asarray(Image.open(out / "images" / name / files[0]).convert("RGB"))
+        assert (pix == colour).all(-1).sum() > 20  # box outlines in the expected colour

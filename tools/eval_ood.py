@@ -8,7 +8,9 @@
 
 Detections with score >= the threshold are kept (default: the optimal-F1 threshold on the annotated ID
 records); FPR95 / AUROC / AUPR-In / AUPR-Out of the kept ID vs OOD --score-key values (higher = more ID) are
-printed and written to DIR/metrics.json, DIR/metrics.csv, DIR/roc.png and DIR/hist_<set>.png.
+printed and written to DIR/metrics.json, DIR/metrics.csv, DIR/roc.png and DIR/hist_<set>.png. With
+--draw N, N images per set (built-in datasets under --dataset-dir) are drawn into DIR/images/<set>/ with the
+kept detections: green when the OOD score keeps them as ID (95%-TPR cut), red when it flags them as OOD.
 """
 import argparse
 import os
@@ -28,18 +30,28 @@ def parse_args(argv=None):
     p.add_argument("--score-key", default="energy",
                    help="1-D records array used as the OOD score, higher = more ID (default: energy; e.g. score)")
     p.add_argument("--output-dir", required=True, help="folder for metrics.json, metrics.csv and plots")
-    return p.parse_args(argv)
+    p.add_argument("--draw", type=int, default=0, metavar="N",
+                   help="also draw the kept detections on N images per set (built-in datasets; red = flagged OOD)")
+    p.add_argument("--dataset-dir", default=None, help="dataset root for --draw (default: $FFS_DATASETS or datasets)")
+    args = p.parse_args(argv)
+    if args.draw < 0:
+        p.error("--draw must be >= 0")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        report, paths = run_report(args.id, args.ood, args.output_dir, args.thres, args.score_key)
+        report, paths = run_report(args.id, args.ood, args.output_dir, args.thres, args.score_key, args.draw,
+                                   args.dataset_dir)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(report))
-    print(f"wrote {', '.join(os.path.basename(p) for p in paths)} to {args.output_dir}")
+    names = [os.path.relpath(p, args.output_dir) for p in paths]
+    drawn = [n for n in names if n.startswith("images" + os.sep)]
+    listed = ", ".join(n for n in names if n not in drawn) + (f" and {len(drawn)} drawn images" if drawn else "")
+    print(f"wrote {listed} to {args.output_dir}")
     return 0
 
 

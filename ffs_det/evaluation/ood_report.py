@@ -101,7 +101,8 @@ def evaluate_ood(id_path: str, ood_paths: Sequence[str], thres: Optional[float] 
     """Load and check every records file, pick the threshold, and compute the metrics of each OOD set.
 
     Returns ``{"id": {...}, "threshold": t, "threshold_source": str, "f1": f1 or None, "score_key": key,
-    "sets": {name: {"path", "metrics", "id_scores", "ood_scores"}}}`` (metrics as written to metrics.json).
+    "sets": {name: {"path", "metrics", "id_scores", "ood_scores", "records"}}}`` (metrics as written to
+    metrics.json; records the loaded :class:`RecordSet`).
     """
     if not ood_paths:
         raise ValueError("give at least one --ood records file")
@@ -120,7 +121,7 @@ def evaluate_ood(id_path: str, ood_paths: Sequence[str], thres: Optional[float] 
     threshold, source, f1 = detection_threshold(id_set, thres)
     id_scores = kept_scores(id_set, threshold, score_key, "ID")
     report = {"id": {"path": id_path, "dataset": id_set.name, "model": id_set.meta["model"],
-                     "n_detections": int(id_set.arrays["score"].size)},
+                     "n_detections": int(id_set.arrays["score"].size), "records": id_set},
               "threshold": threshold, "threshold_source": source, "f1": f1, "score_key": score_key, "sets": {}}
     for name, rs in zip(names, ood_sets):
         ood_scores = kept_scores(rs, threshold, score_key, "OOD")
@@ -128,7 +129,8 @@ def evaluate_ood(id_path: str, ood_paths: Sequence[str], thres: Optional[float] 
         metrics = {k: m[k] for k in METRIC_KEYS}
         metrics.update(threshold=threshold, n_id=m["n_id"], n_ood=m["n_ood"], score_key=score_key,
                        score_at_tpr95=m["fpr95_threshold"])
-        report["sets"][name] = {"path": rs.path, "metrics": metrics, "id_scores": id_scores, "ood_scores": ood_scores}
+        report["sets"][name] = {"path": rs.path, "metrics": metrics, "id_scores": id_scores, "ood_scores": ood_scores,
+                                "records": rs}
     return report
 
 
@@ -193,8 +195,28 @@ def _hist_png(report: dict, name: str) -> bytes:
     return _png(fig)
 
 
-def render_report(report: dict) -> Dict[str, bytes]:
-    """File name -> contents: metrics.json, metrics.csv, roc.png, hist_<set>.png."""
+def _drawings(report: dict, max_images: int, dataset_dir: Optional[str]) -> Dict[str, bytes]:
+    """images/<set>/<image id>.png for the ID set and each OOD set that is a built-in dataset found on disk."""
+    from ..data.builtin import BUILTIN_DATASETS, dataset_paths
+    from .draw import draw_detections, image_files
+
+    cut = next(iter(report["sets"].values()))["metrics"]["score_at_tpr95"]  # depends on the ID scores only
+    out = {}
+    sets = [report["id"]["records"]] + [s["records"] for s in report["sets"].values()]
+    for rs in sets:
+        json_file, image_root = dataset_paths(rs.name, dataset_dir) if rs.name in BUILTIN_DATASETS else (None, None)
+        if json_file is None or not os.path.isfile(json_file):
+            logger.warning("not drawing %s: not a built-in dataset, or %s is missing", rs.name, json_file)
+            continue
+        pngs = draw_detections(rs.arrays, image_files(json_file, image_root), rs.meta["class_names"],
+                               report["threshold"], report["score_key"], cut, max_images)
+        out.update({f"images/{_safe(rs.name)}/{i:08d}.png": data for i, data in pngs.items()})
+    return out
+
+
+def render_report(report: dict, draw: int = 0, dataset_dir: Optional[str] = None) -> Dict[str, bytes]:
+    """File name -> contents: metrics.json, metrics.csv, roc.png, hist_<set>.png, and with ``draw`` > 0
+    up to that many images per set with the kept detections drawn (images/<set>/<image id>.png)."""
     metrics = {name: s["metrics"] for name, s in report["sets"].items()}
     files = {"metrics.json": (json.dumps(metrics, indent=2) + "\n").encode()}
     buf = io.StringIO()
@@ -211,22 +233,24 @@ def render_report(report: dict) -> Dict[str, bytes]:
             i += 1
             fname = f"hist_{_safe(name)}_{i}.png"
         files[fname] = _hist_png(report, name)
+    if draw > 0:
+        files.update(_drawings(report, draw, dataset_dir))
     return files
 
 
-def write_report(report: dict, output_dir: str) -> List[str]:
-    files = render_report(report)  # render everything first: nothing is written if this fails
+def write_report(report: dict, output_dir: str, draw: int = 0, dataset_dir: Optional[str] = None) -> List[str]:
+    files = render_report(report, draw, dataset_dir)  # render everything first: nothing is written if this fails
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     for fname, data in files.items():
-        path = os.path.join(output_dir, fname)
+        path = os.path.join(output_dir, *fname.split("/"))
         atomic_write_bytes(path, data)
         paths.append(path)
     return paths
 
 
 def run_report(id_path: str, ood_paths: Sequence[str], output_dir: str, thres: Optional[float] = None,
-               score_key: str = "energy") -> Tuple[dict, List[str]]:
+               score_key: str = "energy", draw: int = 0, dataset_dir: Optional[str] = None) -> Tuple[dict, List[str]]:
     """Evaluate and write the report; returns ``(report, written paths)``."""
     report = evaluate_ood(id_path, ood_paths, thres, score_key)
-    return report, write_report(report, output_dir)
+    return report, write_report(report, output_dir, draw, dataset_dir)
