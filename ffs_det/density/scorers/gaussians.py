@@ -1,0 +1,125 @@
+"""Class-conditional Gaussians in closed form: the shared density behind Mahalanobis, the residual flow,
+the GMM scorer and HEAT's GMM prior.
+
+A :class:`Gaussians` holds ``K`` components ``N(mu_k, Sigma_k)`` with log mixing weights; each covariance is
+kept as its lower Cholesky factor ``L_k`` (``Sigma_k = L_k L_k^T``), and a tied covariance is stored once.
+Everything is float64 on the CPU.
+"""
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+__all__ = ["Gaussians", "fit_class_gaussians"]
+
+
+class Gaussians:
+    def __init__(self, means: torch.Tensor, chols: torch.Tensor, log_weights: torch.Tensor,
+                 component_class: np.ndarray):
+        self.means = means  # (K, D)
+        self.chols = chols  # (K, D, D), or (1, D, D) when tied
+        self.log_weights = log_weights  # (K,)
+        self.component_class = component_class  # (K,) class label of each component
+        self.tied = chols.shape[0] == 1 and means.shape[0] > 1
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def _chol(self, k: int) -> torch.Tensor:
+        return self.chols[0 if self.chols.shape[0] == 1 else k]
+
+    def log_det(self) -> torch.Tensor:
+        """``log det Sigma_k`` for each component, ``(K,)``."""
+        ld = 2 * self.chols.diagonal(dim1=1, dim2=2).log().sum(dim=1)
+        return ld.expand(self.means.shape[0]) if ld.shape[0] == 1 else ld
+
+    def whiten(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The whitened residual ``L_k^{-1} (x - mu_k)``, ``(N, D)``."""
+        r = (x - self.means[k]).T
+        return torch.linalg.solve_triangular(self._chol(k), r, upper=False).T
+
+    def sq_mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance of each row to each component, ``(N, K)``."""
+        if self.chols.shape[0] == 1:  # one triangular solve for all components
+            L = self.chols[0]
+            y = torch.linalg.solve_triangular(L, x.T, upper=False).T
+            m = torch.linalg.solve_triangular(L, self.means.T, upper=False).T
+            return torch.stack([((y - m[k]) ** 2).sum(dim=1) for k in range(m.shape[0])], dim=1)
+        return torch.stack([(self.whiten(x, k) ** 2).sum(dim=1) for k in range(self.means.shape[0])], dim=1)
+
+    def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log N(x; mu_k, Sigma_k)`` in nats, ``(N, K)`` (mixing weights not included)."""
+        d2 = self.sq_mahalanobis(x)
+        return -0.5 * (d2 + self.log_det() + self.dim * math.log(2 * math.pi))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Mixture log-density ``log sum_k pi_k N(x; mu_k, Sigma_k)``, ``(N,)``."""
+        return torch.logsumexp(self.component_log_prob(x) + self.log_weights, dim=1)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``n`` draws from the mixture, ``(n, D)``."""
+        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        chols = self.chols[k] if self.chols.shape[0] > 1 else self.chols[0].expand(n, -1, -1)
+        return self.means[k] + (chols @ eps.unsqueeze(2)).squeeze(2)
+
+
+def _cholesky(cov: torch.Tensor, ridge: float, what: str) -> torch.Tensor:
+    cov = cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info) != 0:
+        raise ValueError(f"the covariance of {what} is not positive definite; increase ridge (now {ridge})")
+    return chol
+
+
+def fit_class_gaussians(x: torch.Tensor, labels: np.ndarray, covariance: str = "tied", ridge: float = 1e-6,
+                        n_components: int = 1, seed: int = 0) -> Gaussians:
+    """Maximum-likelihood Gaussians per class of ``x (N, D)``.
+
+    Args:
+        covariance: ``"tied"`` — one covariance ``(1/N) sum_c sum_{i in c} (x_i - mu_c)(x_i - mu_c)^T``
+            shared by all classes (LDA / Mahalanobis); ``"full"`` — one covariance per class.
+        ridge: added to the diagonal of every covariance.
+        n_components: components per class; above 1 each class is fitted by scikit-learn's
+            ``GaussianMixture`` (full covariances, ``reg_covar=ridge``).
+    Mixing weights are the class frequencies (times the within-class weights).
+    """
+    if covariance not in ("tied", "full"):
+        raise ValueError(f"covariance must be 'tied' or 'full', got {covariance!r}")
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    if n_components > 1 and covariance != "full":
+        raise ValueError("n_components > 1 needs covariance='full'")
+    classes, counts = np.unique(labels, return_counts=True)
+    n, d = x.shape
+    means, chols, log_w, comp_class = [], [], [], []
+    scatter = torch.zeros(d, d, dtype=torch.float64)
+    for c, n_c in zip(classes, counts):
+        xc = x[torch.as_tensor(labels == c)]
+        if n_components == 1:
+            mu = xc.mean(dim=0)
+            r = xc - mu
+            means.append(mu)
+            log_w.append(math.log(n_c / n))
+            comp_class.append(c)
+            if covariance == "tied":
+                scatter += r.T @ r
+            else:
+                chols.append(_cholesky(r.T @ r / n_c, ridge, f"class {c}"))
+        else:
+            if n_c < n_components:
+                raise ValueError(f"class {c} has {n_c} samples, fewer than n_components={n_components}")
+            from sklearn.mixture import GaussianMixture
+            gm = GaussianMixture(n_components, covariance_type="full", reg_covar=ridge, random_state=seed)
+            gm.fit(xc.numpy())
+            for j in range(n_components):
+                means.append(torch.as_tensor(gm.means_[j]))
+                chols.append(_cholesky(torch.as_tensor(gm.covariances_[j]), 0.0, f"class {c}, component {j}"))
+                log_w.append(math.log(n_c / n) + math.log(gm.weights_[j]))
+                comp_class.append(c)
+    if covariance == "tied":
+        chols = [_cholesky(scatter / n, ridge, "the classes (tied)")]
+    return Gaussians(torch.stack(means), torch.stack(chols), torch.tensor(log_w, dtype=torch.float64),
+                     np.asarray(comp_class))
