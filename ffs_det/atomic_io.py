@@ -1,7 +1,8 @@
 """Atomic file writes: a reader sees either the old file or the complete new one, never a partial file.
 
 Each writer fills a temporary file in the destination folder, flushes it to disk, then ``os.replace``-s
-it over the destination (atomic on POSIX and Windows when both are on the same file system).
+it over the destination (atomic on POSIX and Windows when both are on the same file system). The file gets
+the permissions a plain ``open()`` would give it (an existing file's mode is kept).
 """
 import contextlib
 import json
@@ -10,6 +11,15 @@ import tempfile
 from typing import IO, Any, Callable, Iterator
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+
+
+def _new_file_mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -25,6 +35,7 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(path))  # mkstemp creates the file private (0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -150,6 +150,9 @@ def test_eval_ood_end_to_end_matches_direct_metrics(record_files, tmp_path, caps
                                        "metrics.json", "roc.png"]
     for png in ("roc.png", "hist_coco_ood_val.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's private mode
 
     id_arrays, id_meta = load_records(record_files["id"])
     thr, _ = optimal_f1_threshold(id_arrays["score"], id_arrays["gt_matched"], n_positive_total=id_meta["num_gt"])
