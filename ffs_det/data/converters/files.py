@@ -1,4 +1,4 @@
-"""Small file helpers shared by the converters."""
+"""File utilities shared by the converters: placing images (link or copy) and reading image sizes."""
 import os
 import shutil
 from typing import Tuple
