@@ -8,10 +8,9 @@ import inspect
 from typing import Dict, Mapping, Optional
 
 import numpy as np
-import torch
 
 from .base import SCORERS, build_scorer
-from .checks import features_2d, linear_head
+from .checks import features_2d, has_linear_head, linear_head
 
 __all__ = ["fit_and_score"]
 
@@ -59,15 +58,15 @@ def fit_and_score(name: str, train_features, train_labels=None, test_sets: Optio
         test_sets: ``{set_name: features (M, D) or a dict of inputs as above}``.
         **kwargs: the scorer's constructor arguments (e.g. ``k=50``) and extra fit inputs (e.g.
             ``weight``/``bias`` of the final linear layer, ``val_ood_features``). When ``weight``/``bias``
-            (or ``model=nn.Linear``) are given, logits ``x W^T + b`` are added to every set that has features but no logits, so
-            logit-based scorers (energy, MSP) work on per-box features too.
+            (or ``model``, the head or the classifier) are given, logits ``x W^T + b`` are added to every
+            set that has features but no logits, so logit-based scorers (energy, MSP) work on per-box
+            features too.
     """
     if not test_sets:
         raise ValueError("test_sets must be a non-empty dict {set_name: features}")
     init, fit_extra = _split_kwargs(name, kwargs)
     scorer = build_scorer(name, **init)
-    has_head = fit_extra.get("weight") is not None or isinstance(fit_extra.get("model"), torch.nn.Linear)
-    head = linear_head(fit_extra, name) if has_head else None
+    head = linear_head(fit_extra, name) if has_linear_head(fit_extra) else None
     if train_labels is not None:
         fit_extra["labels"] = train_labels
     scorer.fit(**_for(scorer, _inputs(train_features, head, "train_features"), fit_extra))

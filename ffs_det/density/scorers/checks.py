@@ -4,7 +4,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["features_2d", "labels_1d", "layer_dict", "linear_head", "l2_normalize", "require_fitted"]
+__all__ = ["features_2d", "labels_1d", "layer_dict", "has_linear_head", "linear_head", "l2_normalize", "require_fitted"]
 
 
 def features_2d(x, name: str = "features", dim: Optional[int] = None) -> torch.Tensor:
@@ -65,16 +65,24 @@ def layer_dict(features, name: str = "features", layers: Optional[Sequence[str]]
     return out
 
 
+def has_linear_head(inputs: dict) -> bool:
+    """Whether ``inputs`` carry a final linear layer for :func:`linear_head`."""
+    return inputs.get("weight") is not None or isinstance(inputs.get("model"), torch.nn.Module)
+
+
 def linear_head(inputs: dict, scorer: str):
-    """The final linear layer ``(W (C, D), b (C,))`` as float64 tensors, from ``weight``/``bias`` or an
-    ``nn.Linear`` passed as ``model``."""
+    """The final linear layer ``(W (C, D), b (C,))`` as float64 tensors, from ``weight``/``bias``, or from
+    ``model``: an ``nn.Linear``, or a classifier whose last ``nn.Linear`` submodule is its head."""
     weight, bias, model = inputs.get("weight"), inputs.get("bias"), inputs.get("model")
-    if weight is None and isinstance(model, torch.nn.Linear):
-        weight = model.weight
-        bias = model.bias if model.bias is not None else torch.zeros(model.out_features)
+    if weight is None and isinstance(model, torch.nn.Module):
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        if not linears:
+            raise ValueError(f"{scorer}: model {type(model).__name__} has no nn.Linear layer to use as the head")
+        weight = linears[-1].weight
+        bias = linears[-1].bias if linears[-1].bias is not None else torch.zeros(linears[-1].out_features)
     if weight is None or bias is None:
         raise ValueError(f"{scorer}: fit needs the classifier's final linear layer: pass weight=(C, D) and "
-                         f"bias=(C,), or model=<torch.nn.Linear>")
+                         f"bias=(C,), or model=<torch.nn.Linear or classifier>")
     w = features_2d(weight, "weight")
     b = torch.as_tensor(bias.detach().cpu().numpy() if torch.is_tensor(bias) else np.asarray(bias),
                         dtype=torch.float64)

@@ -2,7 +2,8 @@
 
 Wang, Li, Feng & Zhang, "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022.
 
-Fit (needs the final linear layer ``logits = W x + b``: ``weight``/``bias`` or ``model=nn.Linear``): the
+Fit (needs the final linear layer ``logits = W x + b``: ``weight``/``bias``, or ``model`` — an ``nn.Linear``
+or a classifier whose last ``nn.Linear`` is the head): the
 origin ``u = -pinv(W) b``; the principal subspace ``P`` spanned by the ``d`` leading eigenvectors of
 ``(1/N) sum_i (x_i - u)(x_i - u)^T``; ``alpha = mean_i max_c logit_ic / mean_i ||(x_i - u)^{P-perp}||``.
 Score, higher = more in-distribution:
@@ -26,7 +27,7 @@ __all__ = ["ViMScorer"]
 
 @register_scorer("vim")
 class ViMScorer(Scorer):
-    requires = frozenset({"features"})
+    requires = frozenset({"features", "model"})
 
     def __init__(self, d: Optional[int] = None):
         if d is not None and d < 1:
