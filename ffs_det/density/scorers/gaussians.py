@@ -62,8 +62,11 @@ class Gaussians:
         """``n`` draws from the mixture, ``(n, D)``."""
         k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        chols = self.chols[k] if self.chols.shape[0] > 1 else self.chols[0].expand(n, -1, -1)
-        return self.means[k] + (chols @ eps.unsqueeze(2)).squeeze(2)
+        out = torch.empty_like(eps)
+        for j in k.unique().tolist():
+            rows = k == j
+            out[rows] = self.means[j] + eps[rows] @ self._chol(j).T
+        return out
 
 
 def _cholesky(cov: torch.Tensor, ridge: float, what: str) -> torch.Tensor:
