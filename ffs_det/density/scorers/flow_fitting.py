@@ -7,7 +7,7 @@ import torch
 
 from ..flow import FeatureFlow, build_flow
 
-__all__ = ["FlowConfig", "Standardizer", "fit_flow", "flow_log_prob", "finite_or_floor"]
+__all__ = ["FlowConfig", "Standardizer", "minibatches", "fit_flow", "flow_log_prob", "finite_or_floor"]
 
 
 @dataclass
@@ -19,6 +19,7 @@ class FlowConfig:
     hidden: int = 256
     clamp: float = 2.0
     epochs: int = 30
+    max_steps: int = 3000  # optimizer steps at most, whatever the data size
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -45,10 +46,23 @@ class Standardizer:
         return (x - self.mean) / self.std
 
 
+def minibatches(n: int, batch_size: int, epochs: int, max_steps: int, generator: torch.Generator):
+    """Index tensors of shuffled minibatches: ``epochs`` passes over ``n`` rows, at most ``max_steps`` of them."""
+    steps = 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            if steps == max_steps:
+                return
+            steps += 1
+            yield order[start:start + batch_size]
+
+
 def fit_flow(x: torch.Tensor, config: FlowConfig) -> FeatureFlow:
     """A flow trained by Adam on the negative log-likelihood of ``x (N, D)``; returned in eval mode.
 
-    ``config.epochs == 0`` returns the untrained flow (a permutation with a standard-normal density).
+    Training runs ``config.epochs`` passes over the data or ``config.max_steps`` optimizer steps, whichever
+    ends first; ``epochs == 0`` returns the untrained flow (a permutation with a standard-normal density).
     """
     flow = config.build(x.shape[1])
     if config.epochs > 0:
@@ -56,14 +70,12 @@ def fit_flow(x: torch.Tensor, config: FlowConfig) -> FeatureFlow:
         gen = torch.Generator().manual_seed(config.seed)
         opt = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         flow.train()
-        for _ in range(config.epochs):
-            order = torch.randperm(data.shape[0], generator=gen)
-            for start in range(0, data.shape[0], config.batch_size):
-                loss = flow.nll(data[order[start:start + config.batch_size]])
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
-                opt.step()
+        for idx in minibatches(data.shape[0], config.batch_size, config.epochs, config.max_steps, gen):
+            loss = flow.nll(data[idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
+            opt.step()
     return flow.eval()
 
 

@@ -40,13 +40,14 @@ class LikelihoodRatioScorer(Scorer):
 
     def __init__(self, mutation_rate: float = 0.2, background_weight_decay: float = 1e-4,
                  coupling: str = "glow", blocks: int = 4, hidden: int = 256, clamp: float = 2.0,
-                 epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, seed: int = 0, device: str = "cpu"):
+                 epochs: int = 30, max_steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+                 device: str = "cpu"):
         if not 0.0 < mutation_rate <= 1.0:
             raise ValueError(f"mutation_rate must be in (0, 1], got {mutation_rate}")
         self.mutation_rate = float(mutation_rate)
         self.seed = int(seed)
         self.config = FlowConfig(coupling=coupling, blocks=blocks, hidden=hidden, clamp=clamp, epochs=epochs,
-                                 batch_size=batch_size, lr=lr, seed=seed, device=device)
+                                 max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
         self.background_config = replace(self.config, weight_decay=background_weight_decay)
         self.foreground = None
 

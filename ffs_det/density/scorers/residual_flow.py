@@ -63,6 +63,7 @@ class ResidualFlowScorer(Scorer):
 
     def __init__(self, layers: Optional[Sequence[str]] = None, ridge: float = 1e-6, coupling: str = "glow",
                  blocks: int = 2, hidden: int = 128, clamp: float = 2.0, epochs: int = 20,
+                 max_steps: int = 3000,
                  batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0,
                  combine: str = "logistic", val_fraction: float = 0.2, val_proxy: str = "noise",
                  noise_scale: float = 1.0, seed: int = 0, device: str = "cpu"):
@@ -80,7 +81,8 @@ class ResidualFlowScorer(Scorer):
         self.noise_scale = float(noise_scale)
         self.seed = int(seed)
         self.flow_config = FlowConfig(coupling=coupling, blocks=blocks, hidden=hidden, clamp=clamp,
-                                      epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                      epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                                      weight_decay=weight_decay,
                                       seed=seed, device=device)
         self.models: Optional[Dict[str, _LayerModel]] = None
         self.combiner: Optional[LayerCombiner] = None
