@@ -4,40 +4,44 @@ Lafon, Ramzi, Rambour & Thome, "Hybrid Energy Based Model in the Feature Space f
 Detection", ICML 2023.
 
 For each prior ``s`` — ``"gmm"``: ``E_s(z) = -log p_GMM(z)`` on L2-normalised features (the ``"gmm"``
-scorer); ``"energy"``: ``E_s(z) = -logsumexp(W z + b)`` on raw features (needs the final linear layer
-``weight``/``bias`` at fit) — a small MLP ``E_theta`` learns a correction:
+scorer); ``"energy"``: ``E_s(z) = -logsumexp(W z + b)`` on raw features (needs the final linear layer at
+fit: ``weight``/``bias``, or ``model``, the head or the classifier) — a small MLP ``E_theta`` learns a
+correction:
 
     E(z) = E_theta(z) / T + E_s(z) / T_s.
 
 ``E_theta``'s last layer starts at zero, so an untrained HEAT energy is the prior energy. ``T_s="auto"``
 divides the prior energy by its standard deviation on the fit features, which puts it on the MLP's scale.
 
-Training is contrastive divergence, i.e. stochastic maximum likelihood of ``p(z) ~ exp(-E(z))``:
-minimise ``mean E(z+) - <E(z-)> + reg * (mean E_theta(z+)^2 + mean E_theta(z-)^2)``, where the L2 term keeps
-the residual bounded and only ``E_theta`` has parameters. Positives ``z+`` are the fit features. Negatives
-``z-`` start as draws from a Gaussian proposal ``q`` — the class-conditional GMM itself for ``"gmm"``, class
-Gaussians with a tied covariance on the raw features for ``"energy"`` — and are turned into samples of the
-current model in one of two ways:
+Training (``epochs`` passes or ``max_steps`` Adam steps, whichever ends first) is contrastive divergence, i.e.
+stochastic maximum likelihood of ``p(z) ~ exp(-E(z))``: minimise ``mean E(z+) - <E(z-)> + reg * (mean
+E_theta(z+)^2 + mean E_theta(z-)^2)``, where the L2 term keeps the residual bounded and only ``E_theta`` has
+parameters. Positives ``z+`` are the fit features. Negatives ``z-`` start as draws from a Gaussian proposal
+``q`` — the class-conditional GMM itself for ``"gmm"``, class Gaussians with a tied covariance on the raw
+features for ``"energy"`` — and are turned into samples of the current model in one of two ways:
 
 * ``negatives="prior"`` (default): ``<E(z-)>`` is the self-normalised importance-weighted mean with weights
-  ``exp(-E(z-)) / q(z-)`` (no gradient through the weights), which makes the two phases an unbiased
-  estimate of the likelihood gradient as the batch grows. Cheap; the weights degenerate in high dimension.
+  ``exp(-E(z-)) / q(z-)`` (no gradient through the weights), which makes the two phases a consistent
+  estimate of the likelihood gradient (exact as the batch grows). Cheap; the weights degenerate in high dimension.
 * ``negatives="sgld"``: ``sgld_steps`` Langevin steps on ``E`` from the proposal draws (diagonally
   preconditioned by the per-dimension feature variance), then the plain mean — short-run CD.
 
+``priors="auto"`` (default) uses both priors when the final linear layer is given at fit, else the GMM
+alone; ``model`` is listed in ``requires`` so that benchmark runners hand the classifier over.
+
 Composition (HEAT sums its hybrid energies after putting them on a common scale): each corrected energy
 is standardised by its mean and standard deviation on the fit features, and the standardised energies are
-summed. Score, higher = more
-in-distribution: minus that sum.
+summed. Score, higher = more in-distribution: minus that sum.
 """
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .base import Scorer, register_scorer
-from .checks import features_2d, labels_1d, linear_head, require_fitted
+from .checks import features_2d, has_linear_head, labels_1d, linear_head, require_fitted
+from .flow_fitting import minibatches
 from .gaussians import fit_class_gaussians
 from .gmm import GMMScorer
 
@@ -121,23 +125,21 @@ class _HybridEnergy:
     def _train(self, z, std, gen):
         cfg = self.cfg
         opt = torch.optim.Adam(self.residual.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        for _ in range(cfg["epochs"]):
-            order = torch.randperm(z.shape[0], generator=gen)
-            for start in range(0, z.shape[0], cfg["batch_size"]):
-                pos = z[order[start:start + cfg["batch_size"]]]
-                neg = self._negatives(pos.shape[0], std, gen)
-                r_pos, r_neg = self.residual(pos), self.residual(neg)
-                if cfg["negatives"] == "prior":  # self-normalised importance weights p_model / q
-                    with torch.no_grad():
-                        weights = torch.softmax(-self.energy(neg) - self.prior.proposal.log_prob(neg), dim=0)
-                    neg_phase = (weights * r_neg).sum()
-                else:
-                    neg_phase = r_neg.mean()
-                loss = (r_pos.mean() - neg_phase) / cfg["temperature"] + cfg["reg"] * (
-                    (r_pos ** 2).mean() + (r_neg ** 2).mean())
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        for idx in minibatches(z.shape[0], cfg["batch_size"], cfg["epochs"], cfg["max_steps"], gen):
+            pos = z[idx]
+            neg = self._negatives(pos.shape[0], std, gen)
+            r_pos, r_neg = self.residual(pos), self.residual(neg)
+            if cfg["negatives"] == "prior":  # self-normalised importance weights p_model / q
+                with torch.no_grad():
+                    weights = torch.softmax(-self.energy(neg) - self.prior.proposal.log_prob(neg), dim=0)
+                neg_phase = (weights * r_neg).sum()
+            else:
+                neg_phase = r_neg.mean()
+            loss = (r_pos.mean() - neg_phase) / cfg["temperature"] + cfg["reg"] * (
+                (r_pos ** 2).mean() + (r_neg ** 2).mean())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         self.residual.eval()
 
 
@@ -145,17 +147,18 @@ class _HybridEnergy:
 class HEATScorer(Scorer):
     """See the module docstring."""
 
-    requires = frozenset({"features", "labels"})
+    requires = frozenset({"features", "labels", "model"})
 
-    def __init__(self, priors: Sequence[str] = ("gmm",), hidden: int = 128, temperature: float = 1.0,
-                 prior_temperature="auto", epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
+    def __init__(self, priors: Union[str, Sequence[str]] = "auto", hidden: int = 128, temperature: float = 1.0,
+                 prior_temperature="auto", epochs: int = 50, max_steps: int = 2000, batch_size: int = 256,
+                 lr: float = 1e-3,
                  weight_decay: float = 0.0, reg: float = 0.1, negatives: str = "prior", sgld_steps: int = 20,
                  sgld_step: float = 1e-2, sgld_noise: float = 1.0, gmm_covariance: str = "full",
                  ridge: float = 1e-6, seed: int = 0):
-        priors = (priors,) if isinstance(priors, str) else tuple(priors)
-        bad = [p for p in priors if p not in PRIORS]
-        if not priors or bad:
-            raise ValueError(f"priors must be a non-empty subset of {PRIORS}, got {priors}")
+        if priors != "auto":
+            priors = (priors,) if isinstance(priors, str) else tuple(priors)
+            if not priors or any(p not in PRIORS for p in priors):
+                raise ValueError(f"priors must be 'auto' or a non-empty subset of {PRIORS}, got {priors}")
         if negatives not in ("prior", "sgld"):
             raise ValueError(f"negatives must be 'prior' or 'sgld', got {negatives!r}")
         if prior_temperature != "auto" and float(prior_temperature) <= 0:
@@ -163,7 +166,8 @@ class HEATScorer(Scorer):
         self.priors = priors
         self.gmm_covariance, self.ridge, self.seed = gmm_covariance, float(ridge), int(seed)
         self.cfg = dict(hidden=hidden, temperature=float(temperature), prior_temperature=prior_temperature,
-                        epochs=int(epochs), batch_size=int(batch_size), lr=lr, weight_decay=weight_decay,
+                        epochs=int(epochs), max_steps=int(max_steps), batch_size=int(batch_size), lr=lr,
+                        weight_decay=weight_decay,
                         reg=float(reg), negatives=negatives, sgld_steps=int(sgld_steps),
                         sgld_step=float(sgld_step), sgld_noise=float(sgld_noise))
         self.energies_: Dict[str, _HybridEnergy] = None
@@ -171,7 +175,10 @@ class HEATScorer(Scorer):
     def fit(self, features=None, labels=None, **inputs) -> "HEATScorer":
         x = features_2d(features)
         y = labels_1d(labels, x.shape[0])
-        head = linear_head(inputs, "heat (prior 'energy')") if "energy" in self.priors else None
+        priors = self.priors
+        if priors == "auto":
+            priors = PRIORS if has_linear_head(inputs) else ("gmm",)
+        head = linear_head(inputs, "heat (prior 'energy')") if "energy" in priors else None
         if head is not None and head[0].shape[1] != x.shape[1]:
             raise ValueError(f"weight has width {head[0].shape[1]}, features have {x.shape[1]}")
         self.dim = x.shape[1]
@@ -179,7 +186,7 @@ class HEATScorer(Scorer):
         self.energies_ = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # MLP initialisation
-            for name in self.priors:
+            for name in priors:
                 if name == "gmm":
                     prior = _GMMPrior(x, y, self.gmm_covariance, self.ridge, self.seed)
                 else:
