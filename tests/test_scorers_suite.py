@@ -8,6 +8,7 @@ from scipy.stats import spearmanr
 from ffs_det.density import build_flow
 from ffs_det.density.metrics import ood_metrics
 from ffs_det.density.scorers import SCORERS, build_scorer, fit_and_score
+from ffs_det.density.scorers.lid import encoder_jacobian
 from ffs_det.density.scorers.likelihood_ratio import mutate
 
 D, C = 16, 4
@@ -65,9 +66,9 @@ CASES = {
     "mahalanobis": ("mahalanobis", {}),
     "residual_flow": ("residual_flow", dict(epochs=10)),
     "gmm": ("gmm", {}),
-    "heat_gmm": ("heat", dict(epochs=30)),
-    "heat_gmm_sgld": ("heat", dict(epochs=5, negatives="sgld", sgld_steps=10)),
-    "heat_gmm+energy": ("heat", dict(priors=("gmm", "energy"), epochs=30)),
+    "heat_gmm": ("heat", dict(priors="gmm", epochs=30)),
+    "heat_gmm_sgld": ("heat", dict(priors="gmm", epochs=5, negatives="sgld", sgld_steps=10)),
+    "heat_gmm+energy": ("heat", dict(epochs=30)),  # priors="auto" with the head given: both
     "knn": ("knn", dict(k=10)),
     "vim": ("vim", dict(d=C)),
     "likelihood_ratio": ("likelihood_ratio", dict(blocks=2, hidden=64, epochs=20)),
@@ -117,9 +118,15 @@ def test_heat_untrained_is_its_prior_and_composition_is_standardised_sum(bench):
     np.testing.assert_allclose(energies["energy"], -neg_energy / heat.energies_["energy"].t_prior, rtol=1e-10)
     total = sum((e - heat.energies_[k].mean) / heat.energies_[k].scale for k, e in energies.items())
     np.testing.assert_allclose(heat.score(features=x_te), -total, rtol=1e-10)
-    # training moves the energy away from the prior
-    trained = build_scorer("heat", epochs=5).fit(features=x, labels=y).energies(features=x_te)["gmm"]
-    assert not np.allclose(trained, energies["gmm"])
+    # training moves the energy away from the prior; "auto" without a head uses the GMM prior alone
+    trained = build_scorer("heat", epochs=5).fit(features=x, labels=y).energies(features=x_te)
+    assert list(trained) == ["gmm"] and not np.allclose(trained["gmm"], energies["gmm"])
+    # a whole classifier as model: its last nn.Linear is the head of the energy prior
+    clf = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(D, C).double())
+    clf[1].weight.data, clf[1].bias.data = bench["weight"].clone(), bench["bias"].clone()
+    auto = build_scorer("heat", epochs=0).fit(features=x, labels=y, model=clf).energies(features=x_te)
+    assert list(auto) == ["gmm", "energy"]
+    np.testing.assert_allclose(auto["energy"], energies["energy"], rtol=1e-10)
 
 
 def test_residual_flow_validation_options(bench):
@@ -151,6 +158,22 @@ def test_lid_of_untrained_flow_counts_every_dimension(bench):
     (m_l, s_l), (m_d, s_d) = lid.stats["loglik"], lid.stats["lid"]
     np.testing.assert_allclose(lid.score(features=bench["x_test"]),
                                np.minimum((ll - m_l) / s_l, (values - m_d) / s_d))
+
+
+def test_encoder_jacobian_is_exact():
+    flow = build_flow(6, blocks=3, hidden=32, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in flow.parameters():
+            if p.is_floating_point():  # leave the (integer) permutations alone
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    x = torch.randn(5, 6, generator=gen)
+    jac = encoder_jacobian(flow.eval(), x)
+    ref = torch.stack([torch.autograd.functional.jacobian(lambda v: flow(v[None])[0][0], row) for row in x])
+    assert ref.abs().max() > 1.5  # a non-trivial map
+    torch.testing.assert_close(jac, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.linalg.slogdet(jac.double())[1], flow(x)[1].double().detach(), atol=1e-5,
+                               rtol=1e-5)
 
 
 def test_likelihood_ratio_perturbation_and_identical_flows():
@@ -243,3 +266,27 @@ def test_scores_rank_like_their_closed_forms(bench):
     comps = gmm_tied.gaussians.component_log_prob(torch.as_tensor(t)).max(dim=1).values.numpy()
     np.testing.assert_allclose(maha.score(features=t) + maha.log_normalizer(), comps, rtol=1e-10)
     assert spearmanr(maha.score(features=t), gmm_tied.score(features=t)).statistic > 0.99
+
+
+def test_scorers_on_reduced_fashion_mnist_benchmark(tmp_path):
+    """The same scorers on real features: the reduced embedded image benchmark (Fashion-MNIST vs digits and
+    textures), with shortened training for the flow- and MLP-based ones."""
+    fashion = pytest.importorskip("ffs_det.image.fashion_benchmark")
+    from ffs_det.image.datasets import find_fashion_mnist
+
+    try:
+        find_fashion_mnist()
+    except Exception as e:  # not installed here
+        pytest.skip(f"Fashion-MNIST not available: {e}")
+    options = {"residual_flow": dict(epochs=3), "heat": dict(max_steps=150),
+               "likelihood_ratio": dict(epochs=3, blocks=2, hidden=128),
+               "lid": dict(epochs=3, blocks=2, hidden=128, calibration_rows=500), "knn": dict(k=10)}
+    names = ["mahalanobis", "residual_flow", "gmm", "heat", "knn", "vim", "likelihood_ratio", "lid"]
+    out = fashion.run_fashion_benchmark(str(tmp_path), size="reduced", scorers={n: {} for n in names},
+                                        options=options, photos=False, progress=False, log=lambda *a: None)
+    for name in names:
+        res = out["result"].scorers[name]
+        assert res.status == "ok", (name, res.message)
+        auroc = {k: m["auroc"] for k, m in res.metrics.items()}
+        print(f"fashion-mnist {name}: AUROC " + ", ".join(f"{k}={v:.3f}" for k, v in auroc.items()))
+        assert set(auroc) == {"digits", "textures"} and all(v > 0.5 for v in auroc.values()), (name, auroc)
