@@ -1,0 +1,118 @@
+"""Run a trained detector on a registered dataset and write its per-detection records.
+
+For each (model, dataset) pair, into ``output_dir``:
+
+* ``records.npz`` — per-detection records for :mod:`tools/eval_ood.py` (format in :mod:`.records`);
+* ``coco_detections.json`` — the detections in COCO result format (category ids of the dataset's json
+  when it has them, else ``class + 1``);
+* ``metrics.json`` — COCO box AP from detectron2's COCOEvaluator when the dataset is annotated with the
+  model's classes, plus counts.
+"""
+import logging
+import os
+import time
+from typing import Dict, Optional
+
+import numpy as np
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
+from detectron2.modeling import build_model
+
+from ..atomic_io import atomic_write_json
+from ..detectron2_compat import COMPILED_OPS_AVAILABLE
+from .detections import RecordsEvaluator, annotate_matches
+from .records import save_records
+
+__all__ = ["apply_model", "load_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(cfg):
+    """Build the model of ``cfg`` and load ``cfg.MODEL.WEIGHTS`` (a clear error when the file is missing)."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights!r}")
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(weights)
+    model.eval()
+    return model
+
+
+def _has_model_annotations(dataset_name: str, num_classes: int) -> bool:
+    meta = MetadataCatalog.get(dataset_name)
+    dicts = DatasetCatalog.get(dataset_name)
+    annotated = any(d.get("annotations") for d in dicts)
+    same_classes = len(getattr(meta, "thing_classes", [])) == num_classes
+    return annotated and same_classes and not getattr(meta, "is_ood", False)
+
+
+def _model_class_names(cfg, annotated_dataset: Optional[str]):
+    """The model's class names: from an annotated test set with its classes, else the training set, else
+    the class indices."""
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    for name in [annotated_dataset, *cfg.DATASETS.TRAIN]:
+        if name and name in MetadataCatalog.list():
+            classes = getattr(MetadataCatalog.get(name), "thing_classes", None)
+            if classes and len(classes) == num_classes:
+                return list(classes)
+    return [str(k) for k in range(num_classes)]
+
+
+def _coco_detections(arrays: Dict[str, np.ndarray], dataset_name: str):
+    meta = MetadataCatalog.get(dataset_name)
+    to_dataset_id = {v: k for k, v in getattr(meta, "thing_dataset_id_to_contiguous_id", {}).items()}
+    boxes = arrays["boxes"].astype(float)
+    return [
+        {"image_id": int(i), "category_id": int(to_dataset_id.get(int(c), int(c) + 1)),
+         "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
+         "score": round(float(s), 5)}
+        for i, c, b, s in zip(arrays["image_id"], arrays["pred_class"], boxes, arrays["score"])
+    ]
+
+
+def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name: Optional[str] = None) -> Dict:
+    """Run ``model`` (default: built from ``cfg``) on ``dataset_name``; write records, detections and mAP."""
+    DatasetCatalog.get(dataset_name)  # unknown name / missing files: detectron2's or ffs_det's clear error
+    model = model if model is not None else load_model(cfg)
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    evaluators = [RecordsEvaluator(dataset_name)]
+    with_map = _has_model_annotations(dataset_name, num_classes)
+    if with_map:
+        evaluators.append(COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=None,
+                                        use_fast_impl=COMPILED_OPS_AVAILABLE))
+    loader = build_detection_test_loader(cfg, dataset_name)
+    start = time.perf_counter()
+    results = inference_on_dataset(model, loader, DatasetEvaluators(evaluators))
+    seconds = time.perf_counter() - start
+    arrays = results.pop("records")
+    # ground-truth matches only make sense for annotations in the model's own classes
+    num_gt = annotate_matches(arrays, dataset_name) if with_map else None
+    num_images = len(DatasetCatalog.get(dataset_name))
+    meta = {
+        "dataset": dataset_name,
+        "model": model_name or os.path.basename(os.path.dirname(cfg.MODEL.WEIGHTS)) or "model",
+        "weights": cfg.MODEL.WEIGHTS,
+        "num_classes": num_classes,
+        "class_names": _model_class_names(cfg, dataset_name if with_map else None),
+        "num_images": num_images,
+        "config": cfg.dump(),
+    }
+    if num_gt is not None:
+        meta["num_gt"] = num_gt
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {
+        "records": os.path.join(output_dir, "records.npz"),
+        "detections": os.path.join(output_dir, "coco_detections.json"),
+        "metrics": os.path.join(output_dir, "metrics.json"),
+    }
+    save_records(paths["records"], arrays, meta)
+    atomic_write_json(paths["detections"], _coco_detections(arrays, dataset_name))
+    summary = {"dataset": dataset_name, "num_images": num_images, "num_detections": int(len(arrays["score"])),
+               "seconds": round(seconds, 2), "images_per_second": round(num_images / max(seconds, 1e-9), 2)}
+    if with_map and "bbox" in results:
+        summary["bbox"] = results["bbox"]
+    atomic_write_json(paths["metrics"], summary, indent=2)
+    return {"paths": paths, "summary": summary}
