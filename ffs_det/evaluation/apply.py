@@ -15,13 +15,13 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from ..detectron2_compat import COMPILED_OPS_AVAILABLE  # first: before any detectron2 import
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 
 from ..atomic_io import atomic_write_json
-from ..detectron2_compat import COMPILED_OPS_AVAILABLE
 from .detections import RecordsEvaluator, annotate_matches
 from .records import save_records
 
