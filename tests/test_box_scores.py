@@ -1,0 +1,83 @@
+"""Box-level density scores added to detection records, then evaluated like the detector's energy."""
+import hashlib
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from ffs_det.evaluation.box_scores import add_box_scores
+from ffs_det.evaluation.ood_report import evaluate_ood
+from ffs_det.evaluation.records import load_records, save_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K, D = 3, 16
+
+
+def _records(path, dataset, n, shift, rng, features=True, matched=True):
+    labels = rng.integers(0, K, n)
+    centres = np.eye(K, D) * 6.0
+    arrays = {
+        "image_id": np.arange(n, dtype=np.int64),
+        "boxes": np.tile(np.array([[1, 1, 20, 20]], np.float32), (n, 1)),
+        "pred_class": labels.astype(np.int64),
+        "score": rng.uniform(0.5, 1.0, n).astype(np.float32),
+        "logits": rng.normal(size=(n, K + 1)).astype(np.float32),
+    }
+    arrays["energy"] = np.log(np.exp(arrays["logits"][:, :K]).sum(1)).astype(np.float32)
+    if features:
+        arrays["features"] = (centres[labels] + shift + rng.normal(size=(n, D))).astype(np.float32)
+    meta = {"dataset": dataset, "model": "m", "num_classes": K, "class_names": ["a", "b", "c"], "config": ""}
+    if matched:
+        arrays["gt_matched"] = np.ones(n, bool)
+        meta["num_gt"] = n
+    return save_records(str(path), arrays, meta)
+
+
+@pytest.fixture
+def record_files(tmp_path):
+    rng = np.random.default_rng(0)
+    return (_records(tmp_path / "train.npz", "train", 300, 0.0, rng),
+            _records(tmp_path / "id.npz", "id", 120, 0.0, rng),
+            _records(tmp_path / "ood.npz", "ood", 120, 4.0, rng, matched=False))
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize("scorer,kwargs", [("knn", {"k": 5}), ("mahalanobis", {})])
+def test_scores_are_added_and_evaluate_like_energy(record_files, tmp_path, scorer, kwargs):
+    train, id_path, ood_path = record_files
+    before = [_digest(p) for p in record_files]
+    out = add_box_scores(scorer, train, [id_path, ood_path], str(tmp_path / "scored"), **kwargs)
+    assert out == [str(tmp_path / "scored" / "id" / "records.npz"), str(tmp_path / "scored" / "ood" / "records.npz")]
+    assert [_digest(p) for p in record_files] == before  # inputs untouched
+    arrays, meta = load_records(out[0])
+    assert arrays[scorer].shape == arrays["score"].shape and meta["box_scores"][scorer]["fitted_on"] == 300
+    report = evaluate_ood(out[0], [out[1]], thres=0.0, score_key=scorer)
+    (metrics,) = [s["metrics"] for s in report["sets"].values()]
+    assert metrics["auroc"] > 0.95  # OOD boxes sit 4 units off the class clusters
+
+
+def test_records_without_features_are_named(tmp_path):
+    rng = np.random.default_rng(1)
+    train = _records(tmp_path / "train.npz", "train", 50, 0.0, rng, features=False)
+    test = _records(tmp_path / "id.npz", "id", 20, 0.0, rng)
+    with pytest.raises(ValueError, match="train.npz.*--save-features"):
+        add_box_scores("knn", train, [test], str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_cli_writes_and_reports_errors(record_files, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("score_boxes", os.path.join(REPO, "tools", "score_boxes.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    train, id_path, ood_path = record_files
+    assert tool.main(["--scorer", "knn", "--option", "k=3", "--train", train, "--records", id_path,
+                      "--records", ood_path, "--output-dir", str(tmp_path / "cli")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert tool.main(["--scorer", "knn", "--train", str(tmp_path / "nope.npz"), "--records", id_path,
+                      "--output-dir", str(tmp_path / "cli2")]) == 1
+    assert "nope.npz" in capsys.readouterr().err

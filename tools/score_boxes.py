@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Add a box-level density score (any registered scorer) to detection records, for eval_ood.
+
+  tools/apply_net.py --config-file Shapes/ffs_mobilenet.yaml --save-features \\
+      --test-dataset shapes_train --test-dataset shapes_val --test-dataset shapes_ood MODEL.WEIGHTS model.pth
+  tools/score_boxes.py --scorer knn --option k=10 --train out/inference/shapes_train/records.npz \\
+      --records out/inference/shapes_val/records.npz --records out/inference/shapes_ood/records.npz \\
+      --output-dir out/knn
+  tools/eval_ood.py --id out/knn/shapes_val/records.npz --ood out/knn/shapes_ood/records.npz \\
+      --score-key knn --output-dir out/knn/report
+
+The scorer is fitted on the training records' box features (detections matched to ground truth, else
+score >= --min-score; labels = predicted classes); each --records file is copied to
+<output-dir>/<dataset>/records.npz with one more array named after the scorer (or --key).
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ffs_det.density.scorers import SCORERS  # noqa: E402
+from ffs_det.evaluation.box_scores import add_box_scores  # noqa: E402
+
+
+def _option(text):
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scorer", required=True, choices=sorted(SCORERS), help="registered scorer")
+    p.add_argument("--train", required=True, help="records of the ID training set, with --save-features")
+    p.add_argument("--records", required=True, action="append", help="records to score (repeatable)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--min-score", type=float, default=0.5,
+                   help="training detections kept when the records have no ground-truth matches")
+    p.add_argument("--key", default="", help="name of the added array (default: the scorer's name)")
+    p.add_argument("--option", type=_option, action="append", default=[],
+                   help="scorer argument NAME=VALUE (JSON value), e.g. k=10 (repeatable)")
+    args = p.parse_args(argv)
+    try:
+        written = add_box_scores(args.scorer, args.train, args.records, args.output_dir, args.min_score,
+                                 args.key, **dict(args.option))
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
