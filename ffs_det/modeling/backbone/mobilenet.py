@@ -15,7 +15,8 @@ from torchvision.models import mobilenet_v2
 
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+
+from .fpn import build_fpn
 
 __all__ = ["MobileNetV2Backbone", "build_mobilenetv2_fpn_backbone", "imagenet_weights_file"]
 
@@ -93,11 +94,4 @@ def build_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec):
     bottom_up = MobileNetV2Backbone(weights=cfg.MODEL.MOBILENET.WEIGHTS,
                                     out_features=cfg.MODEL.MOBILENET.OUT_FEATURES,
                                     freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return build_fpn(cfg, bottom_up)

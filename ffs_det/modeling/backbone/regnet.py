@@ -6,8 +6,9 @@ pycls files and matches their keys heuristically).
 """
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.regnet import RegNet, ResBottleneckBlock, SimpleStem
+
+from .fpn import build_fpn
 
 __all__ = ["build_regnet_backbone", "build_regnetx_fpn_backbone"]
 
@@ -33,11 +34,4 @@ def build_regnet_backbone(cfg, input_shape: ShapeSpec):
 @BACKBONE_REGISTRY.register()
 def build_regnetx_fpn_backbone(cfg, input_shape: ShapeSpec):
     bottom_up = build_regnet_backbone(cfg, input_shape)
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return build_fpn(cfg, bottom_up)
