@@ -10,7 +10,6 @@ import logging
 import os
 
 import torch
-from torch import nn
 from torchvision.models import mobilenet_v2
 
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
