@@ -199,6 +199,26 @@ def test_gaussian_samples_are_in_each_class_tail():
         assert (d2.argmin(dim=0) == c).all()  # ... yet still nearest to their own class
 
 
+def test_gaussian_tail_noise_matches_keeping_the_largest_of_full_draws():
+    # the tail is drawn as chi-square norms times uniform directions; it must have the distribution of
+    # "draw sample_from vectors e ~ N(0, I), keep the select largest |e|"
+    from scipy.stats import ks_2samp
+
+    torch.manual_seed(0)
+    dim, sample_from, select, rounds = 6, 300, 2, 1500
+    synth = build_synthesizer("gaussian", dim, num_classes=1, queue_size=4, sample_from=sample_from, select=select)
+    fast = torch.cat([synth._tail_noise("cpu", torch.float32)[0] for _ in range(rounds)])
+    brute = []
+    for _ in range(rounds):
+        e = torch.randn(sample_from, dim)
+        brute.append(e[torch.topk((e * e).sum(1), select).indices])
+    brute = torch.cat(brute)
+    assert fast.shape == brute.shape == (rounds * select, dim)
+    assert ks_2samp(fast.norm(dim=1).numpy(), brute.norm(dim=1).numpy()).pvalue > 1e-3
+    for k in range(dim):  # directions uniform: every coordinate distributed alike
+        assert ks_2samp(fast[:, k].numpy(), brute[:, k].numpy()).pvalue > 1e-3
+
+
 def test_gaussian_queues_are_checkpointed():
     synth = build_synthesizer("gaussian", 3, num_classes=2, queue_size=5, sample_from=50, select=2)
     gen = torch.Generator().manual_seed(0)

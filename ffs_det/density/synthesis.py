@@ -149,13 +149,25 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
         cov = centered.T @ centered / centered.shape[0]
         cov += self.eps * torch.eye(self.dim, device=cov.device, dtype=cov.dtype)
         chol = torch.linalg.cholesky(cov)
-        out = []
-        for c in range(self.num_classes):  # one class at a time bounds memory to sample_from x dim
-            e = torch.randn(self.sample_from, self.dim, device=cov.device, dtype=cov.dtype)
-            # with a shared covariance, the class density is monotone in |e|^2: lowest density = largest norm
-            keep = torch.topk((e * e).sum(dim=1), self.select, largest=True).indices
-            out.append(means[c] + e[keep] @ chol.T)
-        return torch.cat(out, dim=0)
+        e = self._tail_noise(cov.device, cov.dtype)  # (C, select, D)
+        return (means[:, None] + e @ chol.T).reshape(-1, self.dim)
+
+    def _tail_noise(self, device, dtype) -> torch.Tensor:
+        """For each class, the ``select`` largest-norm of ``sample_from`` draws ``e ~ N(0, I_D)``: ``(C, select, D)``.
+
+        With a shared covariance a class density is monotone in ``|e|^2``, so these are the lowest-density
+        draws. For ``e ~ N(0, I)`` the squared norm (chi-square with ``D`` degrees of freedom) is independent
+        of the direction ``e / |e|`` (uniform on the sphere); so drawing ``sample_from`` squared norms,
+        keeping the largest ``select`` and giving each a uniform direction has exactly the same distribution
+        as drawing ``sample_from`` full vectors and keeping the largest — without the ``sample_from x D``
+        normal draws that dominated this step.
+        """
+        shape = (self.num_classes, self.sample_from)
+        sq_norms = torch.distributions.Chi2(torch.tensor(float(self.dim), device=device, dtype=dtype)).sample(shape)
+        tail = torch.topk(sq_norms, self.select, dim=1, largest=True).values  # (C, select)
+        directions = torch.randn(self.num_classes, self.select, self.dim, device=device, dtype=dtype)
+        directions = directions / directions.norm(dim=2, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        return directions * tail.sqrt()[..., None]
 
 
 def build_synthesizer(kind: str, dim: int, num_classes: int = 1, *, flow: Optional[FeatureFlow] = None,
