@@ -1,0 +1,174 @@
+"""The image-level benchmark as steps: load a classifier, extract feature stores for named dataset specs
+(re-used when already extracted with the same settings), evaluate scorers, write the report.
+
+Each store records in its metadata how it was made (model name/weights, dataset spec, subset), so a later
+``evaluate`` step can rebuild the classifier and the images for scorers that need them (ReAct, ODIN).
+"""
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, Mapping, Optional
+
+from torch.utils.data import Dataset
+
+from .datasets import build_dataset, parse_spec
+from .evaluate import evaluate_scorers, resolve_scorers
+from .extract import extract_to_store
+from .feature_store import FeatureStore
+from .models import LOCAL_MODELS, Preprocessing, build_classifier, preprocessing
+from .report import format_table, write_report
+from .results import BenchmarkResult
+
+__all__ = ["ModelSpec", "SetSpec", "load_model", "extract_set", "evaluate_stores", "run_benchmark"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A classifier: name (torchvision or ``small_cnn``), local weights file, class count, and the side of
+    generated images (digits/textures/photos) fed to its preprocessing."""
+
+    name: str
+    weights: Optional[str] = None
+    num_classes: Optional[int] = None
+    image_size: Optional[int] = None
+
+    def resolved_image_size(self) -> int:
+        return self.image_size or (28 if self.name in LOCAL_MODELS else 256)
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """A dataset spec (see :mod:`ffs_det.image.datasets`) plus the subset to keep."""
+
+    spec: str
+    max_samples: Optional[int] = None
+    seed: int = 0
+    n_generated: int = 2000
+
+
+def load_model(spec: ModelSpec):
+    """``(classifier in eval mode, Preprocessing)``."""
+    weights = os.path.abspath(spec.weights) if spec.weights else None
+    return build_classifier(spec.name, weights, spec.num_classes), preprocessing(spec.name, spec.resolved_image_size())
+
+
+def _dataset(model_spec: ModelSpec, set_spec: SetSpec, prep: Preprocessing) -> Dataset:
+    return build_dataset(set_spec.spec, transform=prep.transform, image_size=model_spec.resolved_image_size(),
+                         max_samples=set_spec.max_samples, seed=set_spec.seed, n_generated=set_spec.n_generated)
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _info(model_spec: ModelSpec, set_spec: SetSpec) -> dict:
+    """What a store records about its making; the weights' digest makes a retrained model's stores stale."""
+    model = asdict(model_spec)
+    model["weights"] = os.path.abspath(model_spec.weights) if model_spec.weights else None
+    digest = _file_digest(model["weights"]) if model["weights"] else None
+    return json.loads(json.dumps({"model": model, "weights_sha256": digest, "dataset": asdict(set_spec)}))
+
+
+def extract_set(model, prep: Preprocessing, model_spec: ModelSpec, set_spec: SetSpec, path: str,
+                batch_size: int = 256, num_workers: int = 0, device: str = "cpu", reuse: bool = True,
+                progress: bool = True, log=print) -> FeatureStore:
+    """The feature store of one set at ``path``: re-used when it exists with the same model and dataset
+    settings (and ``reuse``), else extracted."""
+    parse_spec(set_spec.spec)
+    info = _info(model_spec, set_spec)
+    if reuse and os.path.isfile(os.path.join(path, "meta.json")):
+        try:
+            store = FeatureStore(path)
+            if store.info == info:
+                log(f"re-using features in {path}")
+                return store
+        except (ValueError, FileNotFoundError) as e:
+            log(f"re-extracting {path} ({e})")
+    dataset = _dataset(model_spec, set_spec, prep)
+    return extract_to_store(model, dataset, path, batch_size=batch_size, num_workers=num_workers, device=device,
+                            info=info, progress=progress, desc=f"{set_spec.spec}")
+
+
+def _specs_from_store(store: FeatureStore):
+    info = store.info
+    if not isinstance(info.get("model"), dict) or not isinstance(info.get("dataset"), dict):
+        return None, None
+    try:
+        return ModelSpec(**info["model"]), SetSpec(**info["dataset"])
+    except TypeError:
+        return None, None
+
+
+def _needs(scorers, options, key: str) -> bool:
+    from ..density import scorers as registry
+
+    return any(key in registry.SCORERS[n].requires for n in resolve_scorers(scorers, options))
+
+
+def _default_options(options, prep: Optional[Preprocessing]) -> Dict[str, dict]:
+    out = {k: dict(v) for k, v in (options or {}).items()}
+    if prep is not None:  # ODIN's step is in raw pixel units: divide it by the normalisation std
+        out.setdefault("odin", {}).setdefault("input_std", list(prep.std))
+    return out
+
+
+def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_dir: Optional[str] = None,
+                    scorers=None, options=None, id_name: str = "id", rebuild_inputs: bool = True,
+                    batch_size: int = 256, device: str = "cpu", progress: bool = True, plots: bool = True,
+                    log=print) -> BenchmarkResult:
+    """Evaluate scorers on stores given by path. When a chosen scorer needs the classifier or raw images
+    and ``rebuild_inputs``, they are rebuilt from the stores' metadata."""
+    train, test = FeatureStore(id_train), FeatureStore(id_test)
+    ood_stores = {name: FeatureStore(p) for name, p in ood.items()}
+    model = prep = datasets = None
+    model_spec, _ = _specs_from_store(train)
+    if rebuild_inputs and model_spec is not None and _needs(scorers, options, "model"):
+        model, prep = load_model(model_spec)
+        if _needs(scorers, options, "inputs"):
+            datasets = {}
+            for name, store in {id_name: test, **ood_stores}.items():
+                m_spec, s_spec = _specs_from_store(store)
+                if s_spec is not None and m_spec == model_spec:
+                    datasets[name] = _dataset(model_spec, s_spec, prep)
+    result = evaluate_scorers(train, test, ood_stores, scorers=scorers, options=_default_options(options, prep),
+                              model=model, datasets=datasets, id_name=id_name, batch_size=batch_size,
+                              device=device, progress=progress, log=log)
+    result.info.update({"id_train": id_train, "id_test": id_test, "ood": dict(ood)})
+    if output_dir:
+        write_report(result, output_dir, plots=plots)
+    return result
+
+
+def run_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSpec, ood: Mapping[str, SetSpec],
+                  work_dir: str, output_dir: Optional[str] = None, scorers=None, options=None,
+                  id_name: str = "id", batch_size: int = 256, num_workers: int = 0, device: str = "cpu",
+                  reuse: bool = True, progress: bool = True, plots: bool = True, log=print) -> BenchmarkResult:
+    """Extract (or re-use) the stores of every set under ``work_dir``, evaluate, report, print the table."""
+    if id_name == "id_train" or id_name in ood:
+        raise ValueError(f"ID set name {id_name!r} clashes with 'id_train' or an OOD set name")
+    t0 = time.perf_counter()
+    model, prep = load_model(model_spec)
+    stores, datasets = {}, {}
+    for name, set_spec in {"id_train": id_train, id_name: id_test, **ood}.items():
+        stores[name] = extract_set(model, prep, model_spec, set_spec, os.path.join(work_dir, "features", name),
+                                   batch_size=batch_size, num_workers=num_workers, device=device, reuse=reuse,
+                                   progress=progress, log=log)
+        if name != "id_train" and _needs(scorers, options, "inputs"):
+            datasets[name] = _dataset(model_spec, set_spec, prep)
+    t1 = time.perf_counter()
+    result = evaluate_scorers(stores["id_train"], stores[id_name], {k: stores[k] for k in ood}, scorers=scorers,
+                              options=_default_options(options, prep), model=model, datasets=datasets,
+                              id_name=id_name, batch_size=batch_size, device=device, progress=progress, log=log)
+    result.info.update({"model": asdict(model_spec), "id_train": asdict(id_train), "id_test": asdict(id_test),
+                        "ood": {k: asdict(v) for k, v in ood.items()},
+                        "seconds": {"extract": round(t1 - t0, 2), "evaluate": round(time.perf_counter() - t1, 2)}})
+    if output_dir:
+        write_report(result, output_dir, plots=plots)
+    log(format_table(result))
+    return result
