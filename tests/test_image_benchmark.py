@@ -1,0 +1,69 @@
+"""The embedded real-data benchmark at reduced size: every registered scorer beats chance on Fashion-MNIST
+vs digits (and textures); the report files and the MobileNetV2 photo check are produced."""
+import csv
+import json
+import os
+
+import pytest
+
+from ffs_det.density.scorers import SCORERS
+from ffs_det.image.datasets import find_fashion_mnist
+from ffs_det.image.fashion_benchmark import SIZES, preset_options, run_fashion_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    try:
+        find_fashion_mnist()
+    except FileNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST is not installed ({e})")
+    out_dir = str(tmp_path_factory.mktemp("fashion"))
+    out = run_fashion_benchmark(out_dir, size="reduced", threads=1, progress=False, log=lambda *a: None)
+    return out_dir, out
+
+
+def test_every_scorer_beats_chance(bench):
+    _, out = bench
+    result = out["result"]
+    assert set(result.scorers) == set(SCORERS)
+    for name, res in result.scorers.items():
+        assert res.status == "ok", (name, res.message)
+        assert res.metrics["digits"]["auroc"] > 0.5, (name, res.metrics["digits"])
+        assert res.metrics["textures"]["auroc"] > 0.5, (name, res.metrics["textures"])
+    assert out["summary"]["test_accuracy"] > 0.6  # a trained classifier, not chance (10%)
+
+
+def test_report_files(bench):
+    out_dir, out = bench
+    data = json.load(open(os.path.join(out_dir, "results.json")))
+    assert data["id"] == "fashion-mnist" and data["ood"] == ["digits", "textures"]
+    assert data["scorers"]["fde"]["metrics"]["digits"]["n_ood"] == SIZES["reduced"]["digits"]
+    assert data["scorers"]["fde"]["params"]["epochs"] == SIZES["reduced"]["fde_epochs"]
+    rows = list(csv.DictReader(open(os.path.join(out_dir, "results.csv"))))
+    assert {r["scorer"] for r in rows} == set(SCORERS)
+    msp = next(r for r in rows if r["scorer"] == "msp")
+    assert float(msp["digits_auroc"]) == pytest.approx(data["scorers"]["msp"]["metrics"]["digits"]["auroc"])
+    table = open(os.path.join(out_dir, "table.txt")).read()
+    assert "digits AUROC" in table and "textures FPR95" in table and out["table"] == table
+    for name in ["roc_digits.png", "roc_textures.png", "hist_fde.png", "hist_odin.png", "summary.json"]:
+        assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
+    assert not [f for f in os.listdir(out_dir) if f.endswith(".tmp")]
+    summary = json.load(open(os.path.join(out_dir, "summary.json")))
+    assert {"train_classifier", "extract_features", "evaluate_scorers", "mobilenet_photo_check"} <= set(summary["seconds"])
+
+
+def test_mobilenet_photo_check(bench):
+    _, out = bench
+    photos = out["summary"]["mobilenet_photos"]
+    assert photos["top5"]["coffee"][0][0] == "espresso"
+    assert set(photos["status"].values()) == {"ok"} and set(photos["metrics"]) == {"msp", "energy", "fde"}
+
+
+def test_reduced_preset_caps_training_epochs():
+    opts = preset_options("reduced", scorers=["fde", "msp"], options={"fde": {"hidden": 64}})
+    assert opts == {"fde": {"epochs": SIZES["reduced"]["fde_epochs"], "hidden": 64}}
+    assert preset_options("full", scorers=["fde"], options={"fde": {"epochs": 1}}) == {"fde": {"epochs": 1}}
+    with pytest.raises(ValueError, match="unknown scorer"):
+        preset_options("full", scorers=["nope"])
+    with pytest.raises(ValueError, match="size"):
+        run_fashion_benchmark("/tmp/unused", size="tiny")
