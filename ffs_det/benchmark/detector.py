@@ -1,0 +1,137 @@
+"""Detector timings: one training step of plain Faster R-CNN / VOS / FFS, and apply_net-style inference.
+
+All three models come from the embedded shapes configs (``configs/Shapes/*_mobilenet.yaml``), are built
+from the same seed (so the shared layers start identical) and see the same images: scenes of the shapes
+world rendered in memory by :func:`ffs_det.data.shapes.render_scene` and resized as detectron2's
+``DatasetMapper`` does. The training step is measured with synthesis active: the event-storage iteration
+is ``FFS.START_ITER`` and the VOS class queues are full.
+"""
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from .. import detectron2_compat  # noqa: F401  (before detectron2)
+import ffs_det.modeling  # noqa: F401  (registers the ROI heads and backbones)
+from detectron2.data import detection_utils
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.solver import build_optimizer
+from detectron2.structures import BoxMode
+from detectron2.utils.events import EventStorage
+
+from ..data.shapes import ID_CLASSES, render_scene
+from ..engine.setup import build_cfg
+from .timing import interleaved, paired_ratio, summarize
+
+__all__ = ["MODES", "detector_cfg", "shapes_inputs", "build_models", "time_training_steps", "time_inference"]
+
+# benchmark name -> config file
+MODES = {"plain": "Shapes/vanilla_mobilenet.yaml", "vos": "Shapes/vos_mobilenet.yaml",
+         "ffs": "Shapes/ffs_mobilenet.yaml"}
+
+
+def detector_cfg(mode: str, device: str = "cpu", images_per_batch: int = None):
+    """The config of ``mode``; the MobileNetV2 trunk is randomly initialised (no weight file is read —
+    the step time does not depend on the weight values)."""
+    opts = ["MODEL.DEVICE", device, "MODEL.MOBILENET.WEIGHTS", "", "MODEL.WEIGHTS", ""]
+    if images_per_batch:
+        opts += ["SOLVER.IMS_PER_BATCH", str(images_per_batch)]
+    cfg = build_cfg(MODES[mode], opts, cpu_fallback=False)
+    cfg.freeze()
+    return cfg
+
+
+def shapes_inputs(cfg, num_images: int, seed: int = 0, train: bool = True) -> List[Dict]:
+    """``num_images`` shapes-world scenes as detectron2 model inputs (with ``instances`` when ``train``)."""
+    if train:
+        aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, "choice")
+    else:
+        aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    inputs = []
+    for i in range(num_images):
+        pixels, objects = render_scene(np.random.default_rng([seed, 0, i]), ID_CLASSES)
+        height, width = pixels.shape[:2]
+        aug_input = T.AugInput(pixels)
+        transforms = aug(aug_input)
+        image = aug_input.image
+        item = {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                "height": height, "width": width}
+        if train:
+            annos = [detection_utils.transform_instance_annotations(
+                {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS, "category_id": cls}, transforms, image.shape[:2])
+                for cls, box, _ in objects]
+            item["instances"] = detection_utils.annotations_to_instances(annos, image.shape[:2])
+        inputs.append(item)
+    return inputs
+
+
+def build_models(cfgs: Dict[str, object], seed: int = 0) -> Dict[str, torch.nn.Module]:
+    """One model per config, each built from ``seed``; VOS queues filled so that VOS synthesises."""
+    models = {}
+    for mode, cfg in cfgs.items():
+        torch.manual_seed(seed)
+        model = build_model(cfg)
+        synth = model.roi_heads.synthesizer
+        if synth.kind == "gaussian":
+            with torch.no_grad():
+                synth.queue.normal_()
+                synth.count.fill_(synth.queue_size)
+        models[mode] = model
+    return models
+
+
+def time_training_steps(models: Dict[str, torch.nn.Module], cfgs, batch: Sequence[Dict], warmup: int,
+                        repeats: int, device: str = "cpu") -> Dict:
+    """Forward + backward + optimizer step of each model on ``batch``, interleaved; synthesis active."""
+    optimizers = {mode: build_optimizer(cfgs[mode], model) for mode, model in models.items()}
+    losses_seen = {}
+
+    def step(mode):
+        model, opt = models[mode], optimizers[mode]
+        with EventStorage(cfgs[mode].FFS.START_ITER):
+            losses = model(batch)
+            total = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+        losses_seen[mode] = sorted(losses)
+
+    for model in models.values():
+        model.train()
+    times = interleaved({mode: (lambda m=mode: step(m)) for mode in models}, warmup, repeats, device)
+    out = {mode: dict(summarize(t), losses=losses_seen[mode]) for mode, t in times.items()}
+    out["ratios"] = {f"{mode}/plain": paired_ratio(times[mode], times["plain"]) for mode in models if mode != "plain"}
+    out["images_per_batch"] = len(batch)
+    return out
+
+
+def time_inference(models: Dict[str, torch.nn.Module], images: Sequence[Dict], warmup: int, repeats: int,
+                   device: str = "cpu") -> Dict:
+    """apply_net's path: ``model.eval()``, one image per forward (the test loader's batch size), no grad.
+
+    Each timed call runs over all ``images``; images/s = len(images) / seconds. The models are given the
+    same box-head and backbone weights (the plain model's), so they produce the same detections and the
+    comparison isolates the head's inference overhead.
+    """
+    reference = models["plain"].state_dict()
+    for model in models.values():
+        model.load_state_dict(reference, strict=False)
+        model.eval()
+    detections = {}
+
+    def run(mode):
+        with torch.no_grad():
+            outputs = [models[mode]([image])[0]["instances"] for image in images]
+        detections[mode] = sum(len(o) for o in outputs)
+
+    times = interleaved({mode: (lambda m=mode: run(m)) for mode in models}, warmup, repeats, device)
+    out = {}
+    for mode, t in times.items():
+        s = summarize(t)
+        out[mode] = dict(s, images=len(images), images_per_s=len(images) / s["median_s"],
+                         detections=detections[mode])
+    # images/s ratio = inverse time ratio
+    names = [m for m in models if m != "plain"]
+    out["ratios"] = {f"{m}/plain": paired_ratio(times["plain"], times[m]) for m in names}
+    return out
