@@ -27,6 +27,8 @@ def add_ffs_config(cfg):
     cfg.FFS.OUTPUT_BOX_FEATURES = False
     # non-finite flow NLL or energy loss: "raise" (error naming loss and iteration) or "skip" (zero it, log)
     cfg.FFS.NONFINITE = "raise"
+    # iterations between training-metric writes (metrics.json, console, tensorboard); detectron2 uses 20
+    cfg.FFS.LOG_PERIOD = 20
 
     cfg.FFS.FLOW = CN()
     # FrEIA coupling block: "glow", "realnvp", "nice" or "allinone"; the width comes from the box head

@@ -1,0 +1,153 @@
+"""DetectionCheckpointer with three guarantees detectron2's does not give.
+
+* **Atomic files.** A checkpoint (and the ``last_checkpoint`` tag) is written to a temporary file and
+  renamed into place, so a run killed while saving leaves the previous checkpoint and tag intact; it never
+  leaves a truncated ``model_*.pth`` that ``--resume`` would pick up.
+* **No non-finite checkpoints.** ``save`` refuses (``FloatingPointError`` naming the tensors) to write a
+  model whose floating-point parameters or buffers hold NaN or Inf, so a diverged run cannot overwrite a
+  good checkpoint with a broken one.
+* **Whole-model loads fail loudly.** detectron2 only logs a warning for checkpoint keys that are missing or
+  have another shape, which is right for initialising from ImageNet/backbone weights but silently yields a
+  half-random detector when evaluating. With ``full_model=True`` (evaluation, apply_net, and resuming from
+  ``last_checkpoint``) any shape mismatch or any missing key needed for inference is a
+  :class:`CheckpointMismatchError` naming the file, how many keys differ, examples, and the likely cause.
+
+Unreadable files (missing, truncated, not a checkpoint, or a pickle that ``torch.load(weights_only=True)``
+refuses) raise ``FileNotFoundError`` / ``ValueError`` naming the file. Files ending in ``.pkl`` (detectron2
+and Caffe2 model-zoo weights) are still read by detectron2 with :mod:`pickle`, which can run code: load
+only ``.pkl`` files from sources you trust (see docs/reliability.md).
+"""
+import logging
+import os
+from typing import List, Tuple
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from ..atomic_io import atomic_open, atomic_write_text
+
+__all__ = ["SafeCheckpointer", "CheckpointMismatchError", "nonfinite_tensors", "TRAINING_ONLY_PREFIXES"]
+
+logger = logging.getLogger(__name__)
+
+# state-dict prefixes of modules used only during training (flow, queues, energy-margin weights): a
+# checkpoint without them still gives the same detections and energies
+TRAINING_ONLY_PREFIXES = ("roi_heads.synthesizer.", "roi_heads.energy_margin.")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model built from the config; the message names file and keys."""
+
+
+def nonfinite_tensors(state_dict) -> List[Tuple[str, int, int]]:
+    """``(name, number of NaN/Inf values, number of values)`` of every floating tensor that is not finite."""
+    bad = []
+    for name, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            n = int((~torch.isfinite(value.detach())).sum())
+            if n:
+                bad.append((name, n, value.numel()))
+    return bad
+
+
+def _examples(items, k=3) -> str:
+    items = list(items)
+    more = f", ... ({len(items) - k} more)" if len(items) > k else ""
+    return ", ".join(items[:k]) + more
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer(model, save_dir, full_model=False, **checkpointables)``; see the module doc."""
+
+    def __init__(self, model, save_dir="", *, full_model: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.full_model = full_model
+
+    # ---- saving ---------------------------------------------------------------------------------
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        state = self.model.state_dict()
+        bad = nonfinite_tensors(state)
+        if bad:
+            detail = _examples(f"{k} ({n} of {total} values)" for k, n, total in bad)
+            raise FloatingPointError(
+                f"refusing to save checkpoint {name!r}: {len(bad)} model tensors hold NaN or Inf: {detail}. "
+                "Training diverged; the previous checkpoint is kept (lower SOLVER.BASE_LR, or see FFS.NONFINITE)")
+        data = {"model": state}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        with atomic_open(save_file, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+    # ---- loading --------------------------------------------------------------------------------
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        if resume and self.has_checkpoint():
+            last = self.get_checkpoint_file()
+            if not os.path.isfile(last):
+                raise FileNotFoundError(f"{os.path.join(self.save_dir, 'last_checkpoint')} names {last}, which does "
+                                        "not exist; delete last_checkpoint to start over or restore the file")
+            full, self.full_model = self.full_model, True  # our own checkpoint: every key must fit
+            try:
+                return self.load(last)
+            finally:
+                self.full_model = full
+        return self.load(path, checkpointables=[])
+
+    def load(self, path, *args, **kwargs):
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        self._loading = path
+        return super().load(path, *args, **kwargs)
+
+    def _torch_load(self, f):
+        try:
+            return super()._torch_load(f)
+        except Exception as e:  # truncated zip, not a torch file, or a pickle weights_only refuses
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"checkpoint {f}: cannot be read as a torch checkpoint ({type(e).__name__}: "
+                             f"{first})") from None
+
+    def _load_file(self, filename):
+        data = super()._load_file(filename)
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise ValueError(f"checkpoint {filename}: holds no model state dict")
+        return data
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        if self.full_model:
+            self._check_full_model(incompatible)
+        return incompatible
+
+    def _check_full_model(self, incompatible) -> None:
+        model_keys = list(self.model.state_dict())
+        missing = [k for k in incompatible.missing_keys if not k.startswith(TRAINING_ONLY_PREFIXES)]
+        shapes = incompatible.incorrect_shapes
+        if not missing and not shapes:
+            return
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the model's {len(model_keys)} keys are missing from it "
+                         f"(e.g. {_examples(missing)})")
+        if shapes:
+            parts.append(f"{len(shapes)} have another shape (e.g. "
+                         + _examples(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in shapes) + ")")
+        if len(missing) > len(model_keys) // 2:
+            cause = "it was saved from another architecture (MODEL.BACKBONE / config file)"
+        elif shapes and all(k.startswith(("roi_heads.box_predictor.", "roi_heads.energy_margin.",
+                                          "roi_heads.synthesizer.")) for k, _, _ in shapes):
+            cause = "it was trained with another MODEL.ROI_HEADS.NUM_CLASSES"
+        else:
+            cause = "it was saved from a different model configuration"
+        raise CheckpointMismatchError(f"checkpoint {getattr(self, '_loading', '?')} does not fit the model of this "
+                                      f"config: {'; '.join(parts)}; {cause}")

@@ -1,0 +1,143 @@
+"""Kill and resume: a training run killed with SIGKILL after a checkpoint resumes from it with --resume
+(iteration, optimizer, scheduler, flow and VOS queues restored) and ends where an uninterrupted run ends,
+with a metrics.json that logs every iteration once."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ffs_det.modeling  # noqa: F401
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+
+from ffs_det.engine import Trainer
+from ffs_det.engine.setup import build_cfg
+from ffs_det.engine.trainer import trim_metrics
+
+from detector_utils import write_tiny_coco
+
+torch.set_num_threads(1)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_ITER = 20
+
+
+def _opts(out, synthesis, dataset, max_iter=MAX_ITER, period=4):
+    return ["DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()", "FFS.SYNTHESIS", synthesis,
+            "FFS.START_ITER", "2", "FFS.QUEUE_SIZE", "3", "FFS.SAMPLE_FROM", "50", "FFS.FLOW.HIDDEN", "32",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", "(10,)",
+            "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", str(period), "SOLVER.BASE_LR", "0.005",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "64",
+            "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
+            "MODEL.MOBILENET.WEIGHTS", "", "FFS.LOG_PERIOD", "1", "OUTPUT_DIR", str(out)]
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_resume")
+    json_path, image_root = write_tiny_coco(str(root), num_images=6)
+    if "tiny_resume" not in DatasetCatalog.list():
+        register_coco_instances("tiny_resume", {}, json_path, image_root)
+    return json_path, image_root
+
+
+def _metrics(out):
+    with open(os.path.join(out, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _assert_restored(cfg, checkpoint_file):
+    """A Trainer resumed from ``cfg.OUTPUT_DIR`` holds exactly the state saved in ``checkpoint_file``."""
+    saved = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == saved["iteration"] + 1
+    model = trainer.model.state_dict()
+    assert set(model) == set(saved["model"])
+    for k, v in saved["model"].items():
+        assert torch.equal(model[k], v), k
+    state = saved["trainer"]  # iteration, optimizer (under _trainer) and the LR scheduler (under hooks)
+    assert state["iteration"] == saved["iteration"]
+    opt, saved_opt = trainer.optimizer.state_dict(), state["_trainer"]["optimizer"]
+    assert opt["param_groups"] == saved_opt["param_groups"]
+    assert opt["state"].keys() == saved_opt["state"].keys() and opt["state"]
+    for i, st in saved_opt["state"].items():
+        assert torch.equal(opt["state"][i]["momentum_buffer"], st["momentum_buffer"])
+    assert trainer.scheduler.state_dict() == state["hooks"]["LRScheduler"]
+    assert trainer.scheduler.last_epoch == saved["iteration"] + 1
+    return trainer, saved
+
+
+def test_sigkill_then_resume_continues_from_the_checkpoint(tiny_set, tmp_path):
+    json_path, image_root = tiny_set
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", "Shapes/vos_mobilenet.yaml",
+           "--register-coco", "tiny_resume", json_path, image_root]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd + _opts(out, "gaussian", "tiny_resume"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    # kill once a checkpoint exists and some iterations after it were logged (they are trained again)
+    deadline = time.time() + 240
+    last = out / "last_checkpoint"
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and os.path.exists(out / "metrics.json"):
+            done = int(last.read_text()[len("model_"):-len(".pth")])
+            if any(m["iteration"] > done for m in _metrics(out)):
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    ckpt = out / last.read_text()
+    assert ckpt.name != "model_final.pth" and not (out / "model_final.pth").exists()
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]  # checkpoints are written atomically
+
+    cfg = build_cfg("Shapes/vos_mobilenet.yaml", _opts(out, "gaussian", "tiny_resume"))
+    trainer, saved = _assert_restored(cfg, str(ckpt))
+    k = saved["iteration"]
+    queue = trainer.model.roi_heads.synthesizer.queue
+    assert torch.equal(queue, saved["model"]["roi_heads.synthesizer.queue"]) and queue.abs().sum() > 0
+    assert int(trainer.model.roi_heads.synthesizer.count.sum()) > 0
+    del trainer
+
+    proc = subprocess.run(cmd + ["--resume"] + _opts(out, "gaussian", "tiny_resume"), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Starting training from iteration {k + 1}" in proc.stdout + proc.stderr
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["iteration"] == MAX_ITER - 1  # as an uninterrupted run
+    metrics = _metrics(out)
+    assert [m["iteration"] for m in metrics] == list(range(MAX_ITER))  # every iteration once, in order
+    assert all(torch.isfinite(torch.tensor(m["total_loss"])) for m in metrics)
+    # the restored scheduler keeps the step at iteration 10
+    assert all(m["lr"] == pytest.approx(0.005 if m["iteration"] < 10 else 0.0005) for m in metrics)
+
+
+def test_resume_restores_the_flow_and_optimizer(tiny_set, tmp_path):
+    cfg = build_cfg("Shapes/ffs_mobilenet.yaml", _opts(tmp_path, "flow", "tiny_resume", max_iter=3, period=2))
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    flow = {k: v.clone() for k, v in trainer.model.roi_heads.synthesizer.flow.state_dict().items()}
+    del trainer
+    # a longer run resumes from model_final (iteration 2) with the trained flow
+    cfg = build_cfg("Shapes/ffs_mobilenet.yaml", _opts(tmp_path, "flow", "tiny_resume", max_iter=5, period=2))
+    trainer, saved = _assert_restored(cfg, str(tmp_path / "model_final.pth"))
+    assert saved["iteration"] == 2
+    for k, v in trainer.model.roi_heads.synthesizer.flow.state_dict().items():
+        assert torch.equal(v, flow[k]), k
+
+
+def test_trim_metrics_drops_repeated_iterations_and_a_partial_line(tmp_path):
+    path = tmp_path / "metrics.json"
+    lines = [json.dumps({"iteration": i, "total_loss": 1.0}) for i in range(6)]
+    path.write_text("\n".join(lines) + "\n" + '{"iteration": 6, "total_lo')
+    assert trim_metrics(str(path), 4) == 3
+    assert path.read_text() == "\n".join(lines[:4]) + "\n"
+    assert trim_metrics(str(path), 4) == 0
+    assert trim_metrics(str(tmp_path / "absent.json"), 4) == 0
