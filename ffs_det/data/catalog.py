@@ -57,12 +57,17 @@ def load_coco_detection(name: str, json_file: str, image_root: str) -> List[dict
                              "with the script in datasets/ or register it under another name with "
                              "--register-coco") from None
         raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: {e}") from None
-    except (KeyError, ValueError, json.JSONDecodeError) as e:
-        raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: {e}") from None
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: {type(e).__name__}: {e}") from None
+    if not dicts:
+        raise ValueError(f"dataset {name!r}: {json_file} lists no images")
     stats = BoxFilterStats()
     for record in dicts:
         kept = []
         for ann in record["annotations"]:
+            if "bbox" not in ann:
+                raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: an annotation of image "
+                                 f"{record.get('image_id')} ({record.get('file_name')}) has no 'bbox'")
             box, outcome = sanitize_xywh(ann["bbox"], record.get("width"), record.get("height"))
             stats.add(outcome)
             if box is not None:
@@ -141,10 +146,16 @@ def get_thing_classes(name: str) -> List[str]:
     json_file = meta.get("json_file")
     if not json_file or not os.path.isfile(json_file):
         raise FileNotFoundError(f"dataset {name!r}: annotation file not found: {json_file} ({README_HINT})")
-    names = _json_categories(json_file)
-    if names is None:
-        raise ValueError(f"dataset {name!r}: {json_file} is not a COCO json with categories")
-    return names
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: {type(e).__name__}: {e}") from None
+    try:
+        return [str(c["name"]) for c in sorted(data["categories"], key=lambda c: c["id"])]
+    except (KeyError, TypeError):
+        raise ValueError(f"dataset {name!r}: {json_file} is not a COCO json with categories (a list of "
+                         "{'id', 'name'} objects)") from None
 
 
 def require_datasets(names: Iterable[str], check_files: bool = True) -> None:
