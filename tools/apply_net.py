@@ -7,7 +7,9 @@
 
 Writes <output-dir>/<dataset>/{records.npz, coco_detections.json, metrics.json} for each --test-dataset
 (default output dir: <OUTPUT_DIR of the config>/inference) and prints where. Feed the records to
-tools/eval_ood.py. Trailing KEY VALUE pairs override the config.
+tools/eval_ood.py. Trailing KEY VALUE pairs override the config. A wrong input (config key, dataset,
+checkpoint of another architecture or class count, unreadable image) ends the run with one
+`error: ...` line and exit status 2.
 """
 import argparse
 import json
@@ -20,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ffs_det.modeling  # noqa: E402,F401
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
-from ffs_det.engine.setup import ConfigError, build_cfg  # noqa: E402
+from ffs_det.engine.setup import ConfigError, build_cfg, one_line  # noqa: E402
 from ffs_det.evaluation.apply import apply_model, load_model  # noqa: E402
 
 
@@ -39,6 +41,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
@@ -49,19 +56,20 @@ def main(argv=None):
         apply_dataset_args(args)
         model = load_model(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        return _fail(one_line(e))
     out_root = args.output_dir or os.path.join(cfg.OUTPUT_DIR, "inference")
     for dataset in args.test_dataset:
         try:
             result = apply_model(cfg, dataset, os.path.join(out_root, dataset), model=model)
-        except (KeyError, FileNotFoundError, ValueError) as e:
-            sys.exit(f"error: {dataset}: {e.args[0] if e.args else e}")
+        except (KeyError, OSError, ValueError) as e:  # OSError: e.g. an output folder that is a file
+            return _fail(f"{dataset}: {one_line(e)}")
         logging.getLogger("ffs_det").info("%s", json.dumps(result["summary"].get("bbox", {})))
         print(f"{dataset}: {result['summary']['num_detections']} detections on "
               f"{result['summary']['num_images']} images; wrote")
         for kind, path in result["paths"].items():
             print(f"  {kind:10s} {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     try:
         report, paths = run_report(args.id, args.ood, args.output_dir, args.thres, args.score_key, args.draw,
                                    args.dataset_dir)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # OSError: e.g. --output-dir is a file or not writable
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(report))

@@ -6,32 +6,45 @@
   tools/train_net.py --config-file VOC/ffs_regnetx.yaml --eval-only MODEL.WEIGHTS output/VOC/ffs_regnetx/model_final.pth
 
 A --config-file that does not exist as given is looked up under configs/. Without GPUs, --num-gpus N
-runs N CPU processes. Trailing KEY VALUE pairs override the config.
+runs N CPU processes. Trailing KEY VALUE pairs override the config. A wrong input (config key, dataset
+path, class count, checkpoint, unreadable image, non-finite loss) ends the run with one `error: ...` line
+and exit status 2 (1 for errors during training).
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
 import ffs_det.modeling  # noqa: E402,F401  (registers FFSROIHeads and the backbones)
 from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
 from ffs_det.engine import Trainer  # noqa: E402
-from ffs_det.engine.setup import ConfigError, build_cfg, setup_cfg  # noqa: E402
+from ffs_det.engine.checkpoint import SafeCheckpointer  # noqa: E402
+from ffs_det.engine.setup import ConfigError, build_cfg, check_inputs, one_line, setup_cfg  # noqa: E402
+
+# errors whose message names the bad input (file, key, loss and iteration): printed as one line
+INPUT_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError)
 
 
-def main(args):
+def run(args):
     apply_dataset_args(args)
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, full_model=True).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def main(args):
+    try:
+        return run(args)
+    except INPUT_ERRORS as e:
+        sys.exit(f"error: {one_line(e)}")
 
 
 def parse_args(argv=None):
@@ -42,10 +55,11 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()
-    try:  # fail fast, before spawning processes, on a wrong config file or key
-        build_cfg(args.config_file, args.opts)
+    try:  # fail fast, before spawning processes, on a wrong config file or key, dataset or class count
         apply_dataset_args(args)
+        check_inputs(build_cfg(args.config_file, args.opts), eval_only=args.eval_only)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -10,7 +10,8 @@ from detectron2.engine import default_setup
 
 from ..config import add_ffs_config
 
-__all__ = ["CONFIGS_DIR", "resolve_config_file", "build_cfg", "setup_cfg", "ConfigError"]
+__all__ = ["CONFIGS_DIR", "resolve_config_file", "build_cfg", "setup_cfg", "ConfigError", "check_inputs",
+           "one_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,49 @@ def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: b
         cfg.MODEL.DEVICE = "cpu"
     if cfg.FFS.SYNTHESIS not in ("flow", "gaussian", "none"):
         raise ConfigError(f"FFS.SYNTHESIS must be 'flow', 'gaussian' or 'none', got {cfg.FFS.SYNTHESIS!r}")
+    if cfg.FFS.NONFINITE not in ("raise", "skip"):
+        raise ConfigError(f"FFS.NONFINITE must be 'raise' or 'skip', got {cfg.FFS.NONFINITE!r}")
+    if cfg.FFS.LOG_PERIOD < 1:
+        raise ConfigError(f"FFS.LOG_PERIOD must be >= 1, got {cfg.FFS.LOG_PERIOD}")
     return cfg
+
+
+def _is_local(path: str) -> bool:
+    return bool(path) and "://" not in path
+
+
+def check_inputs(cfg, eval_only: bool = False) -> None:
+    """Checks that need no model: the datasets the run reads are registered and on disk, the training
+    sets have ``MODEL.ROI_HEADS.NUM_CLASSES`` classes, and a local ``MODEL.WEIGHTS`` exists (required for
+    evaluation). Raises ConfigError / FileNotFoundError / ValueError naming the key, dataset or file.
+    """
+    from ..data.catalog import require_datasets
+    from ..data.validate import check_num_classes
+
+    weights = cfg.MODEL.WEIGHTS
+    if eval_only and not weights:
+        raise ConfigError("--eval-only needs MODEL.WEIGHTS (a trained checkpoint)")
+    if _is_local(weights) and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights}")
+    names = cfg.DATASETS.TEST if eval_only else cfg.DATASETS.TRAIN
+    if not eval_only and not names:
+        raise ConfigError("DATASETS.TRAIN is empty: nothing to train on")
+    require_datasets(names)
+    if not eval_only:
+        check_num_classes(cfg)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line; for an error re-raised from a DataLoader worker, whose message
+    carries the worker's traceback, the original error's last line."""
+    text = str(e.args[0]) if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if "Original Traceback" in text:
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return "; ".join(lines) if len(lines) <= 3 else lines[0]
 
 
 def setup_cfg(args):

@@ -16,12 +16,13 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..detectron2_compat import COMPILED_OPS_AVAILABLE  # first: before any detectron2 import
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 
 from ..atomic_io import atomic_write_json
+from ..data.validate import CheckedDatasetMapper, check_image_files
+from ..engine.checkpoint import SafeCheckpointer
 from .detections import RecordsEvaluator, annotate_matches
 from .records import save_records
 
@@ -31,12 +32,13 @@ logger = logging.getLogger(__name__)
 
 
 def load_model(cfg):
-    """Build the model of ``cfg`` and load ``cfg.MODEL.WEIGHTS`` (a clear error when the file is missing)."""
+    """Build the model of ``cfg`` and load ``cfg.MODEL.WEIGHTS``: FileNotFoundError when the file is missing,
+    ValueError when it is unreadable or does not fit the model (another architecture or NUM_CLASSES)."""
     weights = cfg.MODEL.WEIGHTS
     if not weights or not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights!r}")
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    SafeCheckpointer(model, full_model=True).load(weights)
     model.eval()
     return model
 
@@ -75,7 +77,8 @@ def _coco_detections(arrays: Dict[str, np.ndarray], dataset_name: str):
 
 def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name: Optional[str] = None) -> Dict:
     """Run ``model`` (default: built from ``cfg``) on ``dataset_name``; write records, detections and mAP."""
-    DatasetCatalog.get(dataset_name)  # unknown name / missing files: detectron2's or ffs_det's clear error
+    dicts = DatasetCatalog.get(dataset_name)  # unknown name / missing files: detectron2's or ffs_det's clear error
+    check_image_files(dicts, f"dataset {dataset_name!r}")
     model = model if model is not None else load_model(cfg)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     evaluators = [RecordsEvaluator(dataset_name)]
@@ -83,7 +86,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     if with_map:
         evaluators.append(COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=None,
                                         use_fast_impl=COMPILED_OPS_AVAILABLE))
-    loader = build_detection_test_loader(cfg, dataset_name)
+    loader = build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
     start = time.perf_counter()
     results = inference_on_dataset(model, loader, DatasetEvaluators(evaluators))
     seconds = time.perf_counter() - start
