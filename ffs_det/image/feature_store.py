@@ -135,14 +135,28 @@ class FeatureStore:
             raise ValueError(f"{meta_path}: not a feature store (format {meta.get('format') if isinstance(meta, dict) else None!r})")
         if meta.get("version") != VERSION:
             raise ValueError(f"{meta_path}: store version {meta.get('version')!r}, this code reads {VERSION}")
+        length, arrays = meta.get("length"), meta.get("arrays")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            raise ValueError(f"{meta_path}: 'length' must be a non-negative integer, got {length!r}")
+        if not isinstance(arrays, dict) or not arrays:
+            raise ValueError(f"{meta_path}: 'arrays' must be a non-empty object, got {arrays!r}")
         self.meta = meta
-        self.length = int(meta["length"])
+        self.length = length
         self.info = meta.get("info", {})
         self._arrays: Dict[str, np.ndarray] = {}
         for name, spec in meta["arrays"].items():
             self._arrays[name] = self._open(name, spec)
 
     def _open(self, name: str, spec: dict) -> np.ndarray:
+        meta_path = os.path.join(self.path, META)
+        if not (isinstance(spec, dict) and isinstance(spec.get("file"), str) and isinstance(spec.get("shape"), list)
+                and "dtype" in spec):
+            raise ValueError(f"{meta_path}: array {name!r} needs 'file' (a string), 'shape' (a list) and 'dtype', "
+                             f"got {spec!r}")
+        try:
+            np.dtype(spec["dtype"])
+        except TypeError:
+            raise ValueError(f"{meta_path}: array {name!r} has an unknown dtype {spec['dtype']!r}") from None
         file = os.path.join(self.path, os.path.basename(spec["file"]))
         if not os.path.isfile(file):
             raise FileNotFoundError(f"{file} is missing from feature store {self.path}")

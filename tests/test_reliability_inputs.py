@@ -1,0 +1,254 @@
+"""Malformed inputs: property-based tests of the records and feature-store loaders (always a ValueError or
+FileNotFoundError naming the file, never another exception, never an output file), and the CLIs' one-line
+`error:` messages."""
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ffs_det.evaluation.ood_report import run_report
+from ffs_det.evaluation.records import load_records, save_records
+
+torch.set_num_threads(1)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K = 3
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _records(n, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, K + 1)).astype(np.float32)
+    arrays = {"image_id": np.arange(n, dtype=np.int64), "boxes": np.tile([[0, 0, 10, 10]], (n, 1)).astype(np.float32),
+              "pred_class": rng.integers(0, K, n).astype(np.int64), "score": rng.uniform(0, 1, n).astype(np.float32),
+              "energy": rng.normal(size=n).astype(np.float32), "logits": logits,
+              "gt_matched": rng.uniform(size=n) < 0.5}
+    meta = {"dataset": f"set{seed}", "model": "m", "num_classes": K, "class_names": ["a", "b", "c"], "config": "",
+            "num_gt": n}
+    return arrays, meta
+
+
+def _npz_bytes(arrays, meta_value):
+    buf = io.BytesIO()
+    extra = {} if meta_value is None else {"meta": meta_value}
+    np.savez(buf, **extra, **arrays)
+    return buf.getvalue()
+
+
+def _assert_clean_failure(path, fn):
+    """``fn()`` either works or raises ValueError/FileNotFoundError whose message names ``path``."""
+    try:
+        fn()
+    except (ValueError, FileNotFoundError) as e:
+        assert str(path) in str(e), str(e)
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ records
+@FAST
+@given(data=st.binary(max_size=600))
+def test_random_bytes_are_rejected_naming_the_file(tmp_path, data):
+    path = tmp_path / "r.npz"
+    path.write_bytes(data)
+    assert not _assert_clean_failure(path, lambda: load_records(str(path)))
+
+
+@FAST
+@given(cut=st.integers(0, 10_000), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)),
+                                                  max_size=4))
+def test_truncated_or_corrupted_records_fail_cleanly(tmp_path, cut, flips):
+    arrays, meta = _records(20)
+    good = bytearray(_npz_bytes(arrays, np.array(json.dumps(meta))))
+    for pos, x in flips:
+        good[pos % len(good)] ^= x
+    path = tmp_path / "r.npz"
+    path.write_bytes(bytes(good[: max(1, len(good) - cut % len(good))]))
+    _assert_clean_failure(path, lambda: load_records(str(path)))
+
+
+_META_VALUES = st.one_of(
+    st.none(), st.just(np.array("not json")), st.just(np.array(json.dumps([1, 2]))), st.just(np.arange(3)),
+    st.just(np.array(json.dumps({"dataset": "x"}))),
+    st.fixed_dictionaries({"num_classes": st.one_of(st.integers(-2, 5), st.booleans(), st.text(max_size=2)),
+                           "class_names": st.one_of(st.lists(st.text(max_size=2), max_size=4), st.integers())})
+    .map(lambda m: np.array(json.dumps({"dataset": "x", "model": "m", "config": "", **m}))))
+_ARRAYS = st.dictionaries(
+    st.sampled_from(["image_id", "boxes", "pred_class", "score", "energy", "logits", "gt_matched", "other"]),
+    st.tuples(st.sampled_from(["float32", "float64", "int64", "int32", "bool", "U1"]),
+              st.lists(st.integers(0, 4), min_size=0, max_size=3)),
+    max_size=8)
+
+
+@FAST
+@given(meta=_META_VALUES, spec=_ARRAYS, drop=st.sets(st.sampled_from(["energy", "score", "boxes"]), max_size=2))
+def test_records_with_wrong_keys_dtypes_shapes_or_meta_fail_cleanly(tmp_path, meta, spec, drop):
+    arrays, _ = _records(4)
+    for key in drop:
+        arrays.pop(key)
+    for key, (dtype, shape) in spec.items():
+        arrays[key] = np.zeros(shape, dtype=dtype)
+    path = tmp_path / "r.npz"
+    path.write_bytes(_npz_bytes(arrays, meta))
+    _assert_clean_failure(path, lambda: load_records(str(path)))
+
+
+def test_pickled_object_arrays_are_refused_without_unpickling(tmp_path):
+    arrays, meta = _records(3)
+    arrays["evil"] = np.array([object()] * 3, dtype=object)
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+    (tmp_path / "r.npz").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match=r"r\.npz: 'evil': cannot be read without pickle"):
+        load_records(str(tmp_path / "r.npz"))
+
+
+@FAST
+@given(bad=st.sampled_from(["empty", "garbage", "zero_id", "zero_ood", "missing"]))
+def test_report_with_a_bad_input_writes_nothing(tmp_path_factory, bad):
+    tmp = tmp_path_factory.mktemp("rep")
+    id_path = save_records(str(tmp / "id.npz"), *_records(0 if bad == "zero_id" else 30, 1))
+    ood = _records(0 if bad == "zero_ood" else 30, 2)
+    ood_path = save_records(str(tmp / "ood.npz"), *ood)
+    target = id_path
+    if bad == "empty":
+        open(ood_path, "wb").close()
+        target = ood_path
+    elif bad == "garbage":
+        (tmp / "ood.npz").write_bytes(b"PK\x03\x04 not a zip")
+        target = ood_path
+    elif bad == "missing":
+        os.remove(ood_path)
+        target = ood_path
+    elif bad == "zero_ood":
+        target = ood_path
+    out = tmp / "report"
+    with pytest.raises((ValueError, FileNotFoundError), match=os.path.basename(target)):
+        run_report(id_path, [ood_path], str(out), thres=0.1 if bad == "zero_ood" else None)
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ feature store
+fs = pytest.importorskip("ffs_det.image.feature_store")
+
+
+def _store(path, n=5, d=4):
+    with fs.FeatureStoreWriter(str(path), n, {"features": ((d,), "float32"), "labels": ((), "int64")}) as w:
+        w.append(features=np.ones((n, d), np.float32), labels=np.arange(n))
+    return path
+
+
+_META_MUTATIONS = [
+    lambda m: m.pop("length"), lambda m: m.__setitem__("length", "five"), lambda m: m.__setitem__("length", -1),
+    lambda m: m.pop("arrays"), lambda m: m.__setitem__("arrays", [1, 2]), lambda m: m.__setitem__("arrays", {"x": 3}),
+    lambda m: m["arrays"]["features"].pop("shape"), lambda m: m["arrays"]["features"].__setitem__("shape", [5, 7]),
+    lambda m: m["arrays"]["features"].__setitem__("dtype", "no-such-dtype"),
+    lambda m: m["arrays"]["features"].__setitem__("dtype", "float64"),
+    lambda m: m["arrays"]["features"].__setitem__("file", "labels.npy"),
+    lambda m: m["arrays"]["features"].__setitem__("file", 7),
+    lambda m: m.__setitem__("version", 99), lambda m: m.__setitem__("format", "other"),
+]
+
+
+@FAST
+@given(mutations=st.lists(st.sampled_from(range(len(_META_MUTATIONS))), min_size=1, max_size=3, unique=True))
+def test_feature_store_with_malformed_metadata_fails_cleanly(tmp_path_factory, mutations):
+    path = _store(tmp_path_factory.mktemp("fs") / "store")
+    meta = json.loads((path / "meta.json").read_text())
+    for i in mutations:
+        try:
+            _META_MUTATIONS[i](meta)
+        except (KeyError, TypeError, AttributeError):
+            pass  # an earlier mutation removed what this one changes
+    (path / "meta.json").write_text(json.dumps(meta))
+    _assert_clean_failure(path, lambda: fs.FeatureStore(str(path)))
+
+
+@FAST
+@given(data=st.binary(max_size=300), target=st.sampled_from(["meta.json", "features.npy", "labels.npy"]),
+       keep=st.floats(0, 1))
+def test_feature_store_with_corrupt_files_fails_cleanly(tmp_path_factory, data, target, keep):
+    path = _store(tmp_path_factory.mktemp("fs") / "store")
+    f = path / target
+    original = f.read_bytes()
+    f.write_bytes(original[: int(len(original) * keep)] + data)
+    _assert_clean_failure(path, lambda: fs.FeatureStore(str(path)))
+
+
+def test_feature_store_writer_leaves_nothing_on_error(tmp_path):
+    with pytest.raises(ValueError, match="only 2 of 5 rows"):
+        with fs.FeatureStoreWriter(str(tmp_path / "s"), 5, {"features": ((3,), "float32")}) as w:
+            w.append(features=np.zeros((2, 3), np.float32))
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------------- CLIs
+def _cli(tool, *args):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", tool), *map(str, args)], capture_output=True,
+                          text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def test_eval_ood_cli_bad_inputs(tmp_path):
+    id_path = save_records(str(tmp_path / "id.npz"), *_records(30, 1))
+    (tmp_path / "bad.npz").write_bytes(b"\x00" * 50)
+    msg = _cli("eval_ood.py", "--id", id_path, "--ood", tmp_path / "bad.npz", "--output-dir", tmp_path / "out")
+    assert msg.startswith(f"error: records {tmp_path / 'bad.npz'}: not a readable .npz file")
+    msg = _cli("eval_ood.py", "--id", id_path, "--ood", tmp_path / "none.npz", "--output-dir", tmp_path / "out")
+    assert msg == f"error: records file not found: {tmp_path / 'none.npz'}"
+    assert not (tmp_path / "out").exists()
+    ood = save_records(str(tmp_path / "ood.npz"), *_records(30, 2))
+    (tmp_path / "file").write_text("x")
+    msg = _cli("eval_ood.py", "--id", id_path, "--ood", ood, "--output-dir", tmp_path / "file")
+    assert "file" in msg and "exists" in msg.lower()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from detector_utils import write_tiny_coco
+
+    root = tmp_path_factory.mktemp("cli")
+    return write_tiny_coco(str(root), num_images=3)
+
+
+def test_train_net_cli_bad_inputs(tiny_data, tmp_path):
+    json_path, image_root = tiny_data
+    base = ["--config-file", "Shapes/ffs_mobilenet.yaml", "--register-coco", "t", json_path, image_root,
+            "DATASETS.TRAIN", "('t',)", "OUTPUT_DIR", tmp_path]
+    assert _cli("train_net.py", *base, "FFS.NOPE", "1") == "error: command-line override: Non-existent key: FFS.NOPE"
+    msg = _cli("train_net.py", *base, "MODEL.ROI_HEADS.NUM_CLASSES", "5")
+    assert msg == ("error: MODEL.ROI_HEADS.NUM_CLASSES is 5 but training set 't' has 3 classes (disc, block, wedge); "
+                   "set MODEL.ROI_HEADS.NUM_CLASSES 3")
+    msg = _cli("train_net.py", *base[:2], "--dataset-dir", tmp_path / "nowhere")
+    assert msg.startswith(f"error: dataset 'shapes_train': annotation file not found: {tmp_path / 'nowhere'}")
+
+
+def test_apply_net_cli_rejects_a_checkpoint_of_another_class_count(tiny_data, tmp_path):
+    import ffs_det.modeling  # noqa: F401
+    from detectron2.modeling import build_model
+
+    from ffs_det.engine.setup import build_cfg
+
+    json_path, image_root = tiny_data
+    small = ["MODEL.MOBILENET.WEIGHTS", "", "FFS.FLOW.HIDDEN", "16"]
+    cfg = build_cfg("Shapes/ffs_mobilenet.yaml", small + ["MODEL.ROI_HEADS.NUM_CLASSES", "5"])
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "five.pth")
+    msg = _cli("apply_net.py", "--config-file", "Shapes/ffs_mobilenet.yaml", "--test-dataset", "t", "--register-coco",
+               "t", json_path, image_root, "--output-dir", tmp_path / "out", *small, "MODEL.WEIGHTS",
+               tmp_path / "five.pth")
+    assert msg.startswith(f"error: checkpoint {tmp_path / 'five.pth'} does not fit the model of this config")
+    assert "roi_heads.box_predictor.cls_score.weight: checkpoint (6, 256) vs model (4, 256)" in msg
+    assert msg.endswith("it was trained with another MODEL.ROI_HEADS.NUM_CLASSES")
+    assert not (tmp_path / "out").exists()
