@@ -68,7 +68,8 @@ def _is_local(path: str) -> bool:
 
 
 def check_inputs(cfg, eval_only: bool = False) -> None:
-    """Checks that need no model: the datasets the run reads are registered and on disk, the training
+    """Checks that need no model: the datasets the run reads (training and test sets; the test sets are
+    evaluated when training ends) are registered and on disk, the training
     sets have ``MODEL.ROI_HEADS.NUM_CLASSES`` classes, and a local ``MODEL.WEIGHTS`` exists (required for
     evaluation). Raises ConfigError / FileNotFoundError / ValueError naming the key, dataset or file.
     """
@@ -80,10 +81,10 @@ def check_inputs(cfg, eval_only: bool = False) -> None:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS (a trained checkpoint)")
     if _is_local(weights) and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights}")
-    names = cfg.DATASETS.TEST if eval_only else cfg.DATASETS.TRAIN
-    if not eval_only and not names:
+    if not eval_only and not cfg.DATASETS.TRAIN:
         raise ConfigError("DATASETS.TRAIN is empty: nothing to train on")
-    require_datasets(names)
+    # training also evaluates DATASETS.TEST when it ends: check those now rather than after training
+    require_datasets(list(cfg.DATASETS.TEST) if eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     if not eval_only:
         check_num_classes(cfg)
 
