@@ -58,6 +58,16 @@ def _save_figure(fig, path: str) -> None:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
+def _hist_range(id_scores: np.ndarray, all_sets: List[np.ndarray]):
+    """An x-range around the ID scores, wide enough to show the OOD bulk next to them: flows give far-out
+    samples log-likelihoods thousands of nats low, which would squash every other bin into one."""
+    id_lo, id_hi = np.percentile(id_scores, [1, 99])
+    span = max(id_hi - id_lo, 1e-6)
+    lo = max(min(np.percentile(s, 1) for s in all_sets), id_lo - 2 * span)
+    hi = min(max(np.percentile(s, 99.5) for s in all_sets), id_hi + 2 * span)
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
 def _plots(result: BenchmarkResult, output_dir: str) -> List[str]:
     import matplotlib
 
@@ -66,11 +76,13 @@ def _plots(result: BenchmarkResult, output_dir: str) -> List[str]:
 
     written = []
     ok = result.ok()
+    colors = plt.get_cmap("tab20").colors
     for o in result.ood_names:
         fig, ax = plt.subplots(figsize=(5, 5))
-        for name, res in ok.items():
+        for i, (name, res) in enumerate(ok.items()):
             fpr, tpr, _ = roc_curve_points(res.scores[result.id_name], res.scores[o])
-            ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * res.metrics[o]['auroc']:.1f})")
+            ax.plot(fpr, tpr, color=colors[i % len(colors)], ls=("-", "--", ":")[i // len(colors) % 3],
+                    label=f"{name} (AUROC {100 * res.metrics[o]['auroc']:.1f})")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set(xlabel=f"FPR ({o} accepted as ID)", ylabel=f"TPR ({result.id_name} accepted)",
                title=f"ROC: {result.id_name} vs {o}")
@@ -81,12 +93,12 @@ def _plots(result: BenchmarkResult, output_dir: str) -> List[str]:
         written.append(path)
     for name, res in ok.items():
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        all_scores = np.concatenate(list(res.scores.values()))
-        lo, hi = np.percentile(all_scores, [0.5, 99.5])
-        bins = np.linspace(lo, hi if hi > lo else lo + 1, 60)
+        lo, hi = _hist_range(res.scores[result.id_name], list(res.scores.values()))
+        bins = np.linspace(lo, hi, 60)
         for set_name, s in res.scores.items():
-            ax.hist(np.clip(s, bins[0], bins[-1]), bins=bins, density=True, histtype="step", label=set_name)
-        ax.set(xlabel=f"{name} score (higher = more in-distribution)", ylabel="density", title=name)
+            ax.hist(np.clip(s, lo, hi), bins=bins, density=True, histtype="step", label=set_name)
+        ax.set(xlabel=f"{name} score (higher = more in-distribution; values beyond the axis in the edge bins)",
+               ylabel="density", title=name)
         ax.legend(fontsize=7)
         path = os.path.join(output_dir, f"hist_{_safe(name)}.png")
         _save_figure(fig, path)
