@@ -159,8 +159,14 @@ def format_table(r: Dict) -> str:
         t = f["seconds_to_target_auroc"]
         rows.append((f"flow fit {m}: time to AUROC {ff['target_auroc']:.3f}",
                      f"{t:.2f} s" if t is not None else "not reached",
-                     f"{f['steps_to_target_auroc']} steps, {1e3 * f['seconds_per_step']:.1f} ms/step, "
+                     f"{f['steps_to_target_auroc'] if t is not None else '-'} steps, "
+                     f"{1e3 * f['seconds_per_step']:.1f} ms/step, "
                      f"best AUROC {f['best_auroc']:.3f}, best NLL {f['best_nll']:.1f}"))
+    for m in ("ours", "fde_glow"):
+        f = ff[m]
+        t = f["seconds_to_target_nll"]
+        rows.append((f"flow fit {m}: time to NLL {ff['target_nll']:.1f}", f"{t:.2f} s" if t is not None else "not reached",
+                     f"{f['parameters']:,} parameters, {f['steps']} steps in {f['train_seconds']:.1f} s"))
     for row in r["memory"]["rows"]:
         rows.append((f"memory n={row['n']}", f"{row['total_peak_rss_over_baseline_mb']:.1f} MB",
                      f"extract +{row['extract_peak_rss_over_baseline_mb']:.1f} MB RSS; tracemalloc extract "
