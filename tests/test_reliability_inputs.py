@@ -204,14 +204,14 @@ def test_eval_ood_cli_bad_inputs(tmp_path):
     id_path = save_records(str(tmp_path / "id.npz"), *_records(30, 1))
     (tmp_path / "bad.npz").write_bytes(b"\x00" * 50)
     msg = _cli("eval_ood.py", "--id", id_path, "--ood", tmp_path / "bad.npz", "--output-dir", tmp_path / "out")
-    assert msg.startswith(f"error: records {tmp_path / 'bad.npz'}: not a readable .npz file")
+    assert msg.startswith(f"error: records {tmp_path / 'bad.npz'}: not an .npz (zip) archive")
     msg = _cli("eval_ood.py", "--id", id_path, "--ood", tmp_path / "none.npz", "--output-dir", tmp_path / "out")
     assert msg == f"error: records file not found: {tmp_path / 'none.npz'}"
     assert not (tmp_path / "out").exists()
     ood = save_records(str(tmp_path / "ood.npz"), *_records(30, 2))
     (tmp_path / "file").write_text("x")
     msg = _cli("eval_ood.py", "--id", id_path, "--ood", ood, "--output-dir", tmp_path / "file")
-    assert "file" in msg and "exists" in msg.lower()
+    assert msg == f"error: output folder {tmp_path / 'file'} exists and is not a folder"
 
 
 @pytest.fixture(scope="module")

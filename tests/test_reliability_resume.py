@@ -15,7 +15,10 @@ import ffs_det.modeling  # noqa: F401
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from detectron2.modeling import build_model
+
 from ffs_det.engine import Trainer
+from ffs_det.engine.checkpoint import CheckpointMismatchError, SafeCheckpointer
 from ffs_det.engine.setup import build_cfg
 from ffs_det.engine.trainer import trim_metrics
 
@@ -131,6 +134,13 @@ def test_resume_restores_the_flow_and_optimizer(tiny_set, tmp_path):
     assert saved["iteration"] == 2
     for k, v in trainer.model.roi_heads.synthesizer.flow.state_dict().items():
         assert torch.equal(v, flow[k]), k
+    del trainer
+    # another flow width: fine for inference (the flow is training-only), an error for resuming
+    other = build_cfg("Shapes/ffs_mobilenet.yaml", _opts(tmp_path, "flow", "tiny_resume") + ["FFS.FLOW.HIDDEN", "16"])
+    SafeCheckpointer(build_model(other), full_model=True).load(str(tmp_path / "model_final.pth"))
+    with pytest.raises(CheckpointMismatchError, match=r"model_final\.pth does not fit.*subnet1.*"
+                                                      r"flow or synthesis settings"):
+        Trainer(other).resume_or_load(resume=True)
 
 
 def test_trim_metrics_drops_repeated_iterations_and_a_partial_line(tmp_path):

@@ -8,9 +8,10 @@
   good checkpoint with a broken one.
 * **Whole-model loads fail loudly.** detectron2 only logs a warning for checkpoint keys that are missing or
   have another shape, which is right for initialising from ImageNet/backbone weights but silently yields a
-  half-random detector when evaluating. With ``full_model=True`` (evaluation, apply_net, and resuming from
-  ``last_checkpoint``) any shape mismatch or any missing key needed for inference is a
-  :class:`CheckpointMismatchError` naming the file, how many keys differ, examples, and the likely cause.
+  half-random detector when evaluating. With ``full_model=True`` (evaluation, apply_net) any key needed for
+  inference that is missing or has another shape is a :class:`CheckpointMismatchError` naming the file, how
+  many keys differ, examples, and the likely cause; the training-only modules (flow, synthesis queues,
+  energy-margin weights) may differ. Resuming from ``last_checkpoint`` requires every key, those included.
 
 Unreadable files (missing, truncated, not a checkpoint, or a pickle that ``torch.load(weights_only=True)``
 refuses) raise ``FileNotFoundError`` / ``ValueError`` naming the file. Files ending in ``.pkl`` (detectron2
@@ -63,6 +64,7 @@ class SafeCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, full_model: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.full_model = full_model
+        self._all_keys = False  # resuming: the training-only modules must match as well
 
     # ---- saving ---------------------------------------------------------------------------------
     def save(self, name: str, **kwargs) -> None:
@@ -96,11 +98,11 @@ class SafeCheckpointer(DetectionCheckpointer):
             if not os.path.isfile(last):
                 raise FileNotFoundError(f"{os.path.join(self.save_dir, 'last_checkpoint')} names {last}, which does "
                                         "not exist; delete last_checkpoint to start over or restore the file")
-            full, self.full_model = self.full_model, True  # our own checkpoint: every key must fit
+            full, self.full_model, self._all_keys = self.full_model, True, True  # our own checkpoint
             try:
                 return self.load(last)
             finally:
-                self.full_model = full
+                self.full_model, self._all_keys = full, False
         return self.load(path, checkpointables=[])
 
     def load(self, path, *args, **kwargs):
@@ -131,8 +133,9 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def _check_full_model(self, incompatible) -> None:
         model_keys = list(self.model.state_dict())
-        missing = [k for k in incompatible.missing_keys if not k.startswith(TRAINING_ONLY_PREFIXES)]
-        shapes = incompatible.incorrect_shapes
+        skip = () if self._all_keys else TRAINING_ONLY_PREFIXES
+        missing = [k for k in incompatible.missing_keys if not (skip and k.startswith(skip))]
+        shapes = [x for x in incompatible.incorrect_shapes if not (skip and x[0].startswith(skip))]
         if not missing and not shapes:
             return
         parts = []
@@ -144,9 +147,12 @@ class SafeCheckpointer(DetectionCheckpointer):
                          + _examples(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in shapes) + ")")
         if len(missing) > len(model_keys) // 2:
             cause = "it was saved from another architecture (MODEL.BACKBONE / config file)"
-        elif shapes and all(k.startswith(("roi_heads.box_predictor.", "roi_heads.energy_margin.",
-                                          "roi_heads.synthesizer.")) for k, _, _ in shapes):
+        elif shapes and any(k.startswith("roi_heads.box_predictor.") for k, _, _ in shapes) and all(
+                k.startswith(("roi_heads.box_predictor.", "roi_heads.energy_margin.", "roi_heads.synthesizer.queue"))
+                for k, _, _ in shapes):
             cause = "it was trained with another MODEL.ROI_HEADS.NUM_CLASSES"
+        elif shapes and all(k.startswith(TRAINING_ONLY_PREFIXES) for k, _, _ in shapes):
+            cause = "its flow or synthesis settings (FFS.FLOW.*, FFS.QUEUE_SIZE) differ from this config's"
         else:
             cause = "it was saved from a different model configuration"
         raise CheckpointMismatchError(f"checkpoint {getattr(self, '_loading', '?')} does not fit the model of this "

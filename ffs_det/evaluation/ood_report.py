@@ -252,5 +252,7 @@ def write_report(report: dict, output_dir: str, draw: int = 0, dataset_dir: Opti
 def run_report(id_path: str, ood_paths: Sequence[str], output_dir: str, thres: Optional[float] = None,
                score_key: str = "energy", draw: int = 0, dataset_dir: Optional[str] = None) -> Tuple[dict, List[str]]:
     """Evaluate and write the report; returns ``(report, written paths)``."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output folder {output_dir} exists and is not a folder")
     report = evaluate_ood(id_path, ood_paths, thres, score_key)
     return report, write_report(report, output_dir, draw, dataset_dir)

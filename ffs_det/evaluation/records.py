@@ -140,6 +140,9 @@ def load_records(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     """``(arrays, meta)`` from a records file, validated. FileNotFoundError if absent, else ValueError."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"records file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"records {path}: not an .npz (zip) archive ({os.path.getsize(path)} bytes; "
+                         "write records with apply_net or save_records)")
     try:
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
