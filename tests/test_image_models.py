@@ -8,6 +8,7 @@ from ffs_det.image.bundled import natural_photos
 from ffs_det.image.models import (build_classifier, find_mobilenet_v2_weights, load_state_dict_file, preprocessing,
                                   save_state_dict)
 from ffs_det.image.small_cnn import SmallCNN
+from ffs_det.image.threads import torch_threads
 
 
 def test_local_weights_round_trip_and_class_count(tmp_path):
@@ -61,7 +62,6 @@ def test_mobilenet_v2_real_weights_recognise_the_bundled_photos(mobilenet):
     model, prep = mobilenet
     photos = natural_photos()
     x = torch.stack([prep.transform(Image.fromarray(photos[k])) for k in ("chelsea", "coffee")])
-    torch.set_num_threads(1)
-    with torch.no_grad():
+    with torch_threads(1), torch.no_grad():
         top = model(x).argmax(1).tolist()
     assert 281 <= top[0] <= 285 and top[1] == 967, top
