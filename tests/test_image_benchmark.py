@@ -49,7 +49,8 @@ def test_report_files(bench):
         assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
     assert not [f for f in os.listdir(out_dir) if f.endswith(".tmp")]
     summary = json.load(open(os.path.join(out_dir, "summary.json")))
-    assert {"train_classifier", "extract_features", "evaluate_scorers", "mobilenet_photo_check"} <= set(summary["seconds"])
+    steps = {"train_classifier", "extract_features", "evaluate_scorers", "mobilenet_photo_check"}
+    assert steps <= set(summary["seconds"])
 
 
 def test_mobilenet_photo_check(bench):

@@ -50,7 +50,8 @@ def test_step_by_step_equals_run(tmp_path, weights):
     for f in ["results.csv", "table.txt", "scores.npz", "roc_tex.png", "hist_react.png"]:
         assert os.path.getsize(os.path.join(step_dir, f)) > 0, f
     # same model, same texture crops; the run's ID subsets use seed 0 instead of 1 and 2
-    step_scores, run_scores = np.load(os.path.join(step_dir, "scores.npz")), np.load(os.path.join(run_dir, "scores.npz"))
+    step_scores = np.load(os.path.join(step_dir, "scores.npz"))
+    run_scores = np.load(os.path.join(run_dir, "scores.npz"))
     np.testing.assert_allclose(step_scores["odin__tex"], run_scores["odin__tex"], rtol=1e-6)
     np.testing.assert_allclose(step_scores["energy__tex"], run_scores["energy__tex"], rtol=1e-6)
     # re-running re-uses the extracted stores

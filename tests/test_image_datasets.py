@@ -96,7 +96,8 @@ def test_image_folders(tmp_path):
         ds.build_dataset(f"folder:{tmp_path / 'missing'}")
 
 
-@pytest.mark.parametrize("spec, hint", [("cifar10:{}", "cifar-10-batches-py"), ("cifar100:{}@train", "cifar-100-python"),
+@pytest.mark.parametrize("spec, hint", [("cifar10:{}", "cifar-10-batches-py"),
+                                        ("cifar100:{}@train", "cifar-100-python"),
                                         ("svhn:{}@test", "test_32x32.mat")])
 def test_missing_torchvision_sets(tmp_path, spec, hint):
     with pytest.raises(FileNotFoundError, match="download=True") as e:
@@ -126,5 +127,6 @@ def test_generated_sets():
     assert crops.shape == (4, 64, 64, 3) and "chelsea" in names and list(which) == [0, 1, 2, 3]
     sub = ds.build_dataset("digits", max_samples=100, seed=3)
     assert len(sub) == 100 and sub[0][0].size == (28, 28)
-    assert [sub[i][1] for i in range(5)] == [ds.build_dataset("digits", max_samples=100, seed=3)[i][1] for i in range(5)]
+    again = ds.build_dataset("digits", max_samples=100, seed=3)
+    assert [sub[i][1] for i in range(5)] == [again[i][1] for i in range(5)]
     assert len(ds.build_dataset("textures", image_size=16, n_generated=7)) == 7

@@ -10,6 +10,7 @@ Subcommands:
 """
 import argparse
 import json
+import os
 import sys
 from typing import Dict, List, Optional
 
@@ -156,8 +157,6 @@ def _dispatch(a) -> int:
                                  device=a.device, progress=progress, plots=not a.no_plots)
         print(format_table(result))
     else:
-        import os
-
         sets = {k: SetSpec(v, a.max_ood, a.seed, a.n_generated) for k, v in ood.items()}
         result = run_benchmark(_model_spec(a), SetSpec(a.id_train, a.max_train, a.seed, a.n_generated),
                                SetSpec(a.id_test, a.max_test, a.seed, a.n_generated), sets,

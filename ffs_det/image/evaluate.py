@@ -5,7 +5,6 @@ import traceback
 from typing import Dict, Iterable, Mapping, Optional, Union
 
 import numpy as np
-import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm

@@ -67,7 +67,8 @@ def run_fashion_benchmark(output_dir: str, size: str = "full", seed: int = 0, sc
                           photos: bool = True, fashion_root: Optional[str] = None, threads: Optional[int] = None,
                           progress: bool = True, log=print) -> dict:
     """Run the embedded benchmark into ``output_dir`` (report files; features and weights under
-    ``output_dir/work``). Returns ``{"result": BenchmarkResult, "summary": dict, "photos": dict or None}``;
+    ``output_dir/work``). Returns ``{"result": BenchmarkResult, "summary": dict, "photos": dict or None,
+    "table": str}``;
     the summary (also written as ``summary.json``) holds the classifier's accuracy and wall time per step.
     ``threads`` sets torch's thread count for the run (1 is fastest on a busy two-core machine)."""
     if size not in SIZES:
@@ -94,7 +95,8 @@ def _run(output_dir, size, seed, scorers, options, photos, fashion_root, progres
     seconds["train_classifier"] = time.perf_counter() - t
 
     model_spec = ModelSpec("small_cnn", weights, num_classes=10, image_size=28)
-    ood = {"digits": SetSpec("digits", cfg["digits"], seed), "textures": SetSpec("textures", seed=seed, n_generated=cfg["textures"])}
+    ood = {"digits": SetSpec("digits", cfg["digits"], seed),
+           "textures": SetSpec("textures", seed=seed, n_generated=cfg["textures"])}
     result = run_benchmark(model_spec, SetSpec(f"{fashion}@train", cfg["train"], seed),
                            SetSpec(f"{fashion}@test", cfg["test"], seed), ood, work_dir=work,
                            output_dir=output_dir, scorers=scorers, options=preset_options(size, scorers, options),

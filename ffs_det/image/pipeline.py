@@ -13,6 +13,8 @@ from typing import Dict, Mapping, Optional
 
 from torch.utils.data import Dataset
 
+from ..density import scorers as registry
+
 from .datasets import build_dataset, parse_spec
 from .evaluate import evaluate_scorers, resolve_scorers
 from .extract import extract_to_store
@@ -106,8 +108,6 @@ def _specs_from_store(store: FeatureStore):
 
 
 def _needs(scorers, options, key: str) -> bool:
-    from ..density import scorers as registry
-
     return any(key in registry.SCORERS[n].requires for n in resolve_scorers(scorers, options))
 
 

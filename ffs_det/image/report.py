@@ -46,7 +46,8 @@ def _csv_text(result: BenchmarkResult) -> str:
     keys = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_ood_positive")
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["scorer", "status", "fit_seconds", "score_seconds"] + [f"{o}_{k}" for o in result.ood_names for k in keys])
+    metric_columns = [f"{o}_{k}" for o in result.ood_names for k in keys]
+    w.writerow(["scorer", "status", "fit_seconds", "score_seconds"] + metric_columns)
     for name, res in result.scorers.items():
         vals = [res.metrics[o][k] if res.status == "ok" else "" for o in result.ood_names for k in keys]
         w.writerow([name, res.status, f"{res.fit_seconds:.3f}", f"{res.score_seconds:.3f}"] + vals)
