@@ -16,6 +16,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import ffs_det.modeling  # noqa: E402,F401  (registers FFSROIHeads and the backbones)
 from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
@@ -30,6 +32,7 @@ INPUT_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError)
 def run(args):
     apply_dataset_args(args)
     cfg = setup_cfg(args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ffs_det")
     if args.eval_only:
         model = Trainer.build_model(cfg)
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, full_model=True).resume_or_load(
