@@ -22,6 +22,7 @@ setup(
         "fvcore",
         "iopath",
         "pycocotools>=2.0.2",
+        "scikit-image",
     ],
     extras_require={
         # detectron2 itself is installed separately (see README): it is not on PyPI.
