@@ -15,6 +15,8 @@ import os
 import time
 from typing import Dict, List, Optional
 
+import torch
+
 from . import detectron2_compat  # noqa: F401  (before any detectron2 import)
 from detectron2.utils.logger import setup_logger
 
@@ -92,6 +94,8 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
     setup_logger(name="ffs_det")
     setup_logger(name="detectron2")
     start = time.perf_counter()
+    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     output_dir = os.path.abspath(output_dir)
     dataset_dir = os.path.join(output_dir, "datasets")
     print(f"[1/4] shapes world -> {dataset_dir}/shapes", flush=True)
@@ -119,6 +123,8 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
                      "iterations": info["iterations"]})
     table = format_summary(rows)
     wall = round(time.perf_counter() - start, 1)
-    atomic_write_json(os.path.join(output_dir, "summary.json"), {"rows": rows, "wall_seconds": wall}, indent=2)
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    atomic_write_json(os.path.join(output_dir, "summary.json"),
+                      {"rows": rows, "wall_seconds": wall, "machine": machine}, indent=2)
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
-    return {"rows": rows, "table": table, "wall_seconds": wall}
+    return {"rows": rows, "table": table, "wall_seconds": wall, "machine": machine}

@@ -12,6 +12,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch  # noqa: E402
+
 import ffs_det.modeling  # noqa: E402,F401
 from ffs_det.demo import METHODS, run_demo  # noqa: E402
 
@@ -24,6 +26,8 @@ def main(argv=None):
     parser.add_argument("--fresh", action="store_true", help="regenerate, retrain and re-evaluate everything")
     parser.add_argument("--num-train", type=int, default=None, help="shapes training images (default 600)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shapes world")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -31,6 +35,8 @@ def main(argv=None):
     if unknown or not methods:
         parser.error(f"--methods: unknown {unknown or 'empty list'}; choose from {','.join(METHODS)}")
     counts = {"train": args.num_train} if args.num_train else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"ffs_det demo: shapes world, methods {', '.join(methods)}, outputs in {args.output_dir}/")
     result = run_demo(args.output_dir, methods, fresh=args.fresh, opts=args.opts, counts=counts,
                       seed=args.seed)
