@@ -20,7 +20,7 @@ from ffs_det.evaluation.records import load_records, save_records
 torch.set_num_threads(1)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _records(n, seed=0):
@@ -226,13 +226,17 @@ def tiny_data(tmp_path_factory):
 def test_train_net_cli_bad_inputs(tiny_data, tmp_path):
     json_path, image_root = tiny_data
     base = ["--config-file", "Shapes/ffs_mobilenet.yaml", "--register-coco", "t", json_path, image_root,
-            "DATASETS.TRAIN", "('t',)", "OUTPUT_DIR", tmp_path]
+            "DATASETS.TRAIN", "('t',)", "DATASETS.TEST", "()", "OUTPUT_DIR", tmp_path]
     assert _cli("train_net.py", *base, "FFS.NOPE", "1") == "error: command-line override: Non-existent key: FFS.NOPE"
     msg = _cli("train_net.py", *base, "MODEL.ROI_HEADS.NUM_CLASSES", "5")
     assert msg == ("error: MODEL.ROI_HEADS.NUM_CLASSES is 5 but training set 't' has 3 classes (disc, block, wedge); "
                    "set MODEL.ROI_HEADS.NUM_CLASSES 3")
     msg = _cli("train_net.py", *base[:2], "--dataset-dir", tmp_path / "nowhere")
     assert msg.startswith(f"error: dataset 'shapes_train': annotation file not found: {tmp_path / 'nowhere'}")
+    # the test sets are evaluated when training ends: missing ones are reported before training starts
+    msg = _cli("train_net.py", *base[:6], "--dataset-dir", tmp_path / "nowhere", *base[6:], "DATASETS.TEST",
+               "('shapes_val',)")
+    assert msg.startswith(f"error: dataset 'shapes_val': annotation file not found: {tmp_path / 'nowhere'}")
 
 
 def test_apply_net_cli_rejects_a_checkpoint_of_another_class_count(tiny_data, tmp_path):

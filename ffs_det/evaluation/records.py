@@ -24,6 +24,7 @@ naming the file and the key.
 import io
 import json
 import os
+import tokenize
 import zipfile
 import zlib
 from typing import Dict, Tuple
@@ -33,6 +34,9 @@ import numpy as np
 from ..atomic_io import atomic_open
 
 __all__ = ["REQUIRED", "OPTIONAL", "REQUIRED_META", "save_records", "load_records", "validate_records"]
+
+# what numpy raises on a corrupt archive or .npy header (its header parser uses ast and tokenize)
+_CORRUPT = (OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError, zipfile.BadZipFile, zlib.error)
 
 # key -> (dtype, number of dimensions)
 REQUIRED = {
@@ -145,7 +149,7 @@ def load_records(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
                          "write records with apply_net or save_records)")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except (ValueError, *_CORRUPT) as e:
         raise ValueError(f"records {path}: not a readable .npz file ({e})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"records {path}: not an .npz archive (a single array of shape {np.shape(npz)})")
@@ -154,10 +158,12 @@ def load_records(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
         for key in npz.files:
             try:
                 arrays[key] = npz[key]
-            except ValueError as e:  # object arrays need pickle
-                _fail(path, key, f"cannot be read without pickle ({e})")
-            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            except ValueError as e:
+                if "allow_pickle" in str(e):  # an object array
+                    _fail(path, key, f"cannot be read without pickle ({e})")
                 _fail(path, key, f"corrupt entry ({e})")
+            except _CORRUPT as e:
+                _fail(path, key, f"corrupt entry ({type(e).__name__}: {e})")
     if "meta" not in arrays:
         _fail(path, "meta", "missing (a JSON string with dataset, model, num_classes, class_names, config)")
     raw = arrays.pop("meta")

@@ -14,6 +14,7 @@ every file against the metadata.
 """
 import json
 import os
+import tokenize
 from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -163,8 +164,8 @@ class FeatureStore:
             raise FileNotFoundError(f"{file} is missing from feature store {self.path}")
         try:
             arr = np.load(file, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise ValueError(f"{file}: unreadable or truncated array ({e})") from None
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError) as e:  # corrupt header
+            raise ValueError(f"{file}: unreadable or truncated array ({type(e).__name__}: {e})") from None
         want_shape, want_dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
         if arr.shape != want_shape or arr.dtype != want_dtype:
             raise ValueError(f"{file}: holds {arr.dtype}{list(arr.shape)}, {META} says {want_dtype}{list(want_shape)}")
