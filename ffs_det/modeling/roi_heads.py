@@ -121,6 +121,7 @@ class FFSROIHeads(StandardROIHeads):
                     f"{name} is {value.item()} at iteration {iteration} (FFS.SYNTHESIS={self.synthesizer.kind}); "
                     "set FFS.NONFINITE skip to drop such steps' outlier losses instead")
             logger.warning("%s is %s at iteration %d: skipped for this step", name, value.item(), iteration)
+            get_event_storage().put_scalar(f"ffs/nonfinite_skipped_{name}", 1.0)
             losses[name] = value.new_zeros(())
         return losses
 
