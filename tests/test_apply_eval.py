@@ -28,7 +28,6 @@ def _tool(name):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("e2e")
     id_json, id_root = write_tiny_coco(str(root / "id"), num_images=8, seed=1)
     ood_json, ood_root = write_tiny_coco(str(root / "ood"), num_images=4, seed=2)

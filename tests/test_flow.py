@@ -11,15 +11,6 @@ from ffs_det.density.flow import COUPLINGS, FeatureFlow, build_flow
 ALL_COUPLINGS = ["glow", "realnvp", "nice", "allinone"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: a single intra-op thread is faster and far steadier on a shared, busy CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_every_coupling_is_covered():
     assert sorted(COUPLINGS) == sorted(ALL_COUPLINGS)
 

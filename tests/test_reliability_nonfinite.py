@@ -18,8 +18,6 @@ from ffs_det.engine.setup import build_cfg
 
 from detector_utils import tiny_opts, write_tiny_coco
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):

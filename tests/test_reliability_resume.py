@@ -24,7 +24,6 @@ from ffs_det.engine.trainer import trim_metrics
 
 from detector_utils import write_tiny_coco
 
-torch.set_num_threads(1)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_ITER = 20
 

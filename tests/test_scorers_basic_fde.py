@@ -9,15 +9,6 @@ from ffs_det.density.scorers import build_scorer
 FAST = dict(epochs=15, hidden=32, blocks=2, batch_size=64, lr=3e-3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny flows: one intra-op thread is faster, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def features():
     """ID: ReLU features around one direction; OOD: around another direction (L2 normalisation keeps the

@@ -16,15 +16,6 @@ pood = pytest.importorskip("pytorch_ood.detector")
 N_CLASSES, IN_DIM, FEAT_DIM = 5, 20, 16
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These models are tiny: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 @pytest.fixture(scope="module")
 def model_and_data():
     """A small trained classifier (encoder -> linear head) and ID train / mixed test inputs."""

@@ -14,15 +14,6 @@ from ffs_det.density.scorers.likelihood_ratio import mutate
 D, C = 16, 4
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These models are tiny: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 @pytest.fixture(scope="module")
 def bench():
     """Class-clustered Gaussian features with an anisotropic covariance, a linear classifier trained on them,

@@ -8,15 +8,6 @@ from ffs_det.density.synthesis import (SYNTHESIS_KINDS, FlowTailSynthesizer, Gau
                                        NoSynthesis, build_synthesizer)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: a single intra-op thread is faster and far steadier on a shared, busy CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_flow(dim, coupling="glow", seed=0, std=0.15):
     """A flow whose zero-initialised subnets got random weights, so its density is not just N(0, I)."""
     flow = build_flow(dim, coupling=coupling, blocks=3, hidden=32)

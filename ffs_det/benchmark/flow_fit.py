@@ -23,7 +23,6 @@ import math
 import time
 from typing import Dict, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
