@@ -10,6 +10,8 @@ TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.ffs_det-installed
 PYTEST_ARGS ?=
+# one torch thread: steady on a busy or 2-core machine; e.g. DEMO_ARGS="--threads 8" on a larger one
+DEMO_ARGS  ?= --threads 1
 
 .PHONY: demo test env data clean-env
 
@@ -36,7 +38,7 @@ test: env data
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: env
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py $(DEMO_ARGS)
 
 clean-env:
 	rm -rf $(VENV)

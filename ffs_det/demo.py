@@ -41,6 +41,7 @@ def _train(method: str, config: str, out: str, opts: List[str], fresh: bool) -> 
     info_path = os.path.join(out, "train_info.json")
     weights = os.path.join(out, "model_final.pth")
     if not fresh and os.path.isfile(info_path) and os.path.isfile(weights):
+        print(f"      reusing {weights} (--fresh to retrain)", flush=True)
         with open(info_path) as f:
             return json.load(f)
     # DATASETS.TEST empty: the test sets are run once, by step 3, not again by the trainer's final eval
@@ -67,6 +68,7 @@ def _apply(config: str, out: str, opts: List[str], fresh: bool) -> Dict[str, Dic
         target = os.path.join(out, "inference", dataset)
         metrics_path = os.path.join(target, "metrics.json")
         if not fresh and os.path.isfile(metrics_path) and os.path.isfile(os.path.join(target, "records.npz")):
+            print(f"      reusing {target}", flush=True)
             with open(metrics_path) as f:
                 results[dataset] = json.load(f)
             continue
