@@ -43,6 +43,18 @@ def write_tiny_coco(root, num_images=8, size=128, seed=0, empty_images=0):
     return json_path, image_root
 
 
+def register_tiny_coco(root, name, num_images):
+    """Write a tiny set under ``root`` (see :func:`write_tiny_coco`) and register it in detectron2's catalog
+    as ``name`` unless that name exists; returns (json_path, image_root)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    json_path, image_root = write_tiny_coco(str(root), num_images=num_images)
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, json_path, image_root)
+    return json_path, image_root
+
+
 def tiny_opts(output_dir, synthesis, dataset="tiny_train", max_iter=4, start_iter=2):
     """Config overrides that make the shapes config train in seconds on the tiny set."""
     return [

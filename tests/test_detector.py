@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import ffs_det.modeling  # noqa: F401
-from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import build_detection_train_loader
 from detectron2.data.detection_utils import read_image
-from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -20,18 +19,14 @@ from ffs_det.density.synthesis import FlowTailSynthesizer, GaussianTailSynthesiz
 from ffs_det.engine import Trainer
 from ffs_det.engine.setup import CONFIGS_DIR, ConfigError, build_cfg
 
-from detector_utils import tiny_opts, write_tiny_coco
+from detector_utils import register_tiny_coco, tiny_opts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    json_path, image_root = write_tiny_coco(str(root), num_images=8)
-    if "tiny_train" not in DatasetCatalog.list():
-        register_coco_instances("tiny_train", {}, json_path, image_root)
-    return json_path, image_root
+    return register_tiny_coco(tmp_path_factory.mktemp("tiny"), "tiny_train", num_images=8)
 
 
 def _cfg(tmp_path, synthesis, **kw):

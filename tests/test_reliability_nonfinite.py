@@ -7,8 +7,6 @@ import pytest
 import torch
 
 import ffs_det.modeling  # noqa: F401
-from detectron2.data import DatasetCatalog
-from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 
 from ffs_det.density.flow import FeatureFlow
@@ -16,16 +14,12 @@ from ffs_det.engine import Trainer
 from ffs_det.engine.checkpoint import SafeCheckpointer
 from ffs_det.engine.setup import build_cfg
 
-from detector_utils import tiny_opts, write_tiny_coco
+from detector_utils import register_tiny_coco, tiny_opts
 
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_nan")
-    json_path, image_root = write_tiny_coco(str(root), num_images=6)
-    if "tiny_nan_train" not in DatasetCatalog.list():
-        register_coco_instances("tiny_nan_train", {}, json_path, image_root)
-    return json_path, image_root
+    return register_tiny_coco(tmp_path_factory.mktemp("tiny_nan"), "tiny_nan_train", num_images=6)
 
 
 def _trainer(tmp_path, nonfinite, max_iter=3, start_iter=1):

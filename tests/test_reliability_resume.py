@@ -12,8 +12,6 @@ import pytest
 import torch
 
 import ffs_det.modeling  # noqa: F401
-from detectron2.data import DatasetCatalog
-from detectron2.data.datasets import register_coco_instances
 
 from detectron2.modeling import build_model
 
@@ -22,7 +20,7 @@ from ffs_det.engine.checkpoint import CheckpointMismatchError, SafeCheckpointer
 from ffs_det.engine.setup import build_cfg
 from ffs_det.engine.trainer import trim_metrics
 
-from detector_utils import write_tiny_coco
+from detector_utils import register_tiny_coco
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_ITER = 20
@@ -40,11 +38,7 @@ def _opts(out, synthesis, dataset, max_iter=MAX_ITER, period=4):
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_resume")
-    json_path, image_root = write_tiny_coco(str(root), num_images=6)
-    if "tiny_resume" not in DatasetCatalog.list():
-        register_coco_instances("tiny_resume", {}, json_path, image_root)
-    return json_path, image_root
+    return register_tiny_coco(tmp_path_factory.mktemp("tiny_resume"), "tiny_resume", num_images=6)
 
 
 def _metrics(out):
