@@ -254,3 +254,21 @@ def test_apply_net_cli_rejects_a_checkpoint_of_another_class_count(tiny_data, tm
     assert "roi_heads.box_predictor.cls_score.weight: checkpoint (6, 256) vs model (4, 256)" in msg
     assert msg.endswith("it was trained with another MODEL.ROI_HEADS.NUM_CLASSES")
     assert not (tmp_path / "out").exists()
+
+
+def test_config_file_with_a_python_tag_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text('_BASE_: "Shapes/vanilla_mobilenet.yaml"\n'
+                    f'SOLVER:\n  BASE_LR: !!python/object/apply:os.system ["touch {marker}"]\n')
+    including = tmp_path / "including.yaml"
+    including.write_text(f'_BASE_: "{evil}"\n')
+    msg = _cli("train_net.py", "--config-file", evil, "OUTPUT_DIR", tmp_path / "out")
+    assert msg == (f"error: {evil}:3: YAML tag !!python/object/apply:os.system is not allowed in a config file "
+                   "(config files hold plain values; nothing in them is run)")
+    msg = _cli("train_net.py", "--config-file", including, "OUTPUT_DIR", tmp_path / "out")
+    assert msg.startswith(f"error: {including} (its _BASE_ {evil}:3): YAML tag !!python/object/apply:os.system")
+    msg = _cli("apply_net.py", "--config-file", "Shapes/vanilla_mobilenet.yaml", "--inference-config", evil,
+               "--test-dataset", "shapes_val", "--output-dir", tmp_path / "out")
+    assert "YAML tag !!python/object/apply:os.system is not allowed" in msg
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import torch
+import yaml
 
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
@@ -42,9 +43,13 @@ def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: b
             continue
         resolved = resolve_config_file(path)
         try:
-            cfg.merge_from_file(resolved)
+            # allow_unsafe=False: a python tag (!!python/object/apply:...) is refused instead of run
+            cfg.merge_from_file(resolved, allow_unsafe=False)
         except KeyError as e:
             raise ConfigError(f"{resolved}: {e.args[0] if e.args else e}") from None
+        except yaml.constructor.ConstructorError as e:
+            raise ConfigError(f"{_yaml_where(e, resolved)}: YAML tag {_yaml_tag(e)} is not allowed in a config "
+                              "file (config files hold plain values; nothing in them is run)") from None
     if len(opts) % 2:
         raise ConfigError(f"config overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
     try:
@@ -61,6 +66,21 @@ def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: b
     if cfg.FFS.LOG_PERIOD < 1:
         raise ConfigError(f"FFS.LOG_PERIOD must be >= 1, got {cfg.FFS.LOG_PERIOD}")
     return cfg
+
+
+def _yaml_where(e: "yaml.MarkedYAMLError", default: str) -> str:
+    """``file:line`` of a YAML error (the file may be a ``_BASE_`` of the one given)."""
+    mark = e.problem_mark or e.context_mark
+    if mark is None or not mark.name:
+        return default
+    where = f"{mark.name}:{mark.line + 1}"
+    return where if os.path.samefile(mark.name, default) else f"{default} (its _BASE_ {where})"
+
+
+def _yaml_tag(e: "yaml.constructor.ConstructorError") -> str:
+    problem = e.problem or ""
+    tag = problem.split("tag", 1)[1].strip(" '\"") if "tag" in problem else problem
+    return tag.replace("tag:yaml.org,2002:", "!!")
 
 
 def _is_local(path: str) -> bool:
