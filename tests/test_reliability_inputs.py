@@ -229,6 +229,9 @@ def test_train_net_cli_bad_inputs(tiny_data, tmp_path):
     msg = _cli("train_net.py", *base, "MODEL.ROI_HEADS.NUM_CLASSES", "5")
     assert msg == ("error: MODEL.ROI_HEADS.NUM_CLASSES is 5 but training set 't' has 3 classes (disc, block, wedge); "
                    "set MODEL.ROI_HEADS.NUM_CLASSES 3")
+    msg = _cli("train_net.py", *base, "SOLVER.MAX_ITER", "100", "FFS.START_ITER", "100")
+    assert msg == ("error: FFS.START_ITER 100 >= SOLVER.MAX_ITER 100: FFS.SYNTHESIS 'flow' would never synthesise "
+                   "an outlier and train a plain detector; lower FFS.START_ITER (or set FFS.SYNTHESIS none)")
     msg = _cli("train_net.py", *base[:2], "--dataset-dir", tmp_path / "nowhere")
     assert msg.startswith(f"error: dataset 'shapes_train': annotation file not found: {tmp_path / 'nowhere'}")
     # the test sets are evaluated when training ends: missing ones are reported before training starts

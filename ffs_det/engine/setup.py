@@ -103,6 +103,10 @@ def check_inputs(cfg, eval_only: bool = False) -> None:
         raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights}")
     if not eval_only and not cfg.DATASETS.TRAIN:
         raise ConfigError("DATASETS.TRAIN is empty: nothing to train on")
+    if not eval_only and cfg.FFS.SYNTHESIS != "none" and cfg.FFS.START_ITER >= cfg.SOLVER.MAX_ITER:
+        raise ConfigError(f"FFS.START_ITER {cfg.FFS.START_ITER} >= SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}: "
+                          f"FFS.SYNTHESIS {cfg.FFS.SYNTHESIS!r} would never synthesise an outlier and train a "
+                          "plain detector; lower FFS.START_ITER (or set FFS.SYNTHESIS none)")
     # training also evaluates DATASETS.TEST when it ends: check those now rather than after training
     require_datasets(list(cfg.DATASETS.TEST) if eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     if not eval_only:
