@@ -1,6 +1,7 @@
 """Malformed inputs: property-based tests of the records and feature-store loaders (always a ValueError or
 FileNotFoundError naming the file, never another exception, never an output file), and the CLIs' one-line
 `error:` messages."""
+import fcntl
 import io
 import json
 import os
@@ -275,3 +276,25 @@ def test_config_file_with_a_python_tag_is_refused_and_not_run(tmp_path):
                "--test-dataset", "shapes_val", "--output-dir", tmp_path / "out")
     assert "YAML tag !!python/object/apply:os.system is not allowed" in msg
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_train_net_refuses_a_used_or_busy_output_dir(tiny_data, tmp_path):
+    json_path, image_root = tiny_data
+    out = tmp_path / "run"
+    out.mkdir()
+    args = ["--config-file", "Shapes/vanilla_mobilenet.yaml", "--register-coco", "t", json_path, image_root,
+            "DATASETS.TRAIN", "('t',)", "DATASETS.TEST", "()", "OUTPUT_DIR", out]
+    (out / "model_final.pth").write_bytes(b"weights of an earlier run")
+    (out / "metrics.json").write_text('{"iteration": 0}\n')
+    msg = _cli("train_net.py", *args)
+    assert msg == (f"error: OUTPUT_DIR {out} already holds a training run (model_final.pth, metrics.json); pass "
+                   "--resume to continue it or choose another OUTPUT_DIR (nothing was changed)")
+    assert (out / "model_final.pth").read_bytes() == b"weights of an earlier run"
+    assert (out / "metrics.json").read_text() == '{"iteration": 0}\n'
+    with open(out / ".train.lock", "a") as held:  # as a training running into the same folder holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        msg = _cli("train_net.py", "--resume", *args)
+    assert msg.startswith(f"error: OUTPUT_DIR {out} is in use by another training")
+    (tmp_path / "file").write_text("x")
+    msg = _cli("train_net.py", *args[:-1], tmp_path / "file")
+    assert msg == f"error: OUTPUT_DIR {tmp_path / 'file'} exists and is not a folder"

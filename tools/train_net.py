@@ -6,10 +6,12 @@
   tools/train_net.py --config-file VOC/ffs_regnetx.yaml --eval-only MODEL.WEIGHTS output/VOC/ffs_regnetx/model_final.pth
 
 A --config-file that does not exist as given is looked up under configs/. Without GPUs, --num-gpus N
-runs N CPU processes. Trailing KEY VALUE pairs override the config. A wrong input (config key, dataset
+runs N CPU processes. Trailing KEY VALUE pairs override the config. An OUTPUT_DIR that already holds a
+run is continued with --resume and otherwise refused, as is one another training is using. A wrong input (config key, dataset
 path, class count, checkpoint, unreadable image, non-finite loss) ends the run with one `error: ...` line
 and exit status 2 (1 for errors during training).
 """
+import contextlib
 import os
 import sys
 
@@ -23,7 +25,8 @@ import ffs_det.modeling  # noqa: E402,F401  (registers FFSROIHeads and the backb
 from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
 from ffs_det.engine import Trainer  # noqa: E402
 from ffs_det.engine.checkpoint import SafeCheckpointer  # noqa: E402
-from ffs_det.engine.setup import ConfigError, build_cfg, check_inputs, one_line, setup_cfg  # noqa: E402
+from ffs_det.engine.setup import (ConfigError, build_cfg, check_inputs, claim_output_dir, one_line,  # noqa: E402
+                                  setup_cfg)
 
 # errors whose message names the bad input (file, key, loss and iteration): printed as one line
 INPUT_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError)
@@ -58,11 +61,15 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()
-    try:  # fail fast, before spawning processes, on a wrong config file or key, dataset or class count
-        apply_dataset_args(args)
-        check_inputs(build_cfg(args.config_file, args.opts), eval_only=args.eval_only)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    with contextlib.ExitStack() as stack:
+        try:  # fail fast, before spawning processes, on a wrong config file or key, dataset or class count
+            apply_dataset_args(args)
+            cfg = build_cfg(args.config_file, args.opts)
+            check_inputs(cfg, eval_only=args.eval_only)
+            if not args.eval_only and args.machine_rank == 0:  # one training per OUTPUT_DIR, never overwritten
+                stack.enter_context(claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume))
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            sys.exit(2)
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))

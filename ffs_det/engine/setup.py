@@ -1,4 +1,6 @@
 """Config resolution and set-up shared by the command-line tools."""
+import contextlib
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -12,7 +14,7 @@ from detectron2.engine import default_setup
 from ..config import add_ffs_config
 
 __all__ = ["CONFIGS_DIR", "resolve_config_file", "build_cfg", "setup_cfg", "ConfigError", "check_inputs",
-           "one_line"]
+           "one_line", "claim_output_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,35 @@ def check_inputs(cfg, eval_only: bool = False) -> None:
     require_datasets(list(cfg.DATASETS.TEST) if eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     if not eval_only:
         check_num_classes(cfg)
+
+
+# files that mark OUTPUT_DIR as holding a (possibly interrupted) training run
+RUN_FILES = ("last_checkpoint", "model_final.pth", "metrics.json")
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir: str, resume: bool):
+    """Hold ``OUTPUT_DIR`` for one training: refuse a folder another training holds (an advisory lock on
+    ``<OUTPUT_DIR>/.train.lock``, released when the process ends), and, without ``resume``, a folder that
+    already holds a run, which training would overwrite (model_final.pth) and append to (metrics.json)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConfigError(f"OUTPUT_DIR {output_dir} exists and is not a folder")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        lock = open(os.path.join(output_dir, ".train.lock"), "a")
+    except OSError as e:
+        raise ConfigError(f"OUTPUT_DIR {output_dir} cannot be written: {e.strerror or e}") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"OUTPUT_DIR {output_dir} is in use by another training (it holds "
+                              f"{lock.name}); wait for it or choose another OUTPUT_DIR") from None
+        found = [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
+        if found and not resume:
+            raise ConfigError(f"OUTPUT_DIR {output_dir} already holds a training run ({', '.join(found)}); pass "
+                              "--resume to continue it or choose another OUTPUT_DIR (nothing was changed)")
+        yield
 
 
 def one_line(e: BaseException) -> str:
