@@ -144,3 +144,36 @@ def test_trim_metrics_drops_repeated_iterations_and_a_partial_line(tmp_path):
     assert path.read_text() == "\n".join(lines[:4]) + "\n"
     assert trim_metrics(str(path), 4) == 0
     assert trim_metrics(str(tmp_path / "absent.json"), 4) == 0
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_set, tmp_path):
+    json_path, image_root = tiny_set
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", "Shapes/ffs_mobilenet.yaml",
+           "--register-coco", "tiny_resume", json_path, image_root]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # checkpoints only at the end: the one found after SIGTERM is the interrupted step's
+    opts = _opts(out, "flow", "tiny_resume", max_iter=400, period=1000)
+    proc = subprocess.Popen(cmd + opts, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(out / "metrics.json") and any(m["iteration"] >= 3 for m in _metrics(out)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be signalled: " + proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    k = int((out / "last_checkpoint").read_text()[len("model_"):-len(".pth")])
+    assert 3 <= k < 399 and not (out / "model_final.pth").exists()
+    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("interrupted:")]
+    assert line == (f"interrupted: stopped by SIGTERM after iteration {k}: saved {out / f'model_{k:07d}.pth'}; "
+                    "continue with the same command and --resume")
+    assert torch.load(out / f"model_{k:07d}.pth", map_location="cpu", weights_only=True)["iteration"] == k
+    # the same command with --resume (a shorter schedule, to end quickly) continues from the next iteration
+    opts = _opts(out, "flow", "tiny_resume", max_iter=k + 3, period=1000)
+    proc = subprocess.run(cmd + ["--resume"] + opts, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Starting training from iteration {k + 1}" in proc.stdout + proc.stderr
+    assert [m["iteration"] for m in _metrics(out)] == list(range(k + 3))

@@ -7,12 +7,14 @@
 
 A --config-file that does not exist as given is looked up under configs/. Without GPUs, --num-gpus N
 runs N CPU processes. Trailing KEY VALUE pairs override the config. An OUTPUT_DIR that already holds a
-run is continued with --resume and otherwise refused, as is one another training is using. A wrong input (config key, dataset
+run is continued with --resume and otherwise refused, as is one another training is using. On SIGTERM
+training finishes its step, saves a checkpoint, says so and exits with status 143; --resume continues it. A wrong input (config key, dataset
 path, class count, checkpoint, unreadable image, non-finite loss) ends the run with one `error: ...` line
 and exit status 2 (1 for errors during training).
 """
 import contextlib
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,6 +26,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 import ffs_det.modeling  # noqa: E402,F401  (registers FFSROIHeads and the backbones)
 from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
 from ffs_det.engine import Trainer  # noqa: E402
+from ffs_det.engine.trainer import TrainingInterrupted  # noqa: E402
 from ffs_det.engine.checkpoint import SafeCheckpointer  # noqa: E402
 from ffs_det.engine.setup import (ConfigError, build_cfg, check_inputs, claim_output_dir, one_line,  # noqa: E402
                                   setup_cfg)
@@ -51,6 +54,9 @@ def main(args):
         return run(args)
     except INPUT_ERRORS as e:
         sys.exit(f"error: {one_line(e)}")
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)  # the status of a process ended by SIGTERM
 
 
 def parse_args(argv=None):

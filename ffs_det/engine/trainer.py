@@ -1,10 +1,13 @@
 """Trainer: detectron2's DefaultTrainer with ffs_det's evaluator, a DDP set-up that works on CPU, and the
 reliability pieces: checked training data, atomic finite-only checkpoints (:mod:`.checkpoint`), a
-configurable metrics period (``FFS.LOG_PERIOD``), and a metrics.json that continues cleanly on ``--resume``.
+configurable metrics period (``FFS.LOG_PERIOD``), a metrics.json that continues cleanly on ``--resume``, and
+a checkpoint on SIGTERM (what schedulers send before preemption).
 """
 import json
 import logging
 import os
+import signal
+import threading
 import weakref
 
 import torch
@@ -20,10 +23,15 @@ from ..data.validate import CheckedDatasetMapper, ImageReadError, check_image_fi
 from ..detectron2_compat import COMPILED_OPS_AVAILABLE
 from .checkpoint import CheckpointMismatchError, SafeCheckpointer
 
-__all__ = ["Trainer", "wrap_ddp", "trim_metrics"]
+__all__ = ["Trainer", "wrap_ddp", "trim_metrics", "TrainingInterrupted", "SigtermCheckpoint"]
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGTERM after saving a checkpoint; the message names it and how to continue."""
+
 
 # errors whose message already names the loss/iteration, file or key: logged without detectron2's traceback
-CLEAR_TRAINING_ERRORS = (FloatingPointError, ImageReadError, CheckpointMismatchError)
+CLEAR_TRAINING_ERRORS = (FloatingPointError, ImageReadError, CheckpointMismatchError, TrainingInterrupted)
 
 
 class _ClearErrorFilter(logging.Filter):
@@ -85,6 +93,45 @@ def wrap_ddp(model: torch.nn.Module, cfg) -> torch.nn.Module:
     )
 
 
+class SigtermCheckpoint(hooks.HookBase):
+    """On SIGTERM, finish the current step, save a checkpoint of it and stop with :class:`TrainingInterrupted`.
+
+    With several processes, each installs the handler and they agree after every step (one all_gather of
+    a flag), so all stop after the same iteration and the main process saves it. The handler is installed
+    only in a main thread (Python's rule for signal handlers) and the previous one is restored after
+    training.
+    """
+
+    def __init__(self):
+        self._signalled = False
+        self._previous = None
+
+    def _on_sigterm(self, signum, frame):
+        self._signalled = True
+
+    def before_train(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def after_train(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def after_step(self):
+        stop = self._signalled
+        if comm.get_world_size() > 1:
+            stop = any(comm.all_gather(stop))
+        if not stop:
+            return
+        iteration = self.trainer.iter
+        name = f"model_{iteration:07d}"
+        self.trainer.checkpointer.save(name, iteration=iteration)
+        path = os.path.join(self.trainer.checkpointer.save_dir, name + ".pth")
+        raise TrainingInterrupted(f"stopped by SIGTERM after iteration {iteration}: saved {path}; continue with "
+                                  "the same command and --resume")
+
+
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         # DefaultTrainer.__init__, with wrap_ddp instead of create_ddp_model (which assumes CUDA)
@@ -103,6 +150,32 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD; with ``FFS.FLOW.BASE_LR > 0`` the flow's parameters form their own group at that
+        learning rate (same momentum, weight decay and schedule), instead of training at SOLVER.BASE_LR; with
+        ``FFS.FLOW.CLIP_GRAD_NORM > 0`` the flow's gradient norm is clipped to it before every step."""
+        optimizer = super().build_optimizer(cfg, model)
+        flow = getattr(getattr(getattr(model, "roi_heads", None), "synthesizer", None), "flow", None)
+        if flow is None:
+            return optimizer
+        flow_params = [p for p in flow.parameters() if p.requires_grad]
+        max_norm = cfg.FFS.FLOW.CLIP_GRAD_NORM
+        if max_norm > 0:
+            def clip_flow_gradient(*_):
+                torch.nn.utils.clip_grad_norm_([p for p in flow_params if p.grad is not None], max_norm)
+
+            optimizer.register_step_pre_hook(clip_flow_gradient)
+        if cfg.FFS.FLOW.BASE_LR <= 0:
+            return optimizer
+        ids = {id(p) for p in flow_params}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
+        optimizer.add_param_group({"params": flow_params, "lr": cfg.FFS.FLOW.BASE_LR,
+                                   "weight_decay": cfg.SOLVER.WEIGHT_DECAY})
+        return optimizer
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -127,7 +200,7 @@ class Trainer(DefaultTrainer):
         for h in ret:
             if isinstance(h, hooks.PeriodicWriter):
                 h._period = self.cfg.FFS.LOG_PERIOD  # detectron2 hard-codes 20
-        return ret
+        return ret + [SigtermCheckpoint()]
 
     def resume_or_load(self, resume=True):
         """detectron2's, with a whole-model check of the resumed checkpoint; metrics.json is cut back to the
