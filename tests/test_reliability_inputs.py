@@ -298,3 +298,23 @@ def test_train_net_refuses_a_used_or_busy_output_dir(tiny_data, tmp_path):
     (tmp_path / "file").write_text("x")
     msg = _cli("train_net.py", *args[:-1], tmp_path / "file")
     assert msg == f"error: OUTPUT_DIR {tmp_path / 'file'} exists and is not a folder"
+
+
+def test_images_of_more_than_8_bits_are_refused_naming_the_file(tmp_path):
+    from PIL import Image
+
+    from ffs_det.data.validate import CheckedDatasetMapper, ImageReadError
+    from ffs_det.engine.setup import build_cfg
+
+    mapper = CheckedDatasetMapper(build_cfg("Shapes/vanilla_mobilenet.yaml"), False)
+    values = (np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "thermal.png")  # a 16-bit PNG (mode I;16)
+    Image.fromarray((values // 257).astype(np.uint8)).save(tmp_path / "gray.png")
+    record = {"image_id": 7, "height": 48, "width": 64}
+    with pytest.raises(ImageReadError) as info:
+        mapper(dict(record, file_name=str(tmp_path / "thermal.png")))
+    assert str(info.value) == (f"image {tmp_path / 'thermal.png'} (image id 7) has I;16 pixels (more than 8 bits per "
+                               "channel), which detectron2 would clip to white; convert the images to 8 bits first "
+                               "(e.g. scale 16-bit values by 1/257)")
+    out = mapper(dict(record, file_name=str(tmp_path / "gray.png")))
+    assert tuple(out["image"].shape[1:]) == (160, 213) and out["image"].float().std() > 0

@@ -6,7 +6,8 @@
   images are not decoded here).
 * :class:`CheckedDatasetMapper` — detectron2's DatasetMapper; an image that cannot be decoded (corrupt,
   truncated, not an image) or whose size differs from the json's is an :class:`ImageReadError` naming the
-  file, instead of a PIL/detectron2 error deep in the data loader.
+  file, instead of a PIL/detectron2 error deep in the data loader; so is an image of more than 8 bits per
+  channel (16-bit PNG, 32-bit TIFF), which detectron2 would otherwise clip to a white image.
 """
 import os
 from typing import Iterable, List, Sequence
@@ -49,10 +50,30 @@ def check_image_files(dataset_dicts: Iterable[dict], what: str = "dataset") -> N
         raise FileNotFoundError(f"{what}: {len(missing)} image file(s) not found: {shown}")
 
 
+# PIL modes of more than 8 bits per channel: detectron2's read_image converts them to 8-bit RGB by
+# clipping, so a 16-bit (thermal, medical) image becomes almost uniformly white
+WIDE_MODES = ("I", "F")
+
+
+def _refuse_wide_image(dataset_dict) -> None:
+    from PIL import Image
+
+    name = dataset_dict.get("file_name", "?")
+    with Image.open(name) as im:  # reads the header only
+        mode = im.mode
+    if mode.split(";")[0] in WIDE_MODES:
+        raise ImageReadError(f"image {name} (image id {dataset_dict.get('image_id')}) has {mode} pixels (more than 8 "
+                             "bits per channel), which detectron2 would clip to white; convert the images to 8 bits "
+                             "first (e.g. scale 16-bit values by 1/257)")
+
+
 class CheckedDatasetMapper(DatasetMapper):
     def __call__(self, dataset_dict):
         try:
+            _refuse_wide_image(dataset_dict)
             return super().__call__(dataset_dict)
+        except ImageReadError:
+            raise
         except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError (OSError), truncated
             name = dataset_dict.get("file_name", "?")   # files (OSError/SyntaxError); detectron2: size mismatch
             if type(e).__name__ == "UnidentifiedImageError":
