@@ -295,3 +295,100 @@ def test_kinds_listed():
     for kind in SYNTHESIS_KINDS:
         flow = build_flow(3, blocks=1, hidden=4) if kind == "flow" else None
         assert build_synthesizer(kind, 3, flow=flow).kind == kind
+
+
+# ------------------------------------------------------------------------------ flow tail, standardised
+
+def test_standardised_flow_density_is_the_change_of_variables_of_the_flows():
+    torch.manual_seed(0)
+    dim = 6
+    scale = torch.linspace(0.5, 4.0, dim)
+    shift = torch.linspace(-3.0, 3.0, dim)
+    data = shift + scale * torch.randn(5000, dim)
+    # a fresh flow is exactly N(0, I): standardised, its density is the Gaussian of the running statistics
+    synth = build_synthesizer("flow", dim, flow=build_flow(dim, hidden=16), standardize=True, momentum=1.0)
+    synth.train()
+    synth.observe(data, torch.zeros(len(data), dtype=torch.long))
+    torch.testing.assert_close(synth.running_mean, data.mean(0))
+    torch.testing.assert_close(synth.running_var, data.var(0))
+    x = torch.randn(7, dim) * 3
+    expected = torch.distributions.Normal(data.mean(0), data.std(0)).log_prob(x).sum(1)
+    torch.testing.assert_close(synth.log_prob(x), expected, rtol=1e-4, atol=1e-4)
+    # the NLL it trains on is the mean of -log p(x) of the observed features, in the same units
+    nll = synth.observe(data[:100], torch.zeros(100, dtype=torch.long))["loss_flow_nll"]
+    torch.testing.assert_close(nll, -synth.log_prob(data[:100]).mean(), rtol=1e-5, atol=1e-4)
+    # and its samples are de-standardised: the tail of N(mean, diag var), far out in units of each scale
+    out = synth.sample()
+    assert out.shape == (1, dim)
+    z = (out - synth.running_mean) / synth.running_var.sqrt()
+    assert float(z.norm()) > float((torch.randn(2000, dim)).norm(dim=1).median())
+
+
+def test_running_statistics_follow_a_drifting_distribution_and_ignore_eval_mode():
+    torch.manual_seed(0)
+    synth = build_synthesizer("flow", 3, flow=build_flow(3, hidden=8), standardize=True, momentum=0.5)
+    synth.train()
+    labels = torch.zeros(64, dtype=torch.long)
+    synth.observe(torch.randn(64, 3), labels)
+    for _ in range(20):
+        synth.observe(10 + 2 * torch.randn(64, 3), labels)
+    assert torch.allclose(synth.running_mean, torch.full((3,), 10.0), atol=0.8)
+    assert torch.allclose(synth.running_var.sqrt(), torch.full((3,), 2.0), atol=0.6)
+    before = synth.running_mean.clone()
+    synth.eval()
+    synth.observe(torch.randn(64, 3) - 50, labels)
+    assert torch.equal(synth.running_mean, before)
+    # a constant dimension cannot make the standardised inputs explode: its scale is floored
+    synth.train()
+    fresh = build_synthesizer("flow", 3, flow=build_flow(3, hidden=8), standardize=True)
+    fresh.train()
+    const = torch.randn(64, 3)
+    const[:, 1] = 5.0
+    fresh.observe(const, labels)
+    assert torch.isfinite(fresh.log_prob(const)).all()
+    assert float(fresh._scale()[1]) > 0
+
+
+def test_unstandardised_flow_synthesizer_is_the_plain_flow():
+    flow = random_flow(4)
+    synth = build_synthesizer("flow", 4, flow=flow)
+    x = torch.randn(9, 4)
+    torch.testing.assert_close(synth.log_prob(x), flow.log_prob(x))
+    synth.train()
+    synth.observe(x * 100, torch.zeros(9, dtype=torch.long))
+    assert int(synth.stats_count) == 0  # statistics are only kept when standardising
+
+
+def test_gaussian_log_prob_is_the_best_class_gaussian():
+    torch.manual_seed(0)
+    synth = build_synthesizer("gaussian", 2, num_classes=2, queue_size=50, sample_from=10, select=1, eps=0.0)
+    x = torch.randn(3, 2)
+    assert torch.isnan(synth.log_prob(x)).all()  # no density until every queue is full
+    data = torch.cat([torch.randn(50, 2) + torch.tensor([5.0, 0.0]), torch.randn(50, 2) - torch.tensor([5.0, 0.0])])
+    synth.observe(data, torch.cat([torch.zeros(50), torch.ones(50)]).long())
+    means = synth.queue.mean(1)
+    centered = (synth.queue - means[:, None]).reshape(-1, 2)
+    cov = centered.T @ centered / 100
+    per_class = torch.stack([torch.distributions.MultivariateNormal(m, cov).log_prob(x) for m in means], 1)
+    torch.testing.assert_close(synth.log_prob(x), per_class.max(1).values, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["flow", "gaussian"])
+def test_seeded_synthesis_draws_from_its_own_stream(kind):
+    def make(seed):
+        if kind == "flow":
+            return build_synthesizer("flow", 4, flow=random_flow(4), sample_from=30, select=2, seed=seed)
+        s = build_synthesizer("gaussian", 4, num_classes=2, queue_size=5, sample_from=30, select=2, seed=seed)
+        s.observe(torch.randn(10, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1] * 5))
+        return s
+
+    torch.manual_seed(123)
+    a, b = make(7), make(7)
+    state = torch.get_rng_state()
+    first = [a.sample() for _ in range(3)]
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream did not move
+    assert all(torch.equal(x, y) for x, y in zip(first, [b.sample() for _ in range(3)]))  # same seed, same draws
+    assert not torch.equal(first[0], first[1])  # the stream advances
+    unseeded = make(None)
+    unseeded.sample()
+    assert not torch.equal(torch.get_rng_state(), state)

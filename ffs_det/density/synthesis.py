@@ -8,16 +8,23 @@ model that owns it) with two methods:
   (``loss_flow_nll``) on the detached features; the Gaussian strategy updates its queues.
 * ``sample() -> Tensor (M, dim)``: synthetic outlier features, detached; ``M == 0`` when the strategy
   cannot produce any yet.
+* ``log_prob(features) -> Tensor (N,)``: the strategy's log-density of features (nats), for diagnostics such
+  as where the outliers lie among the inliers; NaN where the strategy has no density (yet).
 
 Strategies:
 
 * ``"flow"`` (FFS, Kumar et al., CVPR 2023): draw ``sample_from`` latents from N(0, I), keep the ``select``
-  with the lowest likelihood under the flow, return their inverse images.
+  with the lowest likelihood under the flow, return their inverse images. Optionally the features are
+  standardised with running per-dimension statistics before the flow (``standardize``), so the flow sees
+  unit-scale inputs while the detector's features drift during training; densities and samples are those of
+  the unstandardised features.
 * ``"gaussian"`` (VOS, Du et al., ICLR 2022): class-conditional Gaussians with one shared covariance,
   estimated from per-class FIFO queues of ``queue_size`` features; ``sample_from`` draws per class, keep
   the ``select`` lowest-density ones per class. Nothing until every queue is full.
 * ``"none"``: no outliers (plain training).
 """
+import contextlib
+import math
 from typing import Dict, Optional
 
 import torch
@@ -36,17 +43,47 @@ class OutlierSynthesizer(nn.Module):
 
     kind = "none"
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, seed: Optional[int] = None):
         super().__init__()
         if int(dim) < 1:
             raise ValueError(f"feature width must be >= 1, got dim={dim}")
         self.dim = int(dim)
+        self.seed = None if seed is None else int(seed)
+        self._rng_state = None
+
+    @contextlib.contextmanager
+    def _draws(self, device: torch.device):
+        """Random draws of ``sample()``: from the synthesizer's own stream when it has a ``seed`` (seeded with
+        ``seed + process rank``), so sampling leaves the global random stream -- and with it the detector's
+        proposal sampling and augmentation -- exactly as without synthesis; else from the global stream."""
+        if self.seed is None:
+            yield
+            return
+        device = torch.device(device)
+        cuda = device.type == "cuda"
+        with torch.random.fork_rng(devices=[device] if cuda else []):
+            if self._rng_state is None:
+                rank = torch.distributed.get_rank() if (torch.distributed.is_available()
+                                                        and torch.distributed.is_initialized()) else 0
+                torch.random.default_generator.manual_seed(self.seed + rank)
+                if cuda:
+                    with torch.cuda.device(device):
+                        torch.cuda.manual_seed(self.seed + rank)
+            else:
+                torch.set_rng_state(self._rng_state[0])
+                if cuda:
+                    torch.cuda.set_rng_state(self._rng_state[1], device)
+            yield
+            self._rng_state = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
 
     def observe(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {}
 
     def sample(self) -> torch.Tensor:
         return self._empty()
+
+    def log_prob(self, features: torch.Tensor) -> torch.Tensor:
+        return features.new_full(features.shape[:1], float("nan"))
 
     @property
     def ready(self) -> bool:
@@ -68,16 +105,66 @@ class FlowTailSynthesizer(OutlierSynthesizer):
 
     kind = "flow"
 
-    def __init__(self, flow: FeatureFlow, sample_from: int = 200, select: int = 1):
-        super().__init__(flow.dim)
+    def __init__(self, flow: FeatureFlow, sample_from: int = 200, select: int = 1, standardize: bool = False,
+                 momentum: float = 0.05, seed: Optional[int] = None):
+        super().__init__(flow.dim, seed)
         if not 1 <= select <= sample_from:
             raise ValueError(f"need 1 <= select <= sample_from, got select={select}, sample_from={sample_from}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"running-statistics momentum must be in (0, 1], got {momentum}")
         self.flow = flow
         self.sample_from = int(sample_from)
         self.select = int(select)
+        self.standardize = bool(standardize)
+        self.momentum = float(momentum)
+        # running statistics of the observed features (used when standardize); checkpointed with the model
+        self.register_buffer("running_mean", torch.zeros(self.dim))
+        self.register_buffer("running_var", torch.ones(self.dim))
+        self.register_buffer("stats_count", torch.zeros((), dtype=torch.long))
 
     def observe(self, features, labels):
-        return {"loss_flow_nll": self.flow.nll(features.detach())}
+        features = features.detach()
+        if self.standardize and self.training:
+            self._update_stats(features)
+        u, log_scale = self._standardized(features)
+        nll = self.flow.nll(u)
+        # change of variables x = mean + scale * u: -log p(x) = -log p(u) + sum log scale
+        return {"loss_flow_nll": nll + log_scale if features.shape[0] else nll}
+
+    @torch.no_grad()
+    def _update_stats(self, features: torch.Tensor) -> None:
+        """Fold this step's feature mean/variance into the running statistics. Under torch.distributed the
+        sums are all-reduced first (every process calls this at every step, with or without features), so all
+        processes keep the same statistics."""
+        x = features.to(torch.float64)
+        packed = torch.cat([x.sum(0), (x * x).sum(0), x.new_full((1,), x.shape[0])])
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(packed)
+        n = float(packed[-1])
+        if n < 2:
+            return
+        mean = packed[:self.dim] / n
+        var = ((packed[self.dim:2 * self.dim] / n - mean * mean).clamp_min(0.0) * (n / (n - 1)))
+        m = 1.0 if int(self.stats_count) == 0 else self.momentum  # the first batch sets the statistics
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+        self.running_var.lerp_(var.to(self.running_var.dtype), m)
+        self.stats_count += 1
+
+    def _scale(self) -> torch.Tensor:
+        # floor: 1e-3 of the mean variance, so a (nearly) constant dimension cannot blow the flow's inputs up
+        return torch.maximum(self.running_var, 1e-3 * self.running_var.mean() + 1e-12).sqrt()
+
+    def _standardized(self, features: torch.Tensor):
+        """``(u, sum of log scales)``: the features the flow sees, and the log-det of ``u -> features``."""
+        if not self.standardize:
+            return features, features.new_zeros(())
+        scale = self._scale().to(features.dtype)
+        return (features - self.running_mean.to(features.dtype)) / scale, scale.log().sum()
+
+    def log_prob(self, features: torch.Tensor) -> torch.Tensor:
+        u, log_scale = self._standardized(features)
+        return self.flow.log_prob(u) - log_scale
 
     @property
     def ready(self) -> bool:
@@ -85,12 +172,18 @@ class FlowTailSynthesizer(OutlierSynthesizer):
 
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
-        z = torch.randn(self.sample_from, self.dim, device=self.flow._device(), dtype=self.flow._dtype())
+        device = self.flow._device()
+        with self._draws(device):
+            z = torch.randn(self.sample_from, self.dim, device=device, dtype=self.flow._dtype())
         x, log_det_inverse = self.flow.inverse_with_log_det(z)
-        # log p(x) = log N(z) + log|det dz/dx| = log N(z) - log|det dx/dz|
+        # log p(x) = log N(z) + log|det dz/dx| = log N(z) - log|det dx/dz|; the standardisation adds the
+        # same constant to every candidate, so it does not change which ones are the least likely
         log_px = standard_normal_log_prob(z) - log_det_inverse
         keep = torch.topk(log_px, self.select, largest=False).indices
-        return x[keep].detach()
+        x = x[keep]
+        if self.standardize:
+            x = self.running_mean.to(x.dtype) + self._scale().to(x.dtype) * x
+        return x.detach()
 
 
 class GaussianTailSynthesizer(OutlierSynthesizer):
@@ -99,8 +192,8 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
     kind = "gaussian"
 
     def __init__(self, dim: int, num_classes: int, queue_size: int = 1000, sample_from: int = 10000,
-                 select: int = 1, eps: float = 1e-4):
-        super().__init__(dim)
+                 select: int = 1, eps: float = 1e-4, seed: Optional[int] = None):
+        super().__init__(dim, seed)
         if not 1 <= select <= sample_from:
             raise ValueError(f"need 1 <= select <= sample_from, got select={select}, sample_from={sample_from}")
         if num_classes < 1 or queue_size < 1:
@@ -144,13 +237,31 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
     def sample(self) -> torch.Tensor:
         if not self.ready:
             return self._empty()
+        means, chol = self._fit()
+        with self._draws(chol.device):
+            e = self._tail_noise(chol.device, chol.dtype)  # (C, select, D)
+        return (means[:, None] + e @ chol.T).reshape(-1, self.dim)
+
+    def _fit(self):
+        """Class means ``(C, D)`` and the Cholesky factor of the shared covariance, from the queues."""
         means = self.queue.mean(dim=1)  # (C, D)
         centered = (self.queue - means[:, None]).reshape(-1, self.dim)
         cov = centered.T @ centered / centered.shape[0]
         cov += self.eps * torch.eye(self.dim, device=cov.device, dtype=cov.dtype)
-        chol = torch.linalg.cholesky(cov)
-        e = self._tail_noise(cov.device, cov.dtype)  # (C, select, D)
-        return (means[:, None] + e @ chol.T).reshape(-1, self.dim)
+        return means, torch.linalg.cholesky(cov)
+
+    @torch.no_grad()
+    def log_prob(self, features: torch.Tensor) -> torch.Tensor:
+        """Log-density under the most likely class Gaussian (NaN until every queue is full)."""
+        if not self.ready:
+            return super().log_prob(features)
+        means, chol = self._fit()
+        diff = features.to(chol.dtype)[:, None, :] - means[None]  # (N, C, D)
+        sol = torch.linalg.solve_triangular(chol, diff.reshape(-1, self.dim).T, upper=False)  # (D, N*C)
+        maha = (sol * sol).sum(0).reshape(features.shape[0], -1)  # (N, C)
+        log_det = 2 * torch.log(torch.diagonal(chol)).sum()
+        const = self.dim * math.log(2 * math.pi) + log_det
+        return (-0.5 * (maha + const)).max(dim=1).values.to(features.dtype)
 
     def _tail_noise(self, device, dtype) -> torch.Tensor:
         """For each class, the ``select`` largest-norm of ``sample_from`` draws ``e ~ N(0, I_D)``: ``(C, select, D)``.
@@ -172,17 +283,19 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
 
 def build_synthesizer(kind: str, dim: int, num_classes: int = 1, *, flow: Optional[FeatureFlow] = None,
                       sample_from: int = 200, select: int = 1, queue_size: int = 1000,
-                      eps: float = 1e-4) -> OutlierSynthesizer:
+                      eps: float = 1e-4, standardize: bool = False, momentum: float = 0.05,
+                      seed: Optional[int] = None) -> OutlierSynthesizer:
     """Build the synthesis strategy ``kind`` (one of :data:`SYNTHESIS_KINDS`)."""
     if kind == "flow":
         if flow is None:
             raise ValueError("flow synthesis needs a flow (see ffs_det.density.flow.build_flow)")
         if flow.dim != dim:
             raise ValueError(f"flow width {flow.dim} != feature width {dim}")
-        return FlowTailSynthesizer(flow, sample_from=sample_from, select=select)
+        return FlowTailSynthesizer(flow, sample_from=sample_from, select=select, standardize=standardize,
+                                   momentum=momentum, seed=seed)
     if kind == "gaussian":
         return GaussianTailSynthesizer(dim, num_classes, queue_size=queue_size, sample_from=sample_from,
-                                       select=select, eps=eps)
+                                       select=select, eps=eps, seed=seed)
     if kind == "none":
         return NoSynthesis(dim)
     raise ValueError(f"unknown synthesis {kind!r}; choose one of {SYNTHESIS_KINDS}")
