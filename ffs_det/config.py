@@ -1,4 +1,5 @@
 """Config keys added by ffs_det. Call :func:`add_ffs_config` on a detectron2 config before merging files."""
+from . import detectron2_compat  # noqa: F401  (before any detectron2 import)
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_ffs_config"]
@@ -19,10 +20,27 @@ def add_ffs_config(cfg):
     cfg.FFS.SAMPLE_FROM = 200
     # lowest-likelihood candidates kept per synthesis step (per class for gaussian)
     cfg.FFS.SELECT = 1
+    # hard-outlier mining: of the SELECT synthesised outliers, train the margin on this many with the highest
+    # energy (the ones the classifier finds most in-distribution); 0: on all of them (VOS/FFS)
+    cfg.FFS.HARDEST_OUTLIERS = 0
     # per-class feature queue length of the gaussian (VOS) synthesis
     cfg.FFS.QUEUE_SIZE = 1000
     # ridge added to the shared covariance of the gaussian synthesis
     cfg.FFS.COV_EPS = 1e-4
+    # space the synthesis models: "output" (the box head's output features, as in VOS/FFS) or "preactivation"
+    # (the box head's last layer before its final ReLU; synthetic outliers then pass through that ReLU, so they
+    # lie in the support of the real features: non-negative and sparse)
+    cfg.FFS.FEATURE_SPACE = "output"
+    # seed of the synthesis' own random stream (latent / Gaussian draws; + process rank), so sampling outliers
+    # leaves the detector's random stream (proposal sampling, augmentation) as it is without synthesis;
+    # -1: draw from the global stream
+    cfg.FFS.SAMPLE_SEED = 0
+    # map applied to synthesised features before the classifier: "none" or "sigmoid" (the FFS authors' code)
+    cfg.FFS.OUTLIER_MAP = "none"
+    # temperature T of the outliers' energy T * log sum_k w_k exp(l_k / T); inliers use 1 (FFS authors: 40, VOS: 1)
+    cfg.FFS.OUTLIER_TEMPERATURE = 1.0
+    # energy-margin loss: "mean" over all boxes (VOS/FFS) or "balanced" (mean of the inlier and outlier means)
+    cfg.FFS.MARGIN_REDUCTION = "mean"
     # attach each detection's box-head feature vector to the output Instances (field "features")
     cfg.FFS.OUTPUT_BOX_FEATURES = False
     # non-finite flow NLL or energy loss: "raise" (error naming loss and iteration) or "skip" (zero it, log)
@@ -39,8 +57,20 @@ def add_ffs_config(cfg):
     cfg.FFS.FLOW.HIDDEN = 2048
     # soft clamp of the affine log-scales
     cfg.FFS.FLOW.CLAMP = 2.0
-    # seed of the flow's fixed permutations (identical on every process)
+    # seed of the flow's fixed permutations and initial weights (identical on every process; the flow and the
+    # energy margin are initialised from their own generator, so the detector's random stream, hence its
+    # trajectory before START_ITER, is the same for every FFS.SYNTHESIS)
     cfg.FFS.FLOW.SEED = 0
+    # learning rate of the flow's own parameter group (same schedule as SOLVER.BASE_LR); 0: the flow trains in
+    # the detector's groups at SOLVER.BASE_LR (the papers). Either way its step scales with FFS.NLL_WEIGHT
+    cfg.FFS.FLOW.BASE_LR = 0.0
+    # clip the norm of the flow's gradient to this before every optimizer step; 0: no clipping
+    cfg.FFS.FLOW.CLIP_GRAD_NORM = 0.0
+    # standardise features with running per-dimension mean/std of the observed foreground features before the
+    # flow (log-densities stay those of the unstandardised features)
+    cfg.FFS.FLOW.STANDARDIZE = False
+    # momentum of those running statistics (new = (1 - m) * old + m * batch)
+    cfg.FFS.FLOW.STATS_MOMENTUM = 0.05
 
     cfg.MODEL.MOBILENET = CN()
     # torchvision MobileNetV2 ImageNet state dict: a file path, "imagenet" (the file shipped by the PyPI
@@ -61,3 +91,8 @@ def add_ffs_config(cfg):
     cfg.MODEL.REGNET.NORM = "FrozenBN"
     cfg.MODEL.REGNET.OUT_FEATURES = ["s1", "s2", "s3", "s4"]
     return cfg
+
+
+# importing the config registers every component it names (FFSROIHeads, the backbones), as detectron2
+# projects do, so add_ffs_config + build_model works without a further import
+from . import modeling  # noqa: F401,E402
