@@ -1,5 +1,5 @@
 # Two entry points, each sets up everything it needs on a fresh machine:
-#   make demo   run the embedded default (shapes world: plain vs VOS vs FFS, train -> infer -> FPR95/AUROC)
+#   make demo   run the embedded default (shapes world: plain vs VOS vs FFS over 3 seeds -> FPR95/AUROC)
 #   make test   run the test suite
 # The virtual environment lives in $(VENV) (git-ignored) and is only rebuilt when set-up files change.
 
@@ -10,8 +10,9 @@ TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.ffs_det-installed
 PYTEST_ARGS ?=
-# one torch thread: steady on a busy or 2-core machine; e.g. DEMO_ARGS="--threads 8" on a larger one
-DEMO_ARGS  ?= --threads 1
+# 3 methods x 3 training seeds, 2 jobs at once with one torch thread each (a 2-core machine); e.g.
+# DEMO_ARGS="--seeds 0,1,2,3,4 --jobs 8 --threads 2" on a larger one, DEMO_ARGS="--seeds 0" for one seed
+DEMO_ARGS  ?= --seeds 0,1,2 --jobs 2 --threads 1
 
 .PHONY: demo test env data clean-env
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Generate the synthetic shapes world (ID: circle/square/triangle; OOD: star/cross/ring/hexagon).
 
-  python datasets/make_shapes.py                       # 600/150/150 images into $FFS_DATASETS/shapes or datasets/shapes
-  python datasets/make_shapes.py --output datasets/shapes --num-train 600 --num-val 150 --num-ood 150 --seed 0
+  python datasets/make_shapes.py                       # 600/600/600 images into $FFS_DATASETS/shapes or datasets/shapes
+  python datasets/make_shapes.py --output datasets/shapes --num-train 600 --num-val 600 --num-ood 600 --seed 0
 
 --output is the shapes folder itself (registered as <dataset_dir>/shapes). Splits already generated with
 the same seed and size are kept unless --force. See ffs_det/data/shapes.py for what the world contains.

@@ -1,132 +1,290 @@
-"""The embedded default: the shapes world, plain vs VOS vs FFS, train -> infer -> FPR95/AUROC on CPU.
+"""The embedded default: the shapes world, plain vs VOS vs FFS over training seeds, train -> infer ->
+FPR95/AUROC on CPU.
 
-Steps (each reused from a previous run when its outputs exist, unless ``fresh``):
+Steps (each job's outputs are reused from a previous run with the same settings, unless ``fresh``):
 
 1. generate the synthetic shapes world (``datasets/make_shapes.py`` defaults) under ``<out>/datasets``;
-2. train ``configs/Shapes/{vanilla,vos,ffs}_mobilenet.yaml`` with the same seed -> ``<out>/<method>/``;
-3. run each model on ``shapes_val`` (ID) and ``shapes_ood`` -> ``<out>/<method>/inference/<dataset>/``;
-4. evaluate with the VOS/FFS protocol (optimal-F1 threshold from the ID set, energy score) ->
-   ``<out>/<method>/ood/``;
-5. print and write one comparison table: ``<out>/summary.md`` and ``<out>/summary.json``.
+2. for every method and training seed, one job in ``<out>/<method>/seed<k>/``: train
+   ``configs/Shapes/<method>_mobilenet.yaml`` with ``SEED k`` exactly as ``tools/train_net.py`` does (through
+   detectron2's ``default_setup``, so the same seed gives the same model), run it on ``shapes_val`` (ID) and
+   ``shapes_ood`` (``inference/<dataset>/``), evaluate with the VOS/FFS protocol (``ood/``) and draw where its
+   synthetic outliers lie (``ood/features_pca.png``). ``jobs`` jobs run at once, each in its own process;
+3. one summary: per-seed rows, mean ± std per method, and the paired comparison against vanilla (per-seed
+   difference, its mean, and how many seeds agree in sign) -> ``<out>/summary.md`` and ``<out>/summary.json``.
+
+With a fixed seed, every method trains the same detector up to ``FFS.START_ITER`` (the flow and the energy
+margin are initialised from their own generator), so the paired differences come from the synthesis alone.
 """
+import argparse
 import json
 import logging
+import multiprocessing
 import os
+import sys
 import time
-from typing import Dict, List, Optional
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from . import detectron2_compat  # noqa: F401  (before any detectron2 import)
-from detectron2.utils.logger import setup_logger
 
-from .atomic_io import atomic_write_json, atomic_write_text
-from .data import register_all
-from .data.shapes import generate_world
-from .engine import Trainer
-from .engine.setup import build_cfg
-from .evaluation import run_report
-from .evaluation.apply import apply_model, load_model
+from .atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-__all__ = ["METHODS", "run_demo", "format_summary"]
+__all__ = ["METHODS", "ID_SET", "OOD_SET", "run_demo", "run_job", "summarize", "format_summary"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = {"vanilla": "Shapes/vanilla_mobilenet.yaml", "vos": "Shapes/vos_mobilenet.yaml",
            "ffs": "Shapes/ffs_mobilenet.yaml"}
 ID_SET, OOD_SET = "shapes_val", "shapes_ood"
+ROW_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "threshold", "n_id", "n_ood")
+# the metrics of the summary: (row key, header, scale to percent, lower is better)
+SUMMARY_METRICS = (("fpr95", "FPR95 ↓", 100.0, True), ("auroc", "AUROC ↑", 100.0, False),
+                   ("aupr_in", "AUPR-In ↑", 100.0, False), ("ap50", "ID AP50 ↑", 1.0, False),
+                   ("ap", "ID AP ↑", 1.0, False))
+NUM_PROJECTED_OUTLIERS = 300
 
 
-def _train(method: str, config: str, out: str, opts: List[str], fresh: bool) -> Dict:
+def _train(config: str, out: str, opts: List[str], fresh: bool, info: Dict) -> Dict:
+    """Train as ``tools/train_net.py`` does (``setup_cfg``: config, overrides, ``default_setup`` seeding)."""
+    from .engine import Trainer
+    from .engine.setup import setup_cfg
+
     info_path = os.path.join(out, "train_info.json")
     weights = os.path.join(out, "model_final.pth")
     if not fresh and os.path.isfile(info_path) and os.path.isfile(weights):
-        print(f"      reusing {weights} (--fresh to retrain)", flush=True)
         with open(info_path) as f:
-            return json.load(f)
-    # DATASETS.TEST empty: the test sets are run once, by step 3, not again by the trainer's final eval
-    cfg = build_cfg(config, opts + ["OUTPUT_DIR", out, "DATASETS.TEST", "()"])
-    cfg.freeze()
+            saved = json.load(f)
+        if all(saved.get(k) == v for k, v in info.items()):
+            return saved
+    # DATASETS.TEST empty: the test sets are run once, by the apply step, not again by the trainer's final eval
+    args = argparse.Namespace(config_file=config, opts=opts + ["OUTPUT_DIR", out, "DATASETS.TEST", "()"],
+                              eval_only=False, resume=False)
+    cfg = setup_cfg(args)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    info = {"method": method, "config": config, "iterations": cfg.SOLVER.MAX_ITER, "train_seconds": round(seconds, 1),
-            "seconds_per_iter": round(seconds / cfg.SOLVER.MAX_ITER, 4), "weights": weights}
+    info = dict(info, iterations=cfg.SOLVER.MAX_ITER, train_seconds=round(seconds, 1),
+                seconds_per_iter=round(seconds / cfg.SOLVER.MAX_ITER, 4), weights=weights)
     atomic_write_json(info_path, info, indent=2)
     return info
 
 
-def _apply(config: str, out: str, opts: List[str], fresh: bool) -> Dict[str, Dict]:
-    results = {}
-    cfg = build_cfg(config, opts + ["OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")],
+def _apply(config: str, out: str, opts: List[str], fresh: bool):
+    """Records (with box features) and box AP of the model on the ID and OOD sets; returns
+    ``({dataset: summary}, model or None)``."""
+    from .engine.setup import build_cfg
+    from .evaluation.apply import apply_model, load_model
+
+    cfg = build_cfg(config, opts + ["OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+                                    "FFS.OUTPUT_BOX_FEATURES", "True"],
                     extra_files=["Inference/standard_nms.yaml"])
     cfg.freeze()
-    model = None
+    results, model = {}, None
     for dataset in (ID_SET, OOD_SET):
         target = os.path.join(out, "inference", dataset)
         metrics_path = os.path.join(target, "metrics.json")
         if not fresh and os.path.isfile(metrics_path) and os.path.isfile(os.path.join(target, "records.npz")):
-            print(f"      reusing {target}", flush=True)
             with open(metrics_path) as f:
                 results[dataset] = json.load(f)
             continue
         model = model or load_model(cfg)
         results[dataset] = apply_model(cfg, dataset, target, model=model,
-                                       model_name=os.path.basename(out))["summary"]
-    return results
+                                       model_name=os.path.basename(os.path.dirname(out)))["summary"]
+    return results, model, cfg
 
 
-def format_summary(rows: List[Dict]) -> str:
-    header = ("| method | FPR95 ↓ | AUROC ↑ | AUPR-In ↑ | ID AP50 ↑ | ID AP ↑ | train s | s/iter | "
-              "ID dets kept | OOD dets kept |")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {100 * r['fpr95']:.2f} | {100 * r['auroc']:.2f} | {100 * r['aupr_in']:.2f} | "
-            f"{r['ap50']:.2f} | {r['ap']:.2f} | {r['train_seconds']:.0f} | {r['seconds_per_iter']:.3f} | "
-            f"{r['n_id']} | {r['n_ood']} |")
+def _projection(model, cfg, out: str, report: Dict, method: str, seed: int) -> Dict:
+    """ood/features_pca.png and the support statistics of ID, OOD and synthetic features."""
+    from .evaluation.apply import load_model
+    from .evaluation.projection import feature_summary, projection_png
+
+    model = model or load_model(cfg)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # the picture's outliers are the same on every run of this job
+    try:
+        synthetic = model.roi_heads.synthesize_outliers(NUM_PROJECTED_OUTLIERS).cpu().numpy()
+    finally:
+        torch.random.set_rng_state(gen_state)
+    thr = report["threshold"]
+    kept = {}
+    for role, rs in (("id", report["id"]["records"]), ("ood", next(iter(report["sets"].values()))["records"])):
+        keep = rs.arrays["score"] >= thr
+        kept[role] = rs.arrays["features"][keep] if "features" in rs.arrays else np.zeros((0, 0))
+    if len(kept["id"]) >= 3:
+        png = projection_png(kept["id"], kept["ood"], synthetic,
+                             title=f"{method}, seed {seed}: box features (PCA on ID)")
+        atomic_write_bytes(os.path.join(out, "ood", "features_pca.png"), png)
+    else:
+        logger.warning("%s: %d kept ID detections, too few for the PCA picture; not drawn", out, len(kept["id"]))
+    return {"id": feature_summary(kept["id"]), "ood": feature_summary(kept["ood"]),
+            "synthetic": feature_summary(synthetic)}
+
+
+def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), fresh: bool = False) -> Dict:
+    """Train, apply and evaluate one (method, seed); returns its summary row. The world must exist under
+    ``<output_dir>/datasets`` (see :func:`run_demo`)."""
+    from .data import register_all
+    from .evaluation import run_report
+
+    register_all(os.path.join(output_dir, "datasets"))
+    config = METHODS[method]
+    out = os.path.join(output_dir, method, f"seed{seed}")
+    opts = list(opts) + ["SEED", str(seed)]
+    start = time.perf_counter()
+    info = _train(config, out, opts, fresh, {"method": method, "config": config, "seed": seed, "opts": opts})
+    applied, model, cfg = _apply(config, out, opts, fresh)
+    report, _ = run_report(os.path.join(out, "inference", ID_SET, "records.npz"),
+                           [os.path.join(out, "inference", OOD_SET, "records.npz")], os.path.join(out, "ood"))
+    metrics = next(iter(report["sets"].values()))["metrics"]
+    support = _projection(model, cfg, out, report, method, seed)
+    bbox = applied[ID_SET].get("bbox", {})
+    row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS},
+           "ap50": bbox.get("AP50", float("nan")), "ap": bbox.get("AP", float("nan")),
+           "train_seconds": info["train_seconds"], "seconds_per_iter": info["seconds_per_iter"],
+           "iterations": info["iterations"], "job_seconds": round(time.perf_counter() - start, 1),
+           "support": support}
+    atomic_write_json(os.path.join(out, "row.json"), row, indent=2)
+    return row
+
+
+def _job_in_worker(method: str, seed: int, output_dir: str, opts: List[str], fresh: bool, threads: int) -> Dict:
+    """One job in a pool process: its logs go to ``<job>/demo_job.log``, not to the shared console."""
+    out = os.path.join(output_dir, method, f"seed{seed}")
+    os.makedirs(out, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(os.path.join(out, "demo_job.log"), "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    return run_job(method, seed, output_dir, opts, fresh)
+
+
+def _std(x: np.ndarray) -> float:
+    return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+
+
+def summarize(rows: List[Dict], baseline: str = "vanilla") -> Dict:
+    """Mean ± std per method and the paired per-seed comparison of every other method against ``baseline``."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {m: {r["seed"]: r for r in rows if r["method"] == m} for m in methods}
+    out = {"methods": {}, "paired": {}}
+    for m in methods:
+        seeds = sorted(by[m])
+        out["methods"][m] = {"seeds": seeds}
+        for key, _, scale, _ in SUMMARY_METRICS:
+            vals = np.array([by[m][s][key] for s in seeds], dtype=float) * scale
+            out["methods"][m][key] = {"mean": float(vals.mean()), "std": _std(vals), "per_seed": vals.tolist()}
+    if baseline in by:
+        for m in methods:
+            if m == baseline:
+                continue
+            common = sorted(set(by[m]) & set(by[baseline]))
+            if not common:
+                continue
+            paired = {"seeds": common}
+            for key, _, scale, lower_better in SUMMARY_METRICS:
+                diff = np.array([by[m][s][key] - by[baseline][s][key] for s in common], dtype=float) * scale
+                better = int((diff < 0).sum() if lower_better else (diff > 0).sum())
+                paired[key] = {"mean": float(diff.mean()), "std": _std(diff), "per_seed": diff.tolist(),
+                               "seeds_better": better, "seeds": len(common)}
+            out["paired"][m] = paired
+    return out
+
+
+def _pm(d: Dict) -> str:
+    return f"{d['mean']:.2f} ± {d['std']:.2f}" if len(d["per_seed"]) > 1 else f"{d['mean']:.2f}"
+
+
+def format_summary(rows: List[Dict], summary: Optional[Dict] = None, baseline: str = "vanilla") -> str:
+    """Markdown: the mean ± std table, the paired comparison against ``baseline`` and the per-seed rows."""
+    summary = summary or summarize(rows, baseline)
+    head = "| method | seeds | " + " | ".join(h for _, h, _, _ in SUMMARY_METRICS) + " |"
+    lines = ["Mean ± std over training seeds (%, ID AP: COCO box AP on the ID test set):", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for m, s in summary["methods"].items():
+        lines.append(f"| {m} | {','.join(map(str, s['seeds']))} | "
+                     + " | ".join(_pm(s[k]) for k, _, _, _ in SUMMARY_METRICS) + " |")
+    if summary["paired"]:
+        lines += ["", f"Paired difference to {baseline} (same seed; mean ± std, seeds better / seeds):", "",
+                  "| method | " + " | ".join(f"Δ {h}" for _, h, _, _ in SUMMARY_METRICS) + " |",
+                  "|" + "---|" * (len(SUMMARY_METRICS) + 1)]
+        for m, p in summary["paired"].items():
+            lines.append(f"| {m} | " + " | ".join(f"{p[k]['mean']:+.2f} ± {p[k]['std']:.2f} "
+                                                  f"({p[k]['seeds_better']}/{p[k]['seeds']})"
+                                                  for k, _, _, _ in SUMMARY_METRICS) + " |")
+    lines += ["", "Per seed:", "",
+              "| method | seed | FPR95 | AUROC | AUPR-In | ID AP50 | ID AP | ID dets kept | OOD dets kept | train s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (list(summary["methods"]).index(r["method"]), r["seed"])):
+        lines.append(f"| {r['method']} | {r['seed']} | {100 * r['fpr95']:.2f} | {100 * r['auroc']:.2f} | "
+                     f"{100 * r['aupr_in']:.2f} | {r['ap50']:.2f} | {r['ap']:.2f} | {r['n_id']} | {r['n_ood']} | "
+                     f"{r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 
-def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = None, fresh: bool = False,
-             opts: Optional[List[str]] = None, counts: Optional[Dict[str, int]] = None, seed: int = 0) -> Dict:
-    """Run the whole embedded default; returns ``{"rows": [...], "table": str, "wall_seconds": s}``."""
-    setup_logger(name="ffs_det")
-    setup_logger(name="detectron2")
+def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = None, seeds: Sequence[int] = (0,),
+             jobs: int = 1, fresh: bool = False, opts: Optional[List[str]] = None,
+             counts: Optional[Dict[str, int]] = None, world_seed: int = 0, threads: int = 0) -> Dict:
+    """Run the whole embedded default; returns ``{"rows", "summary", "table", "wall_seconds", "machine"}``.
+
+    Each (method, seed) job runs in its own process with ``threads`` torch threads (0: torch's default),
+    ``jobs`` of them at once.
+    """
+    from .data.shapes import generate_world
+
+    methods = list(methods or METHODS)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown demo methods {unknown}; choose from {sorted(METHODS)}")
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     start = time.perf_counter()
-    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    if threads:
+        torch.set_num_threads(threads)
+    machine = {"cpu_count": os.cpu_count(), "torch_threads_per_job": threads or torch.get_num_threads(),
+               "jobs": jobs, "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     output_dir = os.path.abspath(output_dir)
-    dataset_dir = os.path.join(output_dir, "datasets")
-    print(f"[1/4] shapes world -> {dataset_dir}/shapes", flush=True)
-    generate_world(os.path.join(dataset_dir, "shapes"), counts=counts, seed=seed, force=fresh)
-    register_all(dataset_dir)
+    print(f"[1/3] shapes world -> {output_dir}/datasets/shapes", flush=True)
+    generate_world(os.path.join(output_dir, "datasets", "shapes"), counts=counts, seed=world_seed, force=fresh)
     opts = list(opts or [])
+    todo = [(m, s) for s in seeds for m in methods]
+    print(f"[2/3] {len(todo)} jobs (methods {', '.join(methods)} x seeds {', '.join(map(str, seeds))}), "
+          f"{jobs} at a time; logs in <method>/seed<k>/", flush=True)
     rows = []
-    for method in methods or list(METHODS):
-        config = METHODS[method]
-        out = os.path.join(output_dir, method)
-        print(f"[2/4] {method}: train {config} -> {out}", flush=True)
-        info = _train(method, config, out, opts, fresh)
-        print(f"[3/4] {method}: apply to {ID_SET}, {OOD_SET}", flush=True)
-        applied = _apply(config, out, opts, fresh)
-        print(f"[4/4] {method}: OOD evaluation -> {out}/ood", flush=True)
-        report, _ = run_report(os.path.join(out, "inference", ID_SET, "records.npz"),
-                               [os.path.join(out, "inference", OOD_SET, "records.npz")],
-                               os.path.join(out, "ood"))
-        metrics = next(iter(report["sets"].values()))["metrics"]
-        bbox = applied[ID_SET].get("bbox", {})
-        rows.append({"method": method, **{k: metrics[k] for k in ("fpr95", "auroc", "aupr_in", "aupr_out",
-                                                                  "threshold", "n_id", "n_ood")},
-                     "ap50": bbox.get("AP50", float("nan")), "ap": bbox.get("AP", float("nan")),
-                     "train_seconds": info["train_seconds"], "seconds_per_iter": info["seconds_per_iter"],
-                     "iterations": info["iterations"]})
-    table = format_summary(rows)
+
+    def done(row):
+        rows.append(row)
+        print(f"      {len(rows)}/{len(todo)} {row['method']} seed {row['seed']}: FPR95 {100 * row['fpr95']:.2f} "
+              f"AUROC {100 * row['auroc']:.2f} AP50 {row['ap50']:.2f} ({row['job_seconds']:.0f} s)", flush=True)
+
+    # one fresh process per job: detectron2's loggers and registries start clean, and each job's log.txt
+    # holds that job only
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(_job_in_worker, m, s, output_dir, opts, fresh, threads) for m, s in todo]
+        for fut in as_completed(futures):
+            done(fut.result())
+    print("[3/3] summary", flush=True)
+    summary = summarize(rows)
+    table = format_summary(rows, summary)
     wall = round(time.perf_counter() - start, 1)
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     atomic_write_json(os.path.join(output_dir, "summary.json"),
-                      {"rows": rows, "wall_seconds": wall, "machine": machine}, indent=2)
+                      {"rows": rows, "summary": summary, "wall_seconds": wall, "machine": machine,
+                       "opts": opts, "world_seed": world_seed, "counts": counts}, indent=2)
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
-    return {"rows": rows, "table": table, "wall_seconds": wall, "machine": machine}
+    return {"rows": rows, "summary": summary, "table": table, "wall_seconds": wall, "machine": machine}
+
+
+if __name__ == "__main__":  # pragma: no cover - use tools/demo.py
+    sys.exit("use tools/demo.py")

@@ -1,21 +1,29 @@
 #!/usr/bin/env python
-"""The embedded default (what `make demo` runs): the synthetic shapes world on CPU, plain vs VOS vs FFS.
+"""The embedded default (what `make demo` runs): the synthetic shapes world on CPU, plain vs VOS vs FFS
+over training seeds.
 
-Generates the world, trains the three detectors with the same seed, applies each to the ID and OOD test
-sets, evaluates FPR95/AUROC with the VOS/FFS protocol and prints one comparison table. Everything goes
-to --output-dir (default demo_output/); a second run reuses what is there unless --fresh.
-Trailing KEY VALUE pairs override the three configs (e.g. SOLVER.MAX_ITER 200 for a quick look).
+  tools/demo.py --seeds 0,1,2 --jobs 2 --threads 1      # what `make demo` runs: 3 methods x 3 seeds
+  tools/demo.py --seeds 0 --methods vanilla,ffs SOLVER.MAX_ITER 200 FFS.START_ITER 130   # a quick look
+
+Generates the world, then for every method and seed trains the detector with that SEED (as
+tools/train_net.py does), applies it to the ID and OOD test sets and evaluates FPR95/AUROC with the
+VOS/FFS protocol; prints mean ± std per method, the paired per-seed comparison against vanilla and the
+per-seed rows. Everything goes to --output-dir (default demo_output/); a job whose outputs exist with the
+same settings is reused unless --fresh. Trailing KEY VALUE pairs override every method's config.
 """
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ffs_det.data.shapes import DEFAULT_COUNTS
+from ffs_det.demo import METHODS, run_demo
 
-import torch  # noqa: E402
 
-import ffs_det.modeling  # noqa: E402,F401
-from ffs_det.demo import METHODS, run_demo  # noqa: E402
+def _ints(text):
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def main(argv=None):
@@ -23,23 +31,42 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="demo_output", help="where everything is written")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--seeds", type=_ints, default=[0],
+                        help="comma-separated training seeds (cfg.SEED), the same for every method (default: 0)")
+    parser.add_argument("--jobs", type=int, default=1, help="(method, seed) jobs run at once, one process each")
     parser.add_argument("--fresh", action="store_true", help="regenerate, retrain and re-evaluate everything")
-    parser.add_argument("--num-train", type=int, default=None, help="shapes training images (default 600)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shapes world")
+    parser.add_argument("--num-train", type=int, default=None,
+                        help=f"shapes training images (default {DEFAULT_COUNTS['train']})")
+    parser.add_argument("--num-val", type=int, default=None,
+                        help=f"shapes ID test images (default {DEFAULT_COUNTS['val']})")
+    parser.add_argument("--num-ood", type=int, default=None,
+                        help=f"shapes OOD test images (default {DEFAULT_COUNTS['ood']})")
+    parser.add_argument("--world-seed", "--seed", dest="world_seed", type=int, default=0,
+                        help="seed of the shapes world (not of training: see --seeds)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
+                        help="torch CPU threads per job (default: torch's choice; 1 is steadier on a busy machine)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         parser.error(f"--methods: unknown {unknown or 'empty list'}; choose from {','.join(METHODS)}")
-    counts = {"train": args.num_train} if args.num_train else None
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"ffs_det demo: shapes world, methods {', '.join(methods)}, outputs in {args.output_dir}/")
-    result = run_demo(args.output_dir, methods, fresh=args.fresh, opts=args.opts, counts=counts,
-                      seed=args.seed)
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds: give distinct integers, got {args.seeds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    counts = {k: v for k, v in (("train", args.num_train), ("val", args.num_val), ("ood", args.num_ood))
+              if v is not None}
+    for k, v in counts.items():
+        if v < 1:
+            parser.error(f"--num-{k} must be >= 1, got {v}")
+    print(f"ffs_det demo: shapes world, methods {', '.join(methods)}, seeds {','.join(map(str, args.seeds))}, "
+          f"outputs in {args.output_dir}/")
+    try:
+        result = run_demo(args.output_dir, methods, seeds=args.seeds, jobs=args.jobs, fresh=args.fresh,
+                          opts=args.opts, counts=counts or None, world_seed=args.world_seed, threads=args.threads)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     print()
     print(result["table"])
     print(f"\nwall time {result['wall_seconds']:.0f} s; table in {os.path.join(args.output_dir, 'summary.md')}")
