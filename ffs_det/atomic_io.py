@@ -1,25 +1,34 @@
-"""Atomic file writes: a reader sees either the old file or the complete new one, never a partial file.
+"""Atomic writes: a reader sees either the old file (folder) or the complete new one, never a partial one.
 
-Each writer fills a temporary file in the destination folder, flushes it to disk, then ``os.replace``-s
-it over the destination (atomic on POSIX and Windows when both are on the same file system). The file gets
-the permissions a plain ``open()`` would give it (an existing file's mode is kept).
+Files: each writer fills a temporary file in the destination folder, flushes it to disk, then
+``os.replace``-s it over the destination. Folders (:func:`atomic_dir`, :func:`replace_folder`): filled under
+a temporary name next to the target and renamed into place, so files of two writes never mix.
+Renames are atomic on POSIX and Windows when both names are on the same file system. A file gets the
+permissions a plain ``open()`` would give it (an existing file's mode is kept), a folder a plain mkdir's.
 """
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from typing import IO, Any, Callable, Iterator
+import uuid
+from typing import IO, Any, Callable, Dict, Iterator, List
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
+           "check_replaceable_folder", "replace_folder"]
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _new_file_mode(path: str) -> int:
     try:
         return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -57,3 +66,61 @@ def atomic_write_json(path: str, obj: Any, indent: int = None, default: Callable
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=indent, default=default)
         f.write("\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Yield a new temporary folder next to ``path``; it takes the place of ``path`` (replacing an existing
+    folder) when the block succeeds and is deleted when it fails. Killed between the two renames, ``path``
+    is absent and the previous folder is kept beside it as ``.<name>.<hex>.old``."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); give it a plain mkdir's mode
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.lexists(path):
+        if not os.path.isdir(path) or os.path.islink(path):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{path} exists and is not a folder; refusing to replace it")
+        old = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.old")
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_replaceable_folder(path: str, marker: str) -> None:
+    """ValueError unless :func:`replace_folder` may write ``path``: absent, empty, or holding ``marker``."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"output folder {path} exists and is not a folder")
+    if os.path.isdir(path):
+        entries = sorted(os.listdir(path))
+        if entries and marker not in entries:
+            shown = ", ".join(entries[:3]) + (f", ... ({len(entries) - 3} more)" if len(entries) > 3 else "")
+            raise ValueError(f"output folder {path} holds files this tool did not write ({shown}); choose a new or "
+                             "empty folder (nothing was written)")
+
+
+def replace_folder(path: str, files: Dict[str, bytes], marker: str) -> List[str]:
+    """Write ``files`` (relative name -> contents) as the whole content of the folder ``path``, as one
+    generation (:func:`atomic_dir`): a rerun leaves no file of the previous one. The file ``marker`` (a JSON
+    list of the files) is written with them: an existing ``path`` is replaced only if it is empty or holds
+    that marker, i.e. was written by an earlier call; a folder with other files raises ValueError naming some
+    of them and is left as it is. Returns the written paths (``path`` joined with each name).
+    """
+    check_replaceable_folder(path, marker)
+    with atomic_dir(path) as tmp:
+        for name, data in {**files, marker: (json.dumps(sorted(files), indent=1) + "\n").encode()}.items():
+            target = os.path.join(tmp, *name.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    return [os.path.join(path, *name.split("/")) for name in files]

@@ -8,7 +8,7 @@ Steps (each job's outputs are reused from a previous run with the same settings,
    ``configs/Shapes/<method>_mobilenet.yaml`` with ``SEED k`` exactly as ``tools/train_net.py`` does (through
    detectron2's ``default_setup``, so the same seed gives the same model), run it on ``shapes_val`` (ID) and
    ``shapes_ood`` (``inference/<dataset>/``), evaluate with the VOS/FFS protocol (``ood/``) and draw where its
-   synthetic outliers lie (``ood/features_pca.png``). ``jobs`` jobs run at once, each in its own process;
+   synthetic outliers lie (``features_pca.png``). ``jobs`` jobs run at once, each in its own process;
 3. one summary: per-seed rows, mean ± std per method, and the paired comparison against vanilla (per-seed
    difference, its mean, and how many seeds agree in sign) -> ``<out>/summary.md`` and ``<out>/summary.json``.
 
@@ -99,7 +99,7 @@ def _apply(config: str, out: str, opts: List[str], fresh: bool):
 
 
 def _projection(model, cfg, out: str, report: Dict, method: str, seed: int) -> Dict:
-    """ood/features_pca.png and the support statistics of ID, OOD and synthetic features."""
+    """features_pca.png and the support statistics of ID, OOD and synthetic features."""
     from .evaluation.apply import load_model
     from .evaluation.projection import feature_summary, projection_png
 
@@ -118,7 +118,7 @@ def _projection(model, cfg, out: str, report: Dict, method: str, seed: int) -> D
     if len(kept["id"]) >= 3:
         png = projection_png(kept["id"], kept["ood"], synthetic,
                              title=f"{method}, seed {seed}: box features (PCA on ID)")
-        atomic_write_bytes(os.path.join(out, "ood", "features_pca.png"), png)
+        atomic_write_bytes(os.path.join(out, "features_pca.png"), png)
     else:
         logger.warning("%s: %d kept ID detections, too few for the PCA picture; not drawn", out, len(kept["id"]))
     return {"id": feature_summary(kept["id"]), "ood": feature_summary(kept["ood"]),

@@ -146,8 +146,8 @@ def test_eval_ood_end_to_end_matches_direct_metrics(record_files, tmp_path, caps
                           "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "coco_ood_val" in printed and "openimages_ood_val" in printed and "FPR95" in printed
-    assert sorted(os.listdir(out)) == ["hist_coco_ood_val.png", "hist_openimages_ood_val.png", "metrics.csv",
-                                       "metrics.json", "roc.png"]
+    assert sorted(os.listdir(out)) == [".ffs_det_ood_report", "hist_coco_ood_val.png", "hist_openimages_ood_val.png",
+                                       "metrics.csv", "metrics.json", "roc.png"]
     for png in ("roc.png", "hist_coco_ood_val.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     umask = os.umask(0)
@@ -225,6 +225,57 @@ def test_errors_leave_no_output(record_files, tmp_path, capsys):
     arrays, meta = make_records(10, 6, dataset="y")
     save_records(other, arrays, dict(meta, class_names=["x", "y", "z"]))
     _fails(["--id", record_files["id"], "--ood", other], tmp_path, capsys, "classes")
+
+
+def test_a_rerun_replaces_the_whole_report_and_foreign_folders_are_refused(record_files, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--ood", record_files["oi"],
+                          "--output-dir", str(out)]) == 0
+    assert (out / "hist_openimages_ood_val.png").exists()
+    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir", str(out)]) == 0
+    # no plot of the first run stays beside the second run's metrics
+    assert sorted(os.listdir(out)) == [".ffs_det_ood_report", "hist_coco_ood_val.png", "metrics.csv", "metrics.json",
+                                       "roc.png"]
+    assert list(json.loads((out / "metrics.json").read_text())) == ["coco_ood_val"]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".report.")]  # no temporary folder left
+    # a folder this tool did not write (here: an apply_net dataset folder) is refused and left as it is
+    dataset_dir = tmp_path / "inference" / "voc_custom_val"
+    dataset_dir.mkdir(parents=True)
+    (dataset_dir / "metrics.json").write_text('{"bbox": {"AP": 50.0}}')
+    (dataset_dir / "records.npz").write_bytes(b"records")
+    capsys.readouterr()
+    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir",
+                          str(dataset_dir)]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: output folder {dataset_dir} holds files this tool did not "
+                                               "write (metrics.json, records.npz); choose a new or empty folder "
+                                               "(nothing was written)")
+    assert (dataset_dir / "metrics.json").read_text() == '{"bbox": {"AP": 50.0}}'
+    assert sorted(os.listdir(dataset_dir)) == ["metrics.json", "records.npz"]
+
+
+def test_id_records_given_as_ood_and_unmatched_id_records_are_refused(record_files, tmp_path, capsys):
+    _fails(["--id", record_files["id"], "--ood", record_files["id"]], tmp_path, capsys,
+           f"OOD records {record_files['id']} are of the ID set 'voc_custom_val'")
+    arrays, meta = load_records(record_files["id"])
+    copy = save_records(str(tmp_path / "copy.npz"), arrays, dict(meta, dataset="renamed"))
+    _fails(["--id", record_files["id"], "--ood", copy], tmp_path, capsys,
+           f"OOD records {copy} hold the same detections as the ID records")
+    no_match = dict(arrays, gt_matched=np.zeros_like(arrays["gt_matched"]))
+    unmatched = save_records(str(tmp_path / "unmatched.npz"), no_match, meta)
+    _fails(["--id", unmatched, "--ood", record_files["coco"]], tmp_path, capsys, "(F1 = 0)")
+
+
+def test_few_detections_are_flagged_with_a_standard_error(tmp_path, capsys):
+    paths = {}
+    for name, seed, kw in [("id", 0, {}), ("ood", 1, {"annotated": False, "dataset": "tiny_ood"})]:
+        arrays, meta = make_records(40, seed, **kw)
+        paths[name] = save_records(str(tmp_path / f"{name}.npz"), arrays, meta)
+    assert eval_ood.main(["--id", paths["id"], "--ood", paths["ood"], "--thres", "0.0",
+                          "--output-dir", str(tmp_path / "r")]) == 0
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())["tiny_ood"]
+    se = 100 * np.sqrt(m["fpr95"] * (1 - m["fpr95"]) / 40)
+    assert (f"note: tiny_ood: only 40 ID and 40 OOD detections kept; FPR95 has a binomial standard error of "
+            f"{se:.1f} points") in capsys.readouterr().out
 
 
 def test_cli_runs_as_a_script(record_files, tmp_path):

@@ -8,7 +8,8 @@
 
 Detections with score >= the threshold are kept (default: the optimal-F1 threshold on the annotated ID
 records); FPR95 / AUROC / AUPR-In / AUPR-Out of the kept ID vs OOD --score-key values (higher = more ID) are
-printed and written to DIR/metrics.json, DIR/metrics.csv, DIR/roc.png and DIR/hist_<set>.png. With
+printed and written to DIR/metrics.json, DIR/metrics.csv, DIR/roc.png and DIR/hist_<set>.png (DIR is written
+whole: a rerun replaces an earlier report there, and a folder holding other files is refused). With
 --draw N, N images per set (built-in datasets under --dataset-dir) are drawn into DIR/images/<set>/ with the
 kept detections: green when the OOD score keeps them as ID (95%-TPR cut), red when it flags them as OOD.
 """

@@ -8,7 +8,9 @@ an OOD score (``energy`` by default, or ``score`` or any other 1-D array in the 
 ID), and :func:`ffs_det.density.metrics.ood_metrics` computes the metrics.
 
 Everything is loaded, checked and rendered before anything is written, so a bad input leaves no output;
-each file is then written atomically.
+the output folder is then written as one generation (:func:`ffs_det.atomic_io.replace_folder`): a rerun into
+it replaces the previous report whole (no stale plot or drawing stays), and a folder holding other files
+(e.g. an apply_net dataset folder) is refused.
 """
 import csv
 import io
@@ -21,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..atomic_io import atomic_write_bytes
+from ..atomic_io import check_replaceable_folder, replace_folder
 from ..density.metrics import ood_metrics, optimal_f1_threshold, roc_curve_points
 from .records import load_records
 
@@ -31,6 +33,10 @@ __all__ = ["RecordSet", "detection_threshold", "kept_scores", "evaluate_ood", "f
 logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_ood_positive")
+# written into every report folder (with the list of its files); marks a folder a rerun may replace
+REPORT_MARKER = ".ffs_det_ood_report"
+# below this many kept detections on either side, the table gives FPR95's binomial standard error
+FEW_DETECTIONS = 100
 _NOT_SCORES = ("image_id", "pred_class", "gt_matched")
 
 
@@ -66,6 +72,10 @@ def detection_threshold(id_set: RecordSet, thres: Optional[float] = None) -> Tup
                          "optimal-F1 threshold from; pass --thres")
     t, f1 = optimal_f1_threshold(id_set.arrays["score"], id_set.arrays["gt_matched"],
                                  n_positive_total=id_set.meta["num_gt"])
+    if not f1 > 0:
+        raise ValueError(f"ID records {id_set.path} ({id_set.name}): none of its {id_set.arrays['score'].size} "
+                         f"detections matches one of the {id_set.meta['num_gt']} ground-truth boxes (F1 = 0), so "
+                         "there is no optimal-F1 threshold; is it the model's ID set? (or pass --thres)")
     return t, "optimal F1 on the ID records", f1
 
 
@@ -85,6 +95,11 @@ def kept_scores(rs: RecordSet, threshold: float, score_key: str, role: str) -> n
     if not np.all(np.isfinite(vals)):
         raise ValueError(f"{role} records {rs.path}: {score_key!r} has NaN or infinite values among kept detections")
     return vals
+
+
+def _same_detections(a: RecordSet, b: RecordSet) -> bool:
+    keys = ("image_id", "score", "boxes")
+    return all(k in a.arrays and k in b.arrays and np.array_equal(a.arrays[k], b.arrays[k]) for k in keys)
 
 
 def _set_names(ood_sets: Sequence[RecordSet]) -> List[str]:
@@ -112,6 +127,12 @@ def evaluate_ood(id_path: str, ood_paths: Sequence[str], thres: Optional[float] 
     ood_sets = [RecordSet.load(p) for p in ood_paths]
     names = _set_names(ood_sets)
     for rs in ood_sets:
+        if os.path.abspath(rs.path) == os.path.abspath(id_path) or rs.name == id_set.name:
+            raise ValueError(f"OOD records {rs.path} are of the ID set {id_set.name!r} ({id_path}); give the records "
+                             "of an OOD set")
+        if _same_detections(rs, id_set):
+            raise ValueError(f"OOD records {rs.path} hold the same detections as the ID records {id_path} "
+                             f"(a copy under another dataset name, {rs.name!r}?); give the records of an OOD set")
         if rs.meta["class_names"] != id_set.meta["class_names"]:
             raise ValueError(f"OOD records {rs.path} come from a model with classes {rs.meta['class_names']}, "
                              f"the ID records {id_path} from one with {id_set.meta['class_names']}")
@@ -145,6 +166,12 @@ def format_table(report: dict) -> str:
         m = s["metrics"]
         lines.append(f"{name:<24s} {m['n_id']:>7d} {m['n_ood']:>7d} {100 * m['fpr95']:>8.2f} {100 * m['auroc']:>8.2f} "
                      f"{100 * m['aupr_in']:>9.2f} {100 * m['aupr_out']:>9.2f}")
+    for name, s in report["sets"].items():
+        m = s["metrics"]
+        if min(m["n_id"], m["n_ood"]) < FEW_DETECTIONS:
+            se = 100 * np.sqrt(m["fpr95"] * (1 - m["fpr95"]) / m["n_ood"])
+            lines.append(f"note: {name}: only {m['n_id']} ID and {m['n_ood']} OOD detections kept; FPR95 has a "
+                         f"binomial standard error of {se:.1f} points (and is coarse on so few ID detections)")
     return "\n".join(lines)
 
 
@@ -239,20 +266,14 @@ def render_report(report: dict, draw: int = 0, dataset_dir: Optional[str] = None
 
 
 def write_report(report: dict, output_dir: str, draw: int = 0, dataset_dir: Optional[str] = None) -> List[str]:
+    """Render the report, then write it as the whole content of ``output_dir`` (one generation)."""
     files = render_report(report, draw, dataset_dir)  # render everything first: nothing is written if this fails
-    os.makedirs(output_dir, exist_ok=True)
-    paths = []
-    for fname, data in files.items():
-        path = os.path.join(output_dir, *fname.split("/"))
-        atomic_write_bytes(path, data)
-        paths.append(path)
-    return paths
+    return replace_folder(output_dir, files, REPORT_MARKER)
 
 
 def run_report(id_path: str, ood_paths: Sequence[str], output_dir: str, thres: Optional[float] = None,
                score_key: str = "energy", draw: int = 0, dataset_dir: Optional[str] = None) -> Tuple[dict, List[str]]:
     """Evaluate and write the report; returns ``(report, written paths)``."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"output folder {output_dir} exists and is not a folder")
+    check_replaceable_folder(output_dir, REPORT_MARKER)  # before any work
     report = evaluate_ood(id_path, ood_paths, thres, score_key)
     return report, write_report(report, output_dir, draw, dataset_dir)

@@ -19,7 +19,7 @@ from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .atomic_dir import atomic_dir
+from ..atomic_io import atomic_dir
 
 __all__ = ["FeatureStore", "FeatureStoreWriter", "FORMAT", "VERSION"]
 
