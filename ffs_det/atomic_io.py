@@ -3,19 +3,21 @@
 Files: each writer fills a temporary file in the destination folder, flushes it to disk, then
 ``os.replace``-s it over the destination. Folders (:func:`atomic_dir`, :func:`replace_folder`): filled under
 a temporary name next to the target and renamed into place, so files of two writes never mix.
+:func:`file_sha256` fingerprints a file (e.g. which checkpoint made some outputs).
 Renames are atomic on POSIX and Windows when both names are on the same file system. A file gets the
 permissions a plain ``open()`` would give it (an existing file's mode is kept), a folder a plain mkdir's.
 """
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
-from typing import IO, Any, Callable, Dict, Iterator, List
+from typing import IO, Any, Callable, Dict, Iterator, List, Tuple
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
-           "check_replaceable_folder", "replace_folder"]
+           "check_replaceable_folder", "replace_folder", "file_sha256"]
 
 
 def _umask() -> int:
@@ -124,3 +126,19 @@ def replace_folder(path: str, files: Dict[str, bytes], marker: str) -> List[str]
                 f.flush()
                 os.fsync(f.fileno())
     return [os.path.join(path, *name.split("/")) for name in files]
+
+
+_SHA256: Dict[Tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's contents (cached per path, size and modification time)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]

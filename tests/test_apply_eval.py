@@ -2,12 +2,14 @@
 import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 import ffs_det.modeling  # noqa: F401
+from ffs_det.atomic_io import file_sha256
 from ffs_det.density.metrics import ood_metrics
 from ffs_det.engine import Trainer
 from ffs_det.engine.setup import build_cfg
@@ -91,3 +93,36 @@ def test_ground_truth_matching_is_greedy_by_score_and_class_aware():
     # det 1 (0.9) takes the first box; det 0 finds it taken; det 2 has the wrong class; det 3 matches box 2
     assert match_to_ground_truth(boxes, classes, scores, gt, np.array([0, 0])).tolist() == [False, True, False, True]
     assert not match_to_ground_truth(boxes, classes, scores, gt[:0], np.zeros(0, int)).any()
+
+
+def test_records_of_two_checkpoints_are_not_mixed(trained, tmp_path, capsys):
+    root, register, weights = trained
+    out = tmp_path / "inference"
+    model = tmp_path / "run" / "model_final.pth"
+    model.parent.mkdir()
+    shutil.copy(weights, model)
+    apply = ["--config-file", "Shapes/ffs_mobilenet.yaml", "--output-dir", str(out), *register,
+             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "INPUT.MIN_SIZE_TEST", "128", "FFS.FLOW.HIDDEN", "64",
+             "MODEL.WEIGHTS", str(model)]
+    assert _tool("apply_net").main(["--test-dataset", "e2e_id", "--test-dataset", "e2e_ood", *apply]) == 0
+    assert load_records(str(out / "e2e_id" / "records.npz"))[1]["weights_sha256"] == file_sha256(str(model))
+    # retrained into the same path, then applied to the ID set only (as a run killed after it leaves things)
+    state = torch.load(model, map_location="cpu", weights_only=True)
+    state["model"]["roi_heads.box_predictor.cls_score.bias"] += 1.0
+    torch.save(state, model)
+    assert _tool("apply_net").main(["--test-dataset", "e2e_id", *apply]) == 0
+    capsys.readouterr()
+    assert _tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
+                                   str(out / "e2e_ood" / "records.npz"), "--thres", "0.0",
+                                   "--output-dir", str(tmp_path / "report")]) == 1
+    err = capsys.readouterr().err
+    ood = out / "e2e_ood" / "records.npz"
+    assert f"error: OOD records {ood} come from another checkpoint than the ID records" in err
+    assert not (tmp_path / "report").exists()
+    # a dataset folder holding other files is refused before inference, and left as it is
+    (out / "e2e_ood" / "notes.txt").write_text("mine")
+    before = sorted(os.listdir(out / "e2e_ood"))
+    assert _tool("apply_net").main(["--test-dataset", "e2e_ood", *apply, "MODEL.WEIGHTS", weights]) == 2
+    assert (f"error: e2e_ood: output folder {out / 'e2e_ood'} holds files apply_net did not write (notes.txt); choose "
+            "a new or empty folder (nothing was written)") in capsys.readouterr().err.splitlines()
+    assert sorted(os.listdir(out / "e2e_ood")) == before

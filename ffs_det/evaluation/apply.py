@@ -7,6 +7,11 @@ For each (model, dataset) pair, into ``output_dir``:
   when it has them, else ``class + 1``);
 * ``metrics.json`` — COCO box AP from detectron2's COCOEvaluator when the dataset is annotated with the
   model's classes, plus counts.
+
+The folder is written as one generation (:func:`ffs_det.atomic_io.atomic_dir`): a run that fails or is
+killed leaves the previous folder whole, never the new records beside the old metrics. The records' meta
+carries the checkpoint's SHA-256 (``weights_sha256``), so eval_ood refuses ID and OOD records of two
+checkpoints even when they share a path.
 """
 import logging
 import os
@@ -20,15 +25,18 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tes
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 
-from ..atomic_io import atomic_write_json
+from ..atomic_io import atomic_dir, atomic_write_json, file_sha256
 from ..data.validate import CheckedDatasetMapper, check_image_files
 from ..engine.checkpoint import SafeCheckpointer
 from .detections import RecordsEvaluator, annotate_matches
 from .records import save_records
 
-__all__ = ["apply_model", "load_model"]
+__all__ = ["apply_model", "load_model", "OUTPUT_FILES"]
 
 logger = logging.getLogger(__name__)
+
+# what apply_model writes into a dataset folder; a folder holding anything else is not replaced
+OUTPUT_FILES = ("records.npz", "coco_detections.json", "metrics.json")
 
 
 def load_model(cfg):
@@ -75,8 +83,19 @@ def _coco_detections(arrays: Dict[str, np.ndarray], dataset_name: str):
     ]
 
 
+def _check_output_dir(output_dir: str) -> None:
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output folder {output_dir} exists and is not a folder")
+    other = sorted(set(os.listdir(output_dir)) - set(OUTPUT_FILES)) if os.path.isdir(output_dir) else []
+    if other:
+        shown = ", ".join(other[:3]) + (f", ... ({len(other) - 3} more)" if len(other) > 3 else "")
+        raise ValueError(f"output folder {output_dir} holds files apply_net did not write ({shown}); choose a new or "
+                         "empty folder (nothing was written)")
+
+
 def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name: Optional[str] = None) -> Dict:
     """Run ``model`` (default: built from ``cfg``) on ``dataset_name``; write records, detections and mAP."""
+    _check_output_dir(output_dir)  # before the work, not after
     dicts = DatasetCatalog.get(dataset_name)  # unknown name / missing files: detectron2's or ffs_det's clear error
     check_image_files(dicts, f"dataset {dataset_name!r}")
     model = model if model is not None else load_model(cfg)
@@ -98,6 +117,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
         "dataset": dataset_name,
         "model": model_name or os.path.basename(os.path.dirname(cfg.MODEL.WEIGHTS)) or "model",
         "weights": cfg.MODEL.WEIGHTS,
+        "weights_sha256": file_sha256(cfg.MODEL.WEIGHTS) if os.path.isfile(cfg.MODEL.WEIGHTS) else None,
         "num_classes": num_classes,
         "class_names": _model_class_names(cfg, dataset_name if with_map else None),
         "num_images": num_images,
@@ -105,17 +125,16 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     }
     if num_gt is not None:
         meta["num_gt"] = num_gt
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {
-        "records": os.path.join(output_dir, "records.npz"),
-        "detections": os.path.join(output_dir, "coco_detections.json"),
-        "metrics": os.path.join(output_dir, "metrics.json"),
-    }
-    save_records(paths["records"], arrays, meta)
-    atomic_write_json(paths["detections"], _coco_detections(arrays, dataset_name))
     summary = {"dataset": dataset_name, "num_images": num_images, "num_detections": int(len(arrays["score"])),
                "seconds": round(seconds, 2), "images_per_second": round(num_images / max(seconds, 1e-9), 2)}
     if with_map and "bbox" in results:
         summary["bbox"] = results["bbox"]
-    atomic_write_json(paths["metrics"], summary, indent=2)
+    _check_output_dir(output_dir)
+    with atomic_dir(output_dir) as tmp:
+        records, detections, metrics = (os.path.join(tmp, name) for name in OUTPUT_FILES)
+        save_records(records, arrays, meta)
+        atomic_write_json(detections, _coco_detections(arrays, dataset_name))
+        atomic_write_json(metrics, summary, indent=2)
+    paths = {kind: os.path.join(output_dir, name) for kind, name in zip(("records", "detections", "metrics"),
+                                                                         OUTPUT_FILES)}
     return {"paths": paths, "summary": summary}

@@ -136,6 +136,12 @@ def evaluate_ood(id_path: str, ood_paths: Sequence[str], thres: Optional[float] 
         if rs.meta["class_names"] != id_set.meta["class_names"]:
             raise ValueError(f"OOD records {rs.path} come from a model with classes {rs.meta['class_names']}, "
                              f"the ID records {id_path} from one with {id_set.meta['class_names']}")
+        sha = rs.meta.get("weights_sha256"), id_set.meta.get("weights_sha256")
+        if None not in sha and sha[0] != sha[1]:
+            raise ValueError(f"OOD records {rs.path} come from another checkpoint than the ID records {id_path} "
+                             f"(weights sha256 {sha[0][:12]}... vs {sha[1][:12]}..., "
+                             f"{rs.meta.get('weights')} vs {id_set.meta.get('weights')}); rerun apply_net on both "
+                             "sets with one checkpoint")
         if rs.meta["model"] != id_set.meta["model"]:
             logger.warning("OOD records %s are from model %r, ID records from %r", rs.path, rs.meta["model"],
                            id_set.meta["model"])

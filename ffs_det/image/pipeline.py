@@ -4,7 +4,6 @@
 Each store records in its metadata how it was made (model name/weights, dataset spec, subset), so a later
 ``evaluate`` step can rebuild the classifier and the images for scorers that need them (ReAct, ODIN).
 """
-import hashlib
 import json
 import os
 import time
@@ -13,6 +12,7 @@ from typing import Dict, Mapping, Optional
 
 from torch.utils.data import Dataset
 
+from ..atomic_io import file_sha256
 from ..density import scorers as registry
 
 from .datasets import build_dataset, parse_spec
@@ -61,19 +61,11 @@ def _dataset(model_spec: ModelSpec, set_spec: SetSpec, prep: Preprocessing) -> D
                          max_samples=set_spec.max_samples, seed=set_spec.seed, n_generated=set_spec.n_generated)
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _info(model_spec: ModelSpec, set_spec: SetSpec) -> dict:
     """What a store records about its making; the weights' digest makes a retrained model's stores stale."""
     model = asdict(model_spec)
     model["weights"] = os.path.abspath(model_spec.weights) if model_spec.weights else None
-    digest = _file_digest(model["weights"]) if model["weights"] else None
+    digest = file_sha256(model["weights"]) if model["weights"] else None
     return json.loads(json.dumps({"model": model, "weights_sha256": digest, "dataset": asdict(set_spec)}))
 
 
