@@ -318,3 +318,31 @@ def test_images_of_more_than_8_bits_are_refused_naming_the_file(tmp_path):
                                "(e.g. scale 16-bit values by 1/257)")
     out = mapper(dict(record, file_name=str(tmp_path / "gray.png")))
     assert tuple(out["image"].shape[1:]) == (160, 213) and out["image"].float().std() > 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "{f}: a config file must be a mapping of KEY: value, got nothing (an empty file)"),
+    ("- a\n- b\n", "{f}: a config file must be a mapping of KEY: value, got a list"),
+    ("SOLVER:\n  BASE_LR: [0.1\n", "{f}: not valid YAML, line 3 column 1: expected ',' or ']', but got '<stream end>'"),
+    ("SOLVER:\n\tBASE_LR: 0.1\n", "{f}: not valid YAML, line 2 column 1: found character '\\t' that cannot start any "
+                                  "token"),
+    ('_BASE_: "bad.yaml"\n', "{f}: its _BASE_ chain includes {f} again: bad.yaml -> bad.yaml"),
+    ('_BASE_: "nothere.yaml"\n', "{f} (its _BASE_ {d}/nothere.yaml): _BASE_ file not found"),
+    ("_BASE_: 3\n", "{f}: _BASE_ must be a file name or a list of file names, got 3"),
+])
+def test_broken_config_files_give_one_error_naming_the_file(tmp_path, text, message):
+    from ffs_det.engine.setup import ConfigError, build_cfg
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        build_cfg(str(bad))
+    assert str(info.value) == message.format(f=bad, d=tmp_path)
+
+
+def test_train_net_reports_a_config_syntax_error_on_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('_BASE_: "Base.yaml"\n')
+    (tmp_path / "Base.yaml").write_text('_BASE_: "bad.yaml"\n')
+    msg = _cli("train_net.py", "--config-file", bad)
+    assert msg == f"error: {bad}: its _BASE_ chain includes {bad} again: bad.yaml -> Base.yaml -> bad.yaml"

@@ -4,6 +4,7 @@ import fcntl
 import logging
 import os
 from pathlib import Path
+from typing import List, Tuple
 
 import torch
 import yaml
@@ -14,7 +15,7 @@ from detectron2.engine import default_setup
 from ..config import add_ffs_config
 
 __all__ = ["CONFIGS_DIR", "resolve_config_file", "build_cfg", "setup_cfg", "ConfigError", "check_inputs",
-           "one_line", "claim_output_dir"]
+           "one_line", "claim_output_dir", "check_config_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,12 @@ def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: b
         if not path:
             continue
         resolved = resolve_config_file(path)
+        check_config_file(resolved)
         try:
             # allow_unsafe=False: a python tag (!!python/object/apply:...) is refused instead of run
             cfg.merge_from_file(resolved, allow_unsafe=False)
         except KeyError as e:
             raise ConfigError(f"{resolved}: {e.args[0] if e.args else e}") from None
-        except yaml.constructor.ConstructorError as e:
-            raise ConfigError(f"{_yaml_where(e, resolved)}: YAML tag {_yaml_tag(e)} is not allowed in a config "
-                              "file (config files hold plain values; nothing in them is run)") from None
     if len(opts) % 2:
         raise ConfigError(f"config overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
     try:
@@ -70,19 +69,59 @@ def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: b
     return cfg
 
 
-def _yaml_where(e: "yaml.MarkedYAMLError", default: str) -> str:
-    """``file:line`` of a YAML error (the file may be a ``_BASE_`` of the one given)."""
-    mark = e.problem_mark or e.context_mark
-    if mark is None or not mark.name:
-        return default
-    where = f"{mark.name}:{mark.line + 1}"
-    return where if os.path.samefile(mark.name, default) else f"{default} (its _BASE_ {where})"
-
-
 def _yaml_tag(e: "yaml.constructor.ConstructorError") -> str:
     problem = e.problem or ""
     tag = problem.split("tag", 1)[1].strip(" '\"") if "tag" in problem else problem
     return tag.replace("tag:yaml.org,2002:", "!!")
+
+
+def _base_files(path: str, value) -> List[str]:
+    """The files a ``_BASE_`` value names, resolved as detectron2 does (relative to the including file)."""
+    bases = value if isinstance(value, list) else [value]
+    if not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: _BASE_ must be a file name or a list of file names, got {value!r}")
+    out = []
+    for base in bases:
+        base = os.path.expanduser(base)
+        if not base.startswith(("/", "https://", "http://")):
+            base = os.path.join(os.path.dirname(path), base)
+        out.append(base)
+    return out
+
+
+def check_config_file(path: str, _chain: Tuple[str, ...] = ()) -> None:
+    """Check a config file and its ``_BASE_`` chain before detectron2 merges them, so that each problem is one
+    ConfigError naming the file (and line): YAML syntax, python tags (refused, never constructed), a file
+    that is empty or not a mapping, a missing ``_BASE_`` and a chain that includes a file twice."""
+    chain = _chain + (os.path.abspath(path),)
+    where = path if not _chain else f"{chain[0]} (its _BASE_ {path})"
+    if chain[-1] in _chain:
+        raise ConfigError(f"{chain[0]}: its _BASE_ chain includes {path} again: "
+                          f"{' -> '.join(os.path.basename(c) for c in chain)}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where}: _BASE_ file not found" if _chain else f"config file not found: {path!r}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.constructor.ConstructorError as e:
+        line = f":{e.problem_mark.line + 1}" if e.problem_mark else ""
+        at = f"{path}{line}" if not _chain else f"{chain[0]} (its _BASE_ {path}{line})"
+        raise ConfigError(f"{at}: YAML tag {_yaml_tag(e)} is not allowed in a config file (config files hold plain "
+                          "values; nothing in them is run)") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        at = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {e.problem or e.context}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"{where}: cannot be read as YAML ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        got = "nothing (an empty file)" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{where}: a config file must be a mapping of KEY: value, got {got}")
+    if "_BASE_" in data:
+        for base in _base_files(path, data["_BASE_"]):
+            if base.startswith(("https://", "http://")):
+                continue
+            check_config_file(base, chain)
 
 
 def _is_local(path: str) -> bool:
