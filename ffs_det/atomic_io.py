@@ -3,7 +3,8 @@
 Files: each writer fills a temporary file in the destination folder, flushes it to disk, then
 ``os.replace``-s it over the destination. Folders (:func:`atomic_dir`, :func:`replace_folder`): filled under
 a temporary name next to the target and renamed into place, so files of two writes never mix.
-:func:`file_sha256` fingerprints a file (e.g. which checkpoint made some outputs).
+:func:`child_folder` joins a name (e.g. a dataset's) as one folder below a root; :func:`file_sha256`
+fingerprints a file (e.g. which checkpoint made some outputs).
 Renames are atomic on POSIX and Windows when both names are on the same file system. A file gets the
 permissions a plain ``open()`` would give it (an existing file's mode is kept), a folder a plain mkdir's.
 """
@@ -17,7 +18,7 @@ import uuid
 from typing import IO, Any, Callable, Dict, Iterator, List, Tuple
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
-           "check_replaceable_folder", "replace_folder", "file_sha256"]
+           "check_replaceable_folder", "replace_folder", "file_sha256", "child_folder"]
 
 
 def _umask() -> int:
@@ -142,3 +143,13 @@ def file_sha256(path: str) -> str:
                 h.update(block)
         _SHA256[key] = h.hexdigest()
     return _SHA256[key]
+
+
+def child_folder(root: str, name: str, what: str = "dataset name") -> str:
+    """``root/name`` for a ``name`` that is one plain path component; ValueError for names such as ``..``,
+    ``a/b`` or an absolute path, which would write outside ``root``."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
+            or os.path.isabs(name)):
+        raise ValueError(f"{what} {name!r} cannot name a folder below {root} (it would write outside it); "
+                         "use a plain name without '/', '\\' or '..'")
+    return os.path.join(root, name)

@@ -99,6 +99,14 @@ def test_records_with_wrong_keys_dtypes_shapes_or_meta_fail_cleanly(tmp_path, me
     _assert_clean_failure(path, lambda: load_records(str(path)))
 
 
+def test_deeply_nested_meta_is_refused_cleanly(tmp_path):
+    arrays, _ = _records(3)
+    path = tmp_path / "r.npz"
+    path.write_bytes(_npz_bytes(arrays, np.array("[" * 100000 + "]" * 100000)))
+    with pytest.raises(ValueError, match=r"r\.npz: 'meta': JSON nested too deeply to read"):
+        load_records(str(path))
+
+
 def test_pickled_object_arrays_are_refused_without_unpickling(tmp_path):
     arrays, meta = _records(3)
     arrays["evil"] = np.array([object()] * 3, dtype=object)
@@ -230,6 +238,10 @@ def test_train_net_cli_bad_inputs(tiny_data, tmp_path):
     msg = _cli("train_net.py", *base, "MODEL.ROI_HEADS.NUM_CLASSES", "5")
     assert msg == ("error: MODEL.ROI_HEADS.NUM_CLASSES is 5 but training set 't' has 3 classes (disc, block, wedge); "
                    "set MODEL.ROI_HEADS.NUM_CLASSES 3")
+    msg = _cli("train_net.py", *base, "SOLVER.IMS_PER_BATCH", "0")
+    assert msg == "error: SOLVER.IMS_PER_BATCH must be a positive multiple of the number of processes (1), got 0"
+    msg = _cli("train_net.py", "--num-gpus", "2", *base, "SOLVER.IMS_PER_BATCH", "3")
+    assert msg == "error: SOLVER.IMS_PER_BATCH must be a positive multiple of the number of processes (2), got 3"
     msg = _cli("train_net.py", *base, "SOLVER.MAX_ITER", "100", "FFS.START_ITER", "100")
     assert msg == ("error: FFS.START_ITER 100 >= SOLVER.MAX_ITER 100: FFS.SYNTHESIS 'flow' would never synthesise "
                    "an outlier and train a plain detector; lower FFS.START_ITER (or set FFS.SYNTHESIS none)")
@@ -346,3 +358,34 @@ def test_train_net_reports_a_config_syntax_error_on_one_line(tmp_path):
     (tmp_path / "Base.yaml").write_text('_BASE_: "bad.yaml"\n')
     msg = _cli("train_net.py", "--config-file", bad)
     assert msg == f"error: {bad}: its _BASE_ chain includes {bad} again: bad.yaml -> Base.yaml -> bad.yaml"
+
+
+def test_dataset_names_that_would_escape_the_output_folder_are_refused(tiny_data, tmp_path):
+    from ffs_det.atomic_io import child_folder
+
+    json_path, image_root = tiny_data
+    msg = _cli("apply_net.py", "--config-file", "Shapes/vanilla_mobilenet.yaml", "--register-coco", "..", json_path,
+               image_root, "--test-dataset", "..", "--output-dir", tmp_path / "out")
+    assert msg == (f"error: dataset name '..' cannot name a folder below {tmp_path / 'out'} (it would write outside "
+                   "it); use a plain name without '/', '\\' or '..'")
+    assert not (tmp_path / "out").exists()
+    for bad in ("", ".", "..", "a/b", "/abs", "a\\b"):
+        with pytest.raises(ValueError, match="cannot name a folder below"):
+            child_folder(str(tmp_path), bad)
+    assert child_folder(str(tmp_path), "voc_custom_val") == os.path.join(str(tmp_path), "voc_custom_val")
+
+
+def test_a_training_set_without_a_usable_box_is_one_error(tiny_data, tmp_path):
+    json_path, image_root = tiny_data
+    with open(json_path) as f:
+        data = json.load(f)
+    for ann in data["annotations"]:  # YOLO-style boxes normalised to [0, 1]: all under 1 px
+        ann["bbox"] = [0.1, 0.1, 0.2, 0.2]
+        ann["area"] = 0.04
+    normalised = tmp_path / "normalised.json"
+    normalised.write_text(json.dumps(data))
+    msg = _cli("train_net.py", "--config-file", "Shapes/vanilla_mobilenet.yaml", "--register-coco", "t", normalised,
+               image_root, "DATASETS.TRAIN", "('t',)", "DATASETS.TEST", "()", "OUTPUT_DIR", tmp_path / "out")
+    assert msg == (f"error: training set t: no image has a usable box ({len(data['images'])} images, 0 boxes kept by "
+                   "the box rule, 0 of them crowd); boxes under 1 px or outside their image are dropped: are the "
+                   "json's bboxes COCO [x, y, width, height] in pixels (not normalised to [0, 1])?")

@@ -89,3 +89,29 @@ def test_checkpoint_with_nan_weights_is_never_written(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]  # no partial/temp file
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
     assert (tmp_path / "model_0000009.pth").read_bytes() == good
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from ffs_det.engine.checkpoint import CheckpointSaveError
+
+    cfg = build_cfg("Shapes/vanilla_mobilenet.yaml", ["MODEL.MOBILENET.WEIGHTS", ""])
+    ckpt = SafeCheckpointer(build_model(cfg), str(tmp_path))
+    ckpt.save("model_0000009")
+    good = (tmp_path / "model_0000009.pth").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save({"part": torch.zeros(10)}, f)  # some bytes reach the file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointSaveError) as info:
+        ckpt.save("model_0000019")
+    assert str(info.value) == (f"cannot save checkpoint {tmp_path / 'model_0000019.pth'}: No space left on device; "
+                               f"the previous checkpoint {tmp_path / 'model_0000009.pth'} is kept (resume from it "
+                               "with --resume once there is room)")
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]  # no partial/temp file
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert (tmp_path / "model_0000009.pth").read_bytes() == good

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ffs_det.modeling  # noqa: E402,F401
 from detectron2.utils.logger import setup_logger  # noqa: E402
+from ffs_det.atomic_io import child_folder  # noqa: E402
 from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
 from ffs_det.engine.setup import ConfigError, build_cfg, one_line  # noqa: E402
 from ffs_det.evaluation.apply import apply_model, load_model  # noqa: E402
@@ -54,13 +55,14 @@ def main(argv=None):
     try:
         cfg = build_cfg(args.config_file, opts, extra_files=[args.inference_config])
         apply_dataset_args(args)
+        out_root = args.output_dir or os.path.join(cfg.OUTPUT_DIR, "inference")
+        targets = {dataset: child_folder(out_root, dataset) for dataset in args.test_dataset}
         model = load_model(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         return _fail(one_line(e))
-    out_root = args.output_dir or os.path.join(cfg.OUTPUT_DIR, "inference")
-    for dataset in args.test_dataset:
+    for dataset, target in targets.items():
         try:
-            result = apply_model(cfg, dataset, os.path.join(out_root, dataset), model=model)
+            result = apply_model(cfg, dataset, target, model=model)
         except (KeyError, OSError, ValueError) as e:  # OSError: e.g. an output folder that is a file
             return _fail(f"{dataset}: {one_line(e)}")
         logging.getLogger("ffs_det").info("%s", json.dumps(result["summary"].get("bbox", {})))

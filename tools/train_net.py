@@ -27,12 +27,12 @@ import ffs_det.modeling  # noqa: E402,F401  (registers FFSROIHeads and the backb
 from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
 from ffs_det.engine import Trainer  # noqa: E402
 from ffs_det.engine.trainer import TrainingInterrupted  # noqa: E402
-from ffs_det.engine.checkpoint import SafeCheckpointer  # noqa: E402
+from ffs_det.engine.checkpoint import CheckpointSaveError, SafeCheckpointer  # noqa: E402
 from ffs_det.engine.setup import (ConfigError, build_cfg, check_inputs, claim_output_dir, one_line,  # noqa: E402
                                   setup_cfg)
 
 # errors whose message names the bad input (file, key, loss and iteration): printed as one line
-INPUT_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError)
+INPUT_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, CheckpointSaveError)
 
 
 def run(args):
@@ -71,7 +71,7 @@ if __name__ == "__main__":
         try:  # fail fast, before spawning processes, on a wrong config file or key, dataset or class count
             apply_dataset_args(args)
             cfg = build_cfg(args.config_file, args.opts)
-            check_inputs(cfg, eval_only=args.eval_only)
+            check_inputs(cfg, eval_only=args.eval_only, world_size=max(args.num_gpus, 1) * args.num_machines)
             if not args.eval_only and args.machine_rank == 0:  # one training per OUTPUT_DIR, never overwritten
                 stack.enter_context(claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume))
         except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -28,7 +28,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..atomic_io import atomic_open, atomic_write_text
 
-__all__ = ["SafeCheckpointer", "CheckpointMismatchError", "nonfinite_tensors", "TRAINING_ONLY_PREFIXES"]
+__all__ = ["SafeCheckpointer", "CheckpointMismatchError", "CheckpointSaveError", "nonfinite_tensors", "TRAINING_ONLY_PREFIXES"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ TRAINING_ONLY_PREFIXES = ("roi_heads.synthesizer.", "roi_heads.energy_margin.")
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model built from the config; the message names file and keys."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (e.g. a full disk); the message names it and what was kept."""
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__
 
 
 def nonfinite_tensors(state_dict) -> List[Tuple[str, int, int]]:
@@ -84,9 +95,15 @@ class SafeCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
-        with atomic_open(save_file, "wb") as f:
-            torch.save(data, f)
-        self.tag_last_checkpoint(basename)
+        try:
+            with atomic_open(save_file, "wb") as f:
+                torch.save(data, f)
+            self.tag_last_checkpoint(basename)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+            kept = self.get_checkpoint_file() if self.has_checkpoint() else None
+            raise CheckpointSaveError(f"cannot save checkpoint {save_file}: {_reason(e)}; "
+                                      + (f"the previous checkpoint {kept} is kept (resume from it with --resume "
+                                         "once there is room)" if kept else "no earlier checkpoint exists")) from None
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)

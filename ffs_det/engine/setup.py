@@ -128,11 +128,12 @@ def _is_local(path: str) -> bool:
     return bool(path) and "://" not in path
 
 
-def check_inputs(cfg, eval_only: bool = False) -> None:
+def check_inputs(cfg, eval_only: bool = False, world_size: int = 1) -> None:
     """Checks that need no model: the datasets the run reads (training and test sets; the test sets are
-    evaluated when training ends) are registered and on disk, the training
-    sets have ``MODEL.ROI_HEADS.NUM_CLASSES`` classes, and a local ``MODEL.WEIGHTS`` exists (required for
-    evaluation). Raises ConfigError / FileNotFoundError / ValueError naming the key, dataset or file.
+    evaluated when training ends) are registered and on disk, the training sets have
+    ``MODEL.ROI_HEADS.NUM_CLASSES`` classes, ``SOLVER.IMS_PER_BATCH`` splits over ``world_size`` processes,
+    and a local ``MODEL.WEIGHTS`` exists (required for evaluation). Raises ConfigError / FileNotFoundError /
+    ValueError naming the key, dataset or file.
     """
     from ..data.catalog import require_datasets
     from ..data.validate import check_num_classes
@@ -144,6 +145,9 @@ def check_inputs(cfg, eval_only: bool = False) -> None:
         raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights}")
     if not eval_only and not cfg.DATASETS.TRAIN:
         raise ConfigError("DATASETS.TRAIN is empty: nothing to train on")
+    if not eval_only and (cfg.SOLVER.IMS_PER_BATCH < 1 or cfg.SOLVER.IMS_PER_BATCH % world_size):
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH must be a positive multiple of the number of processes "
+                          f"({world_size}), got {cfg.SOLVER.IMS_PER_BATCH}")
     if not eval_only and cfg.FFS.SYNTHESIS != "none" and cfg.FFS.START_ITER >= cfg.SOLVER.MAX_ITER:
         raise ConfigError(f"FFS.START_ITER {cfg.FFS.START_ITER} >= SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}: "
                           f"FFS.SYNTHESIS {cfg.FFS.SYNTHESIS!r} would never synthesise an outlier and train a "

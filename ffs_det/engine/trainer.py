@@ -21,7 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data.validate import CheckedDatasetMapper, ImageReadError, check_image_files, check_num_classes
 from ..detectron2_compat import COMPILED_OPS_AVAILABLE
-from .checkpoint import CheckpointMismatchError, SafeCheckpointer
+from .checkpoint import CheckpointMismatchError, CheckpointSaveError, SafeCheckpointer
 
 __all__ = ["Trainer", "wrap_ddp", "trim_metrics", "TrainingInterrupted", "SigtermCheckpoint"]
 
@@ -31,7 +31,8 @@ class TrainingInterrupted(Exception):
 
 
 # errors whose message already names the loss/iteration, file or key: logged without detectron2's traceback
-CLEAR_TRAINING_ERRORS = (FloatingPointError, ImageReadError, CheckpointMismatchError, TrainingInterrupted)
+CLEAR_TRAINING_ERRORS = (FloatingPointError, ImageReadError, CheckpointMismatchError, CheckpointSaveError,
+                         TrainingInterrupted)
 
 
 class _ClearErrorFilter(logging.Filter):
@@ -132,6 +133,17 @@ class SigtermCheckpoint(hooks.HookBase):
                                   "the same command and --resume")
 
 
+def _no_usable_boxes(names) -> str:
+    from detectron2.data import DatasetCatalog
+
+    dicts = [d for name in names for d in DatasetCatalog.get(name)]
+    anns = [a for d in dicts for a in d.get("annotations", [])]
+    crowd = sum(1 for a in anns if a.get("iscrowd", 0))
+    return (f"training set {', '.join(names)}: no image has a usable box ({len(dicts)} images, {len(anns)} boxes kept "
+            f"by the box rule, {crowd} of them crowd); boxes under 1 px or outside their image are dropped: are the "
+            "json's bboxes COCO [x, y, width, height] in pixels (not normalised to [0, 1])?")
+
+
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         # DefaultTrainer.__init__, with wrap_ddp instead of create_ddp_model (which assumes CUDA)
@@ -182,10 +194,15 @@ class Trainer(DefaultTrainer):
         """detectron2's train loader, after checking the class count and that every image file exists;
         image read errors name the file."""
         check_num_classes(cfg)
-        dicts = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
-            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+        try:
+            dicts = get_detection_dataset_dicts(
+                cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+                proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+        except AssertionError as e:
+            if "No valid data found" not in str(e):
+                raise
+            raise ValueError(_no_usable_boxes(cfg.DATASETS.TRAIN)) from None
         check_image_files(dicts, f"training set {', '.join(cfg.DATASETS.TRAIN)}")
         return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, True), dataset=dicts)
 

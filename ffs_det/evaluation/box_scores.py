@@ -13,6 +13,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..atomic_io import child_folder
 from ..density.scorers import fit_and_score
 from .records import load_records, save_records
 
@@ -56,11 +57,13 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
     names = [m.get("dataset") or os.path.splitext(os.path.basename(p))[0] for p, (_, m) in loaded.items()]
     if len(set(names)) != len(names):
         raise ValueError(f"two record files are of the same dataset ({names}); score them separately")
+    for path, name in zip(loaded, names):
+        child_folder(output_dir, name, f"records {path}: dataset name")  # before anything is written
     written = []
     for (path, (arrays, meta)), name in zip(loaded.items(), names):
         arrays = dict(arrays, **{key: scores[path].astype(np.float32)})
         meta = dict(meta, box_scores={**meta.get("box_scores", {}),
                                       key: {"scorer": scorer, "train_records": os.path.abspath(train_records),
                                             "fitted_on": int(keep.sum())}})
-        written.append(save_records(os.path.join(output_dir, name, "records.npz"), arrays, meta))
+        written.append(save_records(os.path.join(child_folder(output_dir, name), "records.npz"), arrays, meta))
     return written

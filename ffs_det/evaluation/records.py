@@ -173,5 +173,7 @@ def load_records(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
         meta = json.loads(str(raw))
     except json.JSONDecodeError as e:
         _fail(path, "meta", f"invalid JSON ({e})")
+    except RecursionError:
+        _fail(path, "meta", "JSON nested too deeply to read")
     validate_records(arrays, meta, path)
     return arrays, meta
