@@ -95,6 +95,19 @@ def test_register_coco_filters_degenerate_boxes_and_keeps_empty_images(tmp_path,
     assert len(get_detection_dataset_dicts(["fixture_pets"], filter_empty=True)) == 2
 
 
+def test_a_json_with_a_duplicate_image_id_is_refused_at_registration(tmp_path):
+    json_file, image_root = write_coco_fixture(tmp_path)
+    data = json.loads(open(json_file).read())
+    data["images"][3]["id"] = 2  # two images with id 2: pycocotools would keep one with the boxes of both
+    open(json_file, "w").write(json.dumps(data))
+    with pytest.raises(ValueError) as info:
+        register_coco("fixture_dup", json_file, image_root)
+    assert str(info.value) == (f"dataset 'fixture_dup': {json_file} lists image id 2 more than once (1 duplicate ids "
+                               "in all); image ids must be unique, or one image is dropped and the other trained on "
+                               "the boxes of both")
+    assert "fixture_dup" not in DatasetCatalog.list()
+
+
 def test_categories_that_do_not_match_a_named_dataset_are_a_clear_error(tmp_path):
     json_file, _ = write_coco_fixture(tmp_path / "VOC_0712_converted" / "x")
     voc = tmp_path / "VOC_0712_converted"

@@ -123,18 +123,32 @@ def register_coco(name: str, json_file: str, image_root: str, is_ood: bool = Fal
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
     if name in _REGISTERED and _REGISTERED[name] != (os.path.abspath(json_file), os.path.abspath(image_root)):
         logger.warning("dataset %r was registered with %s; now %s", name, _REGISTERED[name][0], json_file)
-    _register(name, json_file, image_root, thing_classes=_json_categories(json_file), is_ood=is_ood)
+    _register(name, json_file, image_root, thing_classes=_json_categories(name, json_file), is_ood=is_ood)
     return name
 
 
-def _json_categories(json_file: str) -> Optional[List[str]]:
-    """Category names sorted by id, or None when the file is absent or unreadable (then known at load time)."""
+def _json_categories(name: str, json_file: str) -> Optional[List[str]]:
+    """Category names sorted by id, or None when the file is absent or unreadable (then known at load time).
+    Raises ValueError when the json lists an image id twice: pycocotools would keep one of the two images
+    and give it the boxes of both."""
     try:
         with open(json_file) as f:
-            cats = json.load(f)["categories"]
-        return [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
+            data = json.load(f)
+        cats = data["categories"]
+        ids = [img["id"] for img in data.get("images", [])]
+        names = [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if len(set(ids)) != len(ids):
+        seen, dup = set(), []
+        for i in ids:
+            if i in seen:
+                dup.append(i)
+            seen.add(i)
+        raise ValueError(f"dataset {name!r}: {json_file} lists image id {dup[0]!r} more than once ({len(dup)} "
+                         "duplicate ids in all); image ids must be unique, or one image is dropped and the other "
+                         "trained on the boxes of both")
+    return names
 
 
 def get_thing_classes(name: str) -> List[str]:
