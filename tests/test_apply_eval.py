@@ -126,3 +126,30 @@ def test_records_of_two_checkpoints_are_not_mixed(trained, tmp_path, capsys):
     assert (f"error: e2e_ood: output folder {out / 'e2e_ood'} holds files apply_net did not write (notes.txt); choose "
             "a new or empty folder (nothing was written)") in capsys.readouterr().err.splitlines()
     assert sorted(os.listdir(out / "e2e_ood")) == before
+
+
+def test_ood_sets_get_no_box_ap_and_records_carry_the_models_class_names(trained, tmp_path):
+    root, register, weights = trained
+    assert torch.load(weights, map_location="cpu", weights_only=True)["class_names"] == ["disc", "block", "wedge"]
+    ood_json = register[-2]
+    data = json.loads(open(ood_json).read())
+    for cat, name in zip(data["categories"], ("star", "ring", "cross")):  # as many classes, other names
+        cat["name"] = name
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps(data))
+    out = tmp_path / "inference"
+    assert _tool("apply_net").main([
+        "--config-file", "Shapes/ffs_mobilenet.yaml", "--test-dataset", "e2e_id", "--test-dataset", "renamed",
+        "--test-dataset", "marked", "--output-dir", str(out), *register,
+        "--register-coco", "renamed", str(renamed), register[-1], "--register-coco-ood", "marked", ood_json,
+        register[-1], "MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "INPUT.MIN_SIZE_TEST", "128", "FFS.FLOW.HIDDEN", "64", "DATASETS.TRAIN", "()"]) == 0
+    for name in ("renamed", "marked"):  # neither is annotated in the model's classes: no AP, no matching
+        arrays, meta = load_records(str(out / name / "records.npz"))
+        assert meta["class_names"] == ["disc", "block", "wedge"]  # from the checkpoint, not the set or config
+        assert "num_gt" not in meta and "gt_matched" not in arrays
+        assert "bbox" not in json.loads((out / name / "metrics.json").read_text())
+    assert "bbox" in json.loads((out / "e2e_id" / "metrics.json").read_text())
+    assert _tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
+                                   str(out / "renamed" / "records.npz"), "--ood", str(out / "marked" / "records.npz"),
+                                   "--thres", "0.0", "--output-dir", str(tmp_path / "report")]) == 0

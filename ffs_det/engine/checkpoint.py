@@ -72,9 +72,10 @@ def _examples(items, k=3) -> str:
 class SafeCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer(model, save_dir, full_model=False, **checkpointables)``; see the module doc."""
 
-    def __init__(self, model, save_dir="", *, full_model: bool = False, **kwargs):
+    def __init__(self, model, save_dir="", *, full_model: bool = False, class_names=None, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.full_model = full_model
+        self.class_names = list(class_names) if class_names else None  # saved with every checkpoint
         self._all_keys = False  # resuming: the training-only modules must match as well
 
     # ---- saving ---------------------------------------------------------------------------------
@@ -89,6 +90,8 @@ class SafeCheckpointer(DetectionCheckpointer):
                 f"refusing to save checkpoint {name!r}: {len(bad)} model tensors hold NaN or Inf: {detail}. "
                 "Training diverged; the previous checkpoint is kept (lower SOLVER.BASE_LR, or see FFS.NONFINITE)")
         data = {"model": state}
+        if self.class_names:
+            data["class_names"] = self.class_names
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)

@@ -16,7 +16,7 @@ checkpoints even when they share a path.
 import logging
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -46,22 +46,31 @@ def load_model(cfg):
     if not weights or not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights!r}")
     model = build_model(cfg)
-    SafeCheckpointer(model, full_model=True).load(weights)
+    extra = SafeCheckpointer(model, full_model=True).load(weights)
+    names = extra.get("class_names") if isinstance(extra, dict) else None
+    valid = (isinstance(names, list) and len(names) == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+             and all(isinstance(n, str) for n in names))
+    model.class_names = names if valid else None  # None: a checkpoint saved without them
     model.eval()
     return model
 
 
-def _has_model_annotations(dataset_name: str, num_classes: int) -> bool:
+def _has_model_annotations(dataset_name: str, num_classes: int, class_names: Optional[List[str]]) -> bool:
+    """Whether the dataset is annotated in the model's classes: not marked OOD, and its classes are the
+    model's (by name when the model carries its class names, else by count)."""
     meta = MetadataCatalog.get(dataset_name)
-    dicts = DatasetCatalog.get(dataset_name)
-    annotated = any(d.get("annotations") for d in dicts)
-    same_classes = len(getattr(meta, "thing_classes", [])) == num_classes
-    return annotated and same_classes and not getattr(meta, "is_ood", False)
+    if getattr(meta, "is_ood", False):
+        return False
+    classes = list(getattr(meta, "thing_classes", []))
+    same_classes = classes == class_names if class_names else len(classes) == num_classes
+    return same_classes and any(d.get("annotations") for d in DatasetCatalog.get(dataset_name))
 
 
-def _model_class_names(cfg, annotated_dataset: Optional[str]):
-    """The model's class names: from an annotated test set with its classes, else the training set, else
-    the class indices."""
+def _model_class_names(cfg, model, annotated_dataset: Optional[str]):
+    """The model's class names: those its checkpoint carries, else an annotated test set's, else the
+    training set's, else the class indices."""
+    if getattr(model, "class_names", None):
+        return list(model.class_names)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     for name in [annotated_dataset, *cfg.DATASETS.TRAIN]:
         if name and name in MetadataCatalog.list():
@@ -101,7 +110,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     model = model if model is not None else load_model(cfg)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     evaluators = [RecordsEvaluator(dataset_name)]
-    with_map = _has_model_annotations(dataset_name, num_classes)
+    with_map = _has_model_annotations(dataset_name, num_classes, getattr(model, "class_names", None))
     if with_map:
         evaluators.append(COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=None,
                                         use_fast_impl=COMPILED_OPS_AVAILABLE))
@@ -119,7 +128,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
         "weights": cfg.MODEL.WEIGHTS,
         "weights_sha256": file_sha256(cfg.MODEL.WEIGHTS) if os.path.isfile(cfg.MODEL.WEIGHTS) else None,
         "num_classes": num_classes,
-        "class_names": _model_class_names(cfg, dataset_name if with_map else None),
+        "class_names": _model_class_names(cfg, model, dataset_name if with_map else None),
         "num_images": num_images,
         "config": cfg.dump(),
     }
