@@ -81,3 +81,8 @@ def test_cli_writes_and_reports_errors(record_files, tmp_path, capsys):
     assert tool.main(["--scorer", "knn", "--train", str(tmp_path / "nope.npz"), "--records", id_path,
                       "--output-dir", str(tmp_path / "cli2")]) == 1
     assert "nope.npz" in capsys.readouterr().err
+    # a mistyped option is an error, not a silent default
+    assert tool.main(["--scorer", "knn", "--option", "K=3", "--train", train, "--records", id_path,
+                      "--output-dir", str(tmp_path / "cli3")]) == 1
+    assert capsys.readouterr().err.startswith("error: scorer 'knn': unknown option(s) K; it takes k, ")
+    assert not (tmp_path / "cli3").exists()

@@ -17,14 +17,31 @@ __all__ = ["fit_and_score"]
 _ROW_INPUTS = ("features", "logits")
 
 
+# fit inputs every scorer may be given: the final linear layer (see .checks.linear_head)
+_HEAD_INPUTS = ("weight", "bias", "model")
+
+
+def _named_params(fn) -> set:
+    return {k for k, p in inspect.signature(fn).parameters.items()
+            if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
 def _split_kwargs(name: str, kwargs: dict):
-    """Constructor keywords of the scorer vs the rest, which go to ``fit``."""
+    """Constructor keywords of the scorer vs its fit inputs; ValueError for a keyword that is neither (a
+    mistyped option would otherwise be dropped silently and the default used)."""
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")
     params = inspect.signature(SCORERS[name].__init__).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     init = {k: v for k, v in kwargs.items() if takes_any or k in params}
-    return init, {k: v for k, v in kwargs.items() if k not in init}
+    fit = {k: v for k, v in kwargs.items() if k not in init}
+    known_fit = _named_params(SCORERS[name].fit) | set(_HEAD_INPUTS)
+    unknown = sorted(set(fit) - known_fit)
+    if unknown:
+        raise ValueError(f"scorer {name!r}: unknown option(s) {', '.join(unknown)}; it takes "
+                         f"{', '.join(sorted(_named_params(SCORERS[name].__init__))) or 'no options'} "
+                         f"(and the fit inputs {', '.join(sorted(known_fit))})")
+    return init, fit
 
 
 def _inputs(value, head, what: str) -> dict:
