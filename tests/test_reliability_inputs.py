@@ -389,3 +389,21 @@ def test_a_training_set_without_a_usable_box_is_one_error(tiny_data, tmp_path):
     assert msg == (f"error: training set t: no image has a usable box ({len(data['images'])} images, 0 boxes kept by "
                    "the box rule, 0 of them crowd); boxes under 1 px or outside their image are dropped: are the "
                    "json's bboxes COCO [x, y, width, height] in pixels (not normalised to [0, 1])?")
+
+
+_YAML_PIECES = st.sampled_from(["SOLVER:", "  BASE_LR:", " 0.1", " abc", " [1, 2", "]", "\n", "\t", "- ", "_BASE_:",
+                                ' "nothere.yaml"', "FFS:", "  NOPE: 1", "  SELECT: x", "MODEL: 3", "!!python/name:os.system",
+                                " {", "}", ":", "'", "&a", "*a", "~", "SEED: 1", "%YAML 1.1", "---", "..."])
+
+
+@FAST
+@given(text=st.lists(_YAML_PIECES, max_size=12).map("".join))
+def test_any_config_file_loads_or_gives_one_config_error(tmp_path_factory, text):
+    from ffs_det.engine.setup import ConfigError, build_cfg
+
+    path = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    path.write_text(text)
+    try:
+        build_cfg(str(path))
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)

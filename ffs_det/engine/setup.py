@@ -3,6 +3,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 from pathlib import Path
 from typing import List, Tuple
 
@@ -51,6 +52,8 @@ def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: b
             cfg.merge_from_file(resolved, allow_unsafe=False)
         except KeyError as e:
             raise ConfigError(f"{resolved}: {e.args[0] if e.args else e}") from None
+        except (ValueError, TypeError, AssertionError, AttributeError) as e:  # yacs: a value of the wrong type
+            raise ConfigError(f"{resolved}: {_merge_error(e)}") from None
     if len(opts) % 2:
         raise ConfigError(f"config overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
     try:
@@ -67,6 +70,23 @@ def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: b
     if cfg.FFS.LOG_PERIOD < 1:
         raise ConfigError(f"FFS.LOG_PERIOD must be >= 1, got {cfg.FFS.LOG_PERIOD}")
     return cfg
+
+
+def _type_name(t: str) -> str:
+    t = t.strip()
+    return "a section of keys" if t.endswith("CfgNode'>") else t.replace("<class '", "").replace("'>", "")
+
+
+def _merge_error(e: BaseException) -> str:
+    """yacs' type-mismatch message without its dump of the whole section, on one line."""
+    text = str(e.args[0]) if e.args else type(e).__name__
+    m = re.match(r"Type mismatch \((.+?) vs\. (.+?)\) with values \((.*) vs\. (.*)\) for config key: (\S+)\s*$",
+                 text, re.S)
+    if m:
+        want, got, _, value, key = m.groups()
+        shown = value if "\n" not in value.strip() and len(value) <= 60 else "a section of keys"
+        return f"{key} must be {_type_name(want)}, got {_type_name(got)} {shown}".rstrip()
+    return one_line(e) if text.strip() else type(e).__name__
 
 
 def _yaml_tag(e: "yaml.constructor.ConstructorError") -> str:
