@@ -49,9 +49,15 @@ def test_diagnostics_report_energies_and_accuracy():
     inl = torch.tensor([[3.0, 3.0], [4.0, 0.0], [-9.0, -9.0]])  # the last inlier has a negative energy
     out = torch.tensor([[-5.0, -5.0]])
     d = m.diagnostics(inl, out)
-    assert d["margin_accuracy"] == pytest.approx(3 / 4)
+    assert d["margin_inlier_accuracy"] == pytest.approx(2 / 3) and d["margin_outlier_accuracy"] == 1.0
+    assert d["margin_accuracy"] == pytest.approx((2 / 3 + 1) / 2)  # balanced over the two sides
     assert d["energy_inlier"] == pytest.approx(float(torch.logsumexp(inl, 1).mean()))
     assert d["energy_outlier"] == pytest.approx(float(torch.logsumexp(out, 1)))
+    # one outlier among many inliers: a margin that calls everything an inlier is at 50%, not ~99%
+    with torch.no_grad():
+        m.logistic.bias.copy_(torch.tensor([-100.0, 100.0]))
+    d = m.diagnostics(torch.ones(99, 2), out)
+    assert (d["margin_inlier_accuracy"], d["margin_outlier_accuracy"], d["margin_accuracy"]) == (1.0, 0.0, 0.5)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"outlier_temperature": 0.0}, "OUTLIER_TEMPERATURE"),

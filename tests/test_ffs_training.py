@@ -55,7 +55,8 @@ def test_default_ffs_outliers_lie_in_the_support_and_the_flow_nll_falls(tiny_set
     assert len(nll) == 8 and nll[-1] < nll[0] - 20, nll
     synthesis_rows = [r for r in lines if r["iteration"] >= 8]
     for key in ("outlier_negative_frac", "outlier_active_frac", "inlier_active_frac", "outlier_norm",
-                "outlier_loglik_percentile", "energy_inlier", "energy_outlier", "margin_accuracy", "num_outliers"):
+                "outlier_loglik_percentile", "energy_inlier", "energy_outlier", "margin_accuracy",
+                "margin_outlier_accuracy", "num_outliers"):
         assert all(f"ffs/{key}" in r for r in synthesis_rows), key
     assert not any("ffs/outlier_norm" in r for r in lines if r["iteration"] < 8)  # nothing synthesised before
     # the default config synthesises outliers that a ReLU box head could output: no negative entries, sparse

@@ -15,7 +15,7 @@ Training, on top of the usual box classification/regression losses:
 * every ``FFS.LOG_PERIOD`` iterations the event storage (metrics.json, TensorBoard) gets ``ffs/*``
   diagnostics: the flow's NLL per box, where the outliers lie (share of negative / active entries, norm,
   log-density percentile among the step's foreground features), inlier and outlier energies and the
-  margin's accuracy.
+  margin's accuracy on each side (inliers, outliers) and balanced.
 
 With ``SYNTHESIS: "none"`` the head is plain Faster R-CNN. Inference is detectron2's: each output
 ``Instances`` also carries ``logits`` (all K+1 class logits of the box) and ``energy`` (log-sum-exp of the
