@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -47,6 +48,22 @@ SUMMARY_METRICS = (("fpr95", "FPR95 ↓", 100.0, True), ("auroc", "AUROC ↑", 1
 NUM_PROJECTED_OUTLIERS = 300
 
 
+# what a job writes besides its log (demo_job.log, open while the job runs)
+_JOB_OUTPUTS = ("train_info.json", "row.json", "features_pca.png", "config.yaml", "metrics.json", "last_checkpoint",
+                "log.txt", "inference", "ood")
+
+
+def _clear_job(out: str) -> None:
+    """Remove a job's previous training run and outputs before it trains again."""
+    if not os.path.isdir(out):
+        return
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        if name in _JOB_OUTPUTS or name.startswith("events.out.tfevents") or (
+                name.startswith("model_") and name.endswith(".pth")):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def _train(config: str, out: str, opts: List[str], fresh: bool, info: Dict) -> Dict:
     """Train as ``tools/train_net.py`` does (``setup_cfg``: config, overrides, ``default_setup`` seeding)."""
     from .engine import Trainer
@@ -59,6 +76,7 @@ def _train(config: str, out: str, opts: List[str], fresh: bool, info: Dict) -> D
             saved = json.load(f)
         if all(saved.get(k) == v for k, v in info.items()):
             return saved
+    _clear_job(out)  # another model: nothing of the previous one may stay (checkpoints, metrics.json, outputs)
     # DATASETS.TEST empty: the test sets are run once, by the apply step, not again by the trainer's final eval
     args = argparse.Namespace(config_file=config, opts=opts + ["OUTPUT_DIR", out, "DATASETS.TEST", "()"],
                               eval_only=False, resume=False)
@@ -87,15 +105,28 @@ def _apply(config: str, out: str, opts: List[str], fresh: bool):
     results, model = {}, None
     for dataset in (ID_SET, OOD_SET):
         target = os.path.join(out, "inference", dataset)
-        metrics_path = os.path.join(target, "metrics.json")
-        if not fresh and os.path.isfile(metrics_path) and os.path.isfile(os.path.join(target, "records.npz")):
-            with open(metrics_path) as f:
+        if not fresh and _records_of(target, cfg.MODEL.WEIGHTS):
+            with open(os.path.join(target, "metrics.json")) as f:
                 results[dataset] = json.load(f)
             continue
         model = model or load_model(cfg)
         results[dataset] = apply_model(cfg, dataset, target, model=model,
                                        model_name=os.path.basename(os.path.dirname(out)))["summary"]
     return results, model, cfg
+
+
+def _records_of(folder: str, weights: str) -> bool:
+    """Whether ``folder`` holds the records and metrics of the checkpoint ``weights`` (by its sha256)."""
+    from .atomic_io import file_sha256
+    from .evaluation.records import load_records
+
+    if not all(os.path.isfile(os.path.join(folder, f)) for f in ("metrics.json", "records.npz")):
+        return False
+    try:
+        meta = load_records(os.path.join(folder, "records.npz"))[1]
+    except ValueError:
+        return False
+    return meta.get("weights_sha256") == file_sha256(weights)
 
 
 def _projection(model, cfg, out: str, report: Dict, method: str, seed: int) -> Dict:

@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
+from ffs_det.atomic_io import file_sha256
 from ffs_det.demo import format_summary, run_demo, summarize
+from ffs_det.evaluation.records import load_records
 
 
 def _row(method, seed, fpr95, auroc, ap50=97.0):
@@ -76,6 +78,15 @@ def test_tiny_demo_two_methods_two_seeds_two_processes(tmp_path):
     again = run_demo(str(out), ["ffs"], seeds=[0], jobs=1, opts=TINY, counts={"train": 6, "val": 4, "ood": 4})
     assert os.path.getmtime(out / "ffs" / "seed0" / "model_final.pth") == before
     assert again["rows"][0]["fpr95"] == next(r for r in result["rows"] if r["method"] == "ffs" and r["seed"] == 0)["fpr95"]
+    run_demo(str(out), ["ffs"], seeds=[0], jobs=1, opts=TINY + ["FFS.SAMPLE_FROM", "60"],
+             counts={"train": 6, "val": 4, "ood": 4})
+    job = out / "ffs" / "seed0"
+    assert os.path.getmtime(job / "model_final.pth") != before
+    metrics = [json.loads(line) for line in (job / "metrics.json").read_text().splitlines() if line.strip()]
+    assert [m["iteration"] for m in metrics] == sorted({m["iteration"] for m in metrics})  # one run, not two
+    for dataset in ("shapes_val", "shapes_ood"):  # evaluated again: records of the new model
+        meta = load_records(str(job / "inference" / dataset / "records.npz"))[1]
+        assert meta["weights_sha256"] == file_sha256(str(job / "model_final.pth"))
 
 
 def test_projection_picture_and_support_statistics():
