@@ -93,29 +93,44 @@ def atomic_dir(path: str) -> Iterator[str]:
             raise FileExistsError(f"{path} exists and is not a folder; refusing to replace it")
         old = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.old")
         os.rename(path, old)
-    os.rename(tmp, path)
+    try:
+        os.rename(tmp, path)
+    except BaseException:  # e.g. another writer created ``path`` in between: put the previous folder back
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.lexists(path):
+            os.rename(old, path)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def check_replaceable_folder(path: str, marker: str) -> None:
-    """ValueError unless :func:`replace_folder` may write ``path``: absent, empty, or holding ``marker``."""
+    """ValueError unless :func:`replace_folder` may write ``path``: absent, empty, or holding only what an
+    earlier call wrote (as listed in its ``marker`` file)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"output folder {path} exists and is not a folder")
     if os.path.isdir(path):
-        entries = sorted(os.listdir(path))
-        if entries and marker not in entries:
-            shown = ", ".join(entries[:3]) + (f", ... ({len(entries) - 3} more)" if len(entries) > 3 else "")
+        entries = set(os.listdir(path))
+        ours = set()
+        if marker in entries:  # the files an earlier call wrote (their top-level names), and the marker
+            try:
+                with open(os.path.join(path, marker)) as f:
+                    ours = {str(name).split("/")[0] for name in json.load(f)} | {marker}
+            except (OSError, ValueError, TypeError):
+                ours = set()
+        other = sorted(entries - ours)
+        if other:
+            shown = ", ".join(other[:3]) + (f", ... ({len(other) - 3} more)" if len(other) > 3 else "")
             raise ValueError(f"output folder {path} holds files this tool did not write ({shown}); choose a new or "
-                             "empty folder (nothing was written)")
+                             "empty folder, or remove them (nothing was written)")
 
 
 def replace_folder(path: str, files: Dict[str, bytes], marker: str) -> List[str]:
     """Write ``files`` (relative name -> contents) as the whole content of the folder ``path``, as one
     generation (:func:`atomic_dir`): a rerun leaves no file of the previous one. The file ``marker`` (a JSON
     list of the files) is written with them: an existing ``path`` is replaced only if it is empty or holds
-    that marker, i.e. was written by an earlier call; a folder with other files raises ValueError naming some
-    of them and is left as it is. Returns the written paths (``path`` joined with each name).
+    only what an earlier call wrote; a folder with other files raises ValueError naming some of them and is
+    left as it is. Returns the written paths (``path`` joined with each name).
     """
     check_replaceable_folder(path, marker)
     with atomic_dir(path) as tmp:

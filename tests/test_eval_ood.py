@@ -247,10 +247,16 @@ def test_a_rerun_replaces_the_whole_report_and_foreign_folders_are_refused(recor
     assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir",
                           str(dataset_dir)]) == 1
     assert capsys.readouterr().err.strip() == (f"error: output folder {dataset_dir} holds files this tool did not "
-                                               "write (metrics.json, records.npz); choose a new or empty folder "
-                                               "(nothing was written)")
+                                               "write (metrics.json, records.npz); choose a new or empty folder, "
+                                               "or remove them (nothing was written)")
     assert (dataset_dir / "metrics.json").read_text() == '{"bbox": {"AP": 50.0}}'
     assert sorted(os.listdir(dataset_dir)) == ["metrics.json", "records.npz"]
+    # a file the user put into a report folder is not deleted by a rerun: the rerun is refused
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir", str(out)]) == 1
+    assert "holds files this tool did not write (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "metrics.json").is_file()
 
 
 def test_id_records_given_as_ood_and_unmatched_id_records_are_refused(record_files, tmp_path, capsys):

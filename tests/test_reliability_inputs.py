@@ -300,7 +300,8 @@ def test_train_net_refuses_a_used_or_busy_output_dir(tiny_data, tmp_path):
     (out / "metrics.json").write_text('{"iteration": 0}\n')
     msg = _cli("train_net.py", *args)
     assert msg == (f"error: OUTPUT_DIR {out} already holds a training run (model_final.pth, metrics.json); pass "
-                   "--resume to continue it or choose another OUTPUT_DIR (nothing was changed)")
+                   "--resume to continue it, or delete those files or choose another OUTPUT_DIR to start over "
+                   "(nothing was changed)")
     assert (out / "model_final.pth").read_bytes() == b"weights of an earlier run"
     assert (out / "metrics.json").read_text() == '{"iteration": 0}\n'
     with open(out / ".train.lock", "a") as held:  # as a training running into the same folder holds it
@@ -407,3 +408,19 @@ def test_any_config_file_loads_or_gives_one_config_error(tmp_path_factory, text)
         build_cfg(str(path))
     except ConfigError as e:
         assert str(e) and "\n" not in str(e)
+
+
+def test_claim_output_dir_counts_runs_not_failed_starts(tmp_path):
+    from ffs_det.engine.setup import ConfigError, claim_output_dir
+
+    (tmp_path / "metrics.json").write_text("")  # what a run that failed before its first step leaves
+    with claim_output_dir(str(tmp_path), resume=False):
+        with pytest.raises(ConfigError, match="is in use by another training"):  # held while inside
+            with claim_output_dir(str(tmp_path), resume=True):
+                pass
+    with claim_output_dir(str(tmp_path), resume=False):  # released on exit
+        pass
+    (tmp_path / "metrics.json").write_text('{"iteration": 0}\n')
+    with pytest.raises(ConfigError, match="already holds a training run \\(metrics.json\\)"):
+        with claim_output_dir(str(tmp_path), resume=False):
+            pass

@@ -1,6 +1,7 @@
 """Kill and resume: a training run killed with SIGKILL after a checkpoint resumes from it with --resume
 (iteration, optimizer, scheduler, flow and VOS queues restored) and ends where an uninterrupted run ends,
 with a metrics.json that logs every iteration once."""
+import fcntl
 import json
 import os
 import signal
@@ -161,6 +162,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_set, tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be signalled: " + proc.stderr.read()[-2000:]
+    with open(out / ".train.lock", "a") as lock, pytest.raises(BlockingIOError):  # held while it trains
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-3000:]
@@ -177,3 +180,28 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_set, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Starting training from iteration {k + 1}" in proc.stdout + proc.stderr
     assert [m["iteration"] for m in _metrics(out)] == list(range(k + 3))
+
+
+def test_sigterm_to_the_launcher_of_two_processes_saves_one_checkpoint(tiny_set, tmp_path):
+    json_path, image_root = tiny_set
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--num-gpus", "2", "--config-file",
+           "Shapes/vos_mobilenet.yaml", "--register-coco", "tiny_resume", json_path, image_root]
+    opts = _opts(out, "gaussian", "tiny_resume", max_iter=400, period=1000)
+    proc = subprocess.Popen(cmd + opts, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(out / "metrics.json") and any(m["iteration"] >= 2 for m in _metrics(out)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be signalled: " + proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)  # to the launching process only, as a container runtime does
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    k = int((out / "last_checkpoint").read_text()[len("model_"):-len(".pth")])
+    assert [ln for ln in stderr.splitlines() if ln.startswith("interrupted:")] == [
+        f"interrupted: stopped by SIGTERM after iteration {k}: saved {out / f'model_{k:07d}.pth'}; continue with "
+        "the same command and --resume"]  # once, from the process that saved it
+    assert torch.load(out / f"model_{k:07d}.pth", map_location="cpu", weights_only=True)["iteration"] == k

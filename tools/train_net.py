@@ -13,11 +13,14 @@ path, class count, checkpoint, unreadable image, non-finite loss) ends the run w
 and exit status 2 (1 for errors during training).
 """
 import contextlib
+import multiprocessing
 import os
 import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from torch.multiprocessing import ProcessExitedException  # noqa: E402
 
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
@@ -33,6 +36,26 @@ from ffs_det.engine.setup import (ConfigError, build_cfg, check_inputs, claim_ou
 
 # errors whose message names the bad input (file, key, loss and iteration): printed as one line
 INPUT_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, CheckpointSaveError)
+SIGTERM_STATUS = 128 + signal.SIGTERM  # the status of a process ended by SIGTERM
+
+
+def _forward_sigterm(signum, frame):
+    """In the launching process of several training processes: pass SIGTERM on to them (each finishes its
+    step and the checkpoint is saved) and keep waiting for them."""
+    for child in multiprocessing.active_children():
+        os.kill(child.pid, signal.SIGTERM)
+
+
+def launch_training(args):
+    """detectron2's launch; with several processes, SIGTERM is forwarded to them and a process that ended
+    with an error (already printed on one line) or after SIGTERM gives the launcher's exit status."""
+    if max(args.num_gpus, 1) * args.num_machines > 1:
+        signal.signal(signal.SIGTERM, _forward_sigterm)
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except ProcessExitedException as e:  # a training process exited with a status (its message is printed)
+        sys.exit(e.exit_code if e.exit_code in (1, 2, SIGTERM_STATUS) else 1)
 
 
 def run(args):
@@ -55,8 +78,9 @@ def main(args):
     except INPUT_ERRORS as e:
         sys.exit(f"error: {one_line(e)}")
     except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)  # the status of a process ended by SIGTERM
+        if comm.is_main_process():
+            print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(SIGTERM_STATUS)
 
 
 def parse_args(argv=None):
@@ -77,5 +101,4 @@ if __name__ == "__main__":
         except (ConfigError, FileNotFoundError, ValueError) as e:
             print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
+        launch_training(args)

@@ -137,9 +137,10 @@ def _json_categories(name: str, json_file: str) -> Optional[List[str]]:
         cats = data["categories"]
         ids = [img["id"] for img in data.get("images", [])]
         names = [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
-    except (OSError, ValueError, KeyError, TypeError):
+        unique = len(set(ids)) == len(ids)
+    except (OSError, ValueError, KeyError, TypeError):  # e.g. an id that is a list: reported when loaded
         return None
-    if len(set(ids)) != len(ids):
+    if not unique:
         seen, dup = set(), []
         for i in ids:
             if i in seen:

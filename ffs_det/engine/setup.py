@@ -1,5 +1,6 @@
 """Config resolution and set-up shared by the command-line tools."""
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -200,10 +201,18 @@ def claim_output_dir(output_dir: str, resume: bool):
         except BlockingIOError:
             raise ConfigError(f"OUTPUT_DIR {output_dir} is in use by another training (it holds "
                               f"{lock.name}); wait for it or choose another OUTPUT_DIR") from None
-        found = [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
+        except OSError as e:  # a file system without flock (e.g. Lustre or NFS without a lock manager)
+            if e.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise ConfigError(f"OUTPUT_DIR {output_dir}: cannot lock {lock.name}: {e.strerror or e}") from None
+            logger.warning("OUTPUT_DIR %s: the file system does not support locks (%s); a second training "
+                           "into it would not be refused", output_dir, e.strerror)
+        # an empty metrics.json is what a run that failed before its first step leaves: not a run
+        found = [name for name in RUN_FILES if os.path.isfile(os.path.join(output_dir, name))
+                 and (name != "metrics.json" or os.path.getsize(os.path.join(output_dir, name)) > 0)]
         if found and not resume:
             raise ConfigError(f"OUTPUT_DIR {output_dir} already holds a training run ({', '.join(found)}); pass "
-                              "--resume to continue it or choose another OUTPUT_DIR (nothing was changed)")
+                              "--resume to continue it, or delete those files or choose another OUTPUT_DIR to "
+                              "start over (nothing was changed)")
         yield
 
 

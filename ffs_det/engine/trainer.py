@@ -98,9 +98,11 @@ class SigtermCheckpoint(hooks.HookBase):
     """On SIGTERM, finish the current step, save a checkpoint of it and stop with :class:`TrainingInterrupted`.
 
     With several processes, each installs the handler and they agree after every step (one all_gather of
-    a flag), so all stop after the same iteration and the main process saves it. The handler is installed
-    only in a main thread (Python's rule for signal handlers) and the previous one is restored after
-    training.
+    a flag), so all stop after the same iteration; the main process saves and the others wait for it. The
+    hook runs before the evaluation hook, so a periodic evaluation does not delay the checkpoint. A second
+    SIGTERM gets the previous handler (by default: the process ends at once). The handler is installed only
+    in a main thread (Python's rule for signal handlers) and the previous one is restored when training ends,
+    before the final evaluation.
     """
 
     def __init__(self):
@@ -109,6 +111,8 @@ class SigtermCheckpoint(hooks.HookBase):
 
     def _on_sigterm(self, signum, frame):
         self._signalled = True
+        if self._previous is not None:  # a second SIGTERM is not swallowed
+            signal.signal(signal.SIGTERM, self._previous)
 
     def before_train(self):
         if threading.current_thread() is threading.main_thread():
@@ -127,7 +131,8 @@ class SigtermCheckpoint(hooks.HookBase):
             return
         iteration = self.trainer.iter
         name = f"model_{iteration:07d}"
-        self.trainer.checkpointer.save(name, iteration=iteration)
+        self.trainer.checkpointer.save(name, iteration=iteration)  # on the main process only
+        comm.synchronize()  # no process ends before the checkpoint is written
         path = os.path.join(self.trainer.checkpointer.save_dir, name + ".pth")
         raise TrainingInterrupted(f"stopped by SIGTERM after iteration {iteration}: saved {path}; continue with "
                                   "the same command and --resume")
@@ -219,7 +224,9 @@ class Trainer(DefaultTrainer):
         for h in ret:
             if isinstance(h, hooks.PeriodicWriter):
                 h._period = self.cfg.FFS.LOG_PERIOD  # detectron2 hard-codes 20
-        return ret + [SigtermCheckpoint()]
+        evals = [i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)]
+        ret.insert(evals[0] if evals else len(ret), SigtermCheckpoint())  # before a (long) evaluation
+        return ret
 
     def resume_or_load(self, resume=True):
         """detectron2's, with a whole-model check of the resumed checkpoint; metrics.json is cut back to the
