@@ -393,7 +393,8 @@ def test_a_training_set_without_a_usable_box_is_one_error(tiny_data, tmp_path):
 
 
 _YAML_PIECES = st.sampled_from(["SOLVER:", "  BASE_LR:", " 0.1", " abc", " [1, 2", "]", "\n", "\t", "- ", "_BASE_:",
-                                ' "nothere.yaml"', "FFS:", "  NOPE: 1", "  SELECT: x", "MODEL: 3", "!!python/name:os.system",
+                                ' "nothere.yaml"', "FFS:", "  NOPE: 1", "  SELECT: x", "MODEL: 3",
+                                "!!python/name:os.system",
                                 " {", "}", ":", "'", "&a", "*a", "~", "SEED: 1", "%YAML 1.1", "---", "..."])
 
 

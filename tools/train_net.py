@@ -8,9 +8,9 @@
 A --config-file that does not exist as given is looked up under configs/. Without GPUs, --num-gpus N
 runs N CPU processes. Trailing KEY VALUE pairs override the config. An OUTPUT_DIR that already holds a
 run is continued with --resume and otherwise refused, as is one another training is using. On SIGTERM
-training finishes its step, saves a checkpoint, says so and exits with status 143; --resume continues it. A wrong input (config key, dataset
-path, class count, checkpoint, unreadable image, non-finite loss) ends the run with one `error: ...` line
-and exit status 2 (1 for errors during training).
+training finishes its step, saves a checkpoint, says so and exits with status 143; --resume continues
+it. A wrong input (config key, dataset path, class count, checkpoint, unreadable image, non-finite loss)
+ends the run with one `error: ...` line and exit status 2 (1 for errors during training).
 """
 import contextlib
 import multiprocessing

@@ -28,7 +28,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..atomic_io import atomic_open, atomic_write_text
 
-__all__ = ["SafeCheckpointer", "CheckpointMismatchError", "CheckpointSaveError", "nonfinite_tensors", "TRAINING_ONLY_PREFIXES"]
+__all__ = ["SafeCheckpointer", "CheckpointMismatchError", "CheckpointSaveError", "nonfinite_tensors",
+           "TRAINING_ONLY_PREFIXES"]
 
 logger = logging.getLogger(__name__)
 
