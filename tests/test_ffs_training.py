@@ -135,3 +135,21 @@ def test_flow_trains_in_its_own_group_with_a_clipped_gradient(tmp_path):
     model2 = build_model(cfg2)
     opt2 = Trainer.build_optimizer(cfg2, model2)
     assert all(g["lr"] == pytest.approx(cfg2.SOLVER.BASE_LR) for g in opt2.param_groups)
+
+
+def test_importing_the_config_is_enough_to_build_the_model():
+    """detectron2 projects register their components on import of what a user already imports."""
+    import subprocess
+    import sys
+
+    code = ("from detectron2.config import get_cfg\nfrom detectron2.modeling import build_model\n"
+            "from ffs_det.config import add_ffs_config\n"
+            "cfg = get_cfg(); add_ffs_config(cfg)\n"
+            "cfg.merge_from_file('configs/Shapes/ffs_mobilenet.yaml', allow_unsafe=False)\n"
+            "cfg.MODEL.MOBILENET.WEIGHTS = ''\n"
+            "print(type(build_model(cfg).roi_heads).__name__)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "FFSROIHeads"
