@@ -203,7 +203,8 @@ def _std(x: np.ndarray) -> float:
 
 def summarize(rows: List[Dict], baseline: str = "vanilla") -> Dict:
     """Mean ± std per method and the paired per-seed comparison of every other method against ``baseline``."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    seen = list(dict.fromkeys(r["method"] for r in rows))  # in METHODS order, whatever order jobs ended in
+    methods = [m for m in METHODS if m in seen] + [m for m in seen if m not in METHODS]
     by = {m: {r["seed"]: r for r in rows if r["method"] == m} for m in methods}
     out = {"methods": {}, "paired": {}}
     for m in methods:
