@@ -33,7 +33,7 @@ from . import detectron2_compat  # noqa: F401  (before any detectron2 import)
 
 from .atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-__all__ = ["METHODS", "ID_SET", "OOD_SET", "run_demo", "run_job", "summarize", "format_summary"]
+__all__ = ["METHODS", "ID_SET", "OOD_SET", "run_demo", "run_job", "summarize", "format_summary", "DemoJobsFailed"]
 
 logger = logging.getLogger(__name__)
 
@@ -302,10 +302,20 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
     # one fresh process per job: detectron2's loggers and registries start clean, and each job's log.txt
     # holds that job only
     ctx = multiprocessing.get_context("spawn")
+    failed = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-        futures = [pool.submit(_job_in_worker, m, s, output_dir, opts, fresh, threads) for m, s in todo]
+        futures = {pool.submit(_job_in_worker, m, s, output_dir, opts, fresh, threads): (m, s) for m, s in todo}
         for fut in as_completed(futures):
-            done(fut.result())
+            try:
+                done(fut.result())
+            except Exception as e:  # one failed job does not lose the others: they are summarised below
+                m, s = futures[fut]
+                log = os.path.join(output_dir, m, f"seed{s}", "demo_job.log")
+                last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+                failed.append(f"{m} seed {s} ({type(e).__name__}: {last}; log: {log})")
+                print(f"      {m} seed {s}: FAILED ({type(e).__name__}); see {log}", flush=True)
+    if not rows:
+        raise DemoJobsFailed(f"every job failed: {'; '.join(failed)}")
     print("[3/3] summary", flush=True)
     summary = summarize(rows)
     table = format_summary(rows, summary)
@@ -315,7 +325,15 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
                       {"rows": rows, "summary": summary, "wall_seconds": wall, "machine": machine,
                        "opts": opts, "world_seed": world_seed, "counts": counts}, indent=2)
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
-    return {"rows": rows, "summary": summary, "table": table, "wall_seconds": wall, "machine": machine}
+    result = {"rows": rows, "summary": summary, "table": table, "wall_seconds": wall, "machine": machine}
+    if failed:
+        raise DemoJobsFailed(f"{len(failed)} of {len(todo)} jobs failed: {'; '.join(failed)}; the summary holds "
+                             "the others", result)
+    return result
+
+
+class DemoJobsFailed(RuntimeError):
+    """Some (method, seed) jobs failed; ``args[1]``, when present, is the result of the jobs that did not."""
 
 
 if __name__ == "__main__":  # pragma: no cover - use tools/demo.py

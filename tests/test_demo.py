@@ -102,3 +102,16 @@ def test_projection_picture_and_support_statistics():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="at least 3 ID box features"):
         projection_png(id_f[:2])
+
+
+def test_a_failed_job_does_not_lose_the_others(tmp_path):
+    from ffs_det.demo import DemoJobsFailed
+
+    # FFS.FLOW.BLOCKS 0 breaks only the method that builds a flow
+    with pytest.raises(DemoJobsFailed) as info:
+        run_demo(str(tmp_path), ["vanilla", "ffs"], seeds=[0], jobs=2, opts=TINY + ["FFS.FLOW.BLOCKS", "0"],
+                 counts={"train": 6, "val": 4, "ood": 4}, threads=1)
+    message, result = info.value.args
+    assert message.startswith("1 of 2 jobs failed: ffs seed 0 (ValueError: ") and "demo_job.log" in message
+    assert [r["method"] for r in result["rows"]] == ["vanilla"]
+    assert "| vanilla | 0 |" in (tmp_path / "summary.md").read_text()

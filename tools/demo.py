@@ -16,7 +16,7 @@ import os
 import sys
 
 from ffs_det.data.shapes import DEFAULT_COUNTS
-from ffs_det.demo import METHODS, run_demo
+from ffs_det.demo import METHODS, DemoJobsFailed, run_demo
 
 
 def _ints(text):
@@ -62,13 +62,20 @@ def main(argv=None):
             parser.error(f"--num-{k} must be >= 1, got {v}")
     print(f"ffs_det demo: shapes world, methods {', '.join(methods)}, seeds {','.join(map(str, args.seeds))}, "
           f"outputs in {args.output_dir}/")
+    failed = None
     try:
         result = run_demo(args.output_dir, methods, seeds=args.seeds, jobs=args.jobs, fresh=args.fresh,
                           opts=args.opts, counts=counts or None, world_seed=args.world_seed, threads=args.threads)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    except DemoJobsFailed as e:
+        if len(e.args) < 2:
+            sys.exit(f"error: {e.args[0]}")
+        failed, result = e.args
     print()
     print(result["table"])
+    if failed:
+        sys.exit(f"\nerror: {failed}")
     print(f"\nwall time {result['wall_seconds']:.0f} s; table in {os.path.join(args.output_dir, 'summary.md')}")
 
 
