@@ -47,6 +47,39 @@ def _metrics(out):
         return [json.loads(line) for line in f if line.strip()]
 
 
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _train_net(tiny_set, config, *launcher_args):
+    json_path, image_root = tiny_set
+    return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), *launcher_args, "--config-file", config,
+            "--register-coco", "tiny_resume", json_path, image_root]
+
+
+def _logged_past(out, iteration):
+    return os.path.exists(out / "metrics.json") and any(m["iteration"] > iteration for m in _metrics(out))
+
+
+def _start_until(cmd, ready):
+    """Start a training in the background; return it once ``ready()`` holds, asserting it still runs."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be signalled: " + proc.stderr.read()[-2000:]
+    return proc
+
+
+def _interrupted_checkpoint(out, stderr):
+    """The iteration SIGTERM saved, after checking the exit status and the one message line."""
+    k = int((out / "last_checkpoint").read_text()[len("model_"):-len(".pth")])
+    assert [ln for ln in stderr.splitlines() if ln.startswith("interrupted:")] == [
+        f"interrupted: stopped by SIGTERM after iteration {k}: saved {out / f'model_{k:07d}.pth'}; continue with "
+        "the same command and --resume"]  # once, from the process that saved it
+    assert torch.load(out / f"model_{k:07d}.pth", map_location="cpu", weights_only=True)["iteration"] == k
+    return k
+
+
 def _assert_restored(cfg, checkpoint_file):
     """A Trainer resumed from ``cfg.OUTPUT_DIR`` holds exactly the state saved in ``checkpoint_file``."""
     saved = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
@@ -70,23 +103,12 @@ def _assert_restored(cfg, checkpoint_file):
 
 
 def test_sigkill_then_resume_continues_from_the_checkpoint(tiny_set, tmp_path):
-    json_path, image_root = tiny_set
     out = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", "Shapes/vos_mobilenet.yaml",
-           "--register-coco", "tiny_resume", json_path, image_root]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd + _opts(out, "gaussian", "tiny_resume"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    # kill once a checkpoint exists and some iterations after it were logged (they are trained again)
-    deadline = time.time() + 240
+    cmd = _train_net(tiny_set, "Shapes/vos_mobilenet.yaml")
     last = out / "last_checkpoint"
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists() and os.path.exists(out / "metrics.json"):
-            done = int(last.read_text()[len("model_"):-len(".pth")])
-            if any(m["iteration"] > done for m in _metrics(out)):
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-2000:]
+    # kill once a checkpoint exists and some iterations after it were logged (they are trained again)
+    proc = _start_until(cmd + _opts(out, "gaussian", "tiny_resume"), lambda: last.exists() and _logged_past(
+        out, int(last.read_text()[len("model_"):-len(".pth")])))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
@@ -102,7 +124,7 @@ def test_sigkill_then_resume_continues_from_the_checkpoint(tiny_set, tmp_path):
     assert int(trainer.model.roi_heads.synthesizer.count.sum()) > 0
     del trainer
 
-    proc = subprocess.run(cmd + ["--resume"] + _opts(out, "gaussian", "tiny_resume"), env=env,
+    proc = subprocess.run(cmd + ["--resume"] + _opts(out, "gaussian", "tiny_resume"), env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Starting training from iteration {k + 1}" in proc.stdout + proc.stderr
@@ -148,60 +170,34 @@ def test_trim_metrics_drops_repeated_iterations_and_a_partial_line(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_set, tmp_path):
-    json_path, image_root = tiny_set
     out = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", "Shapes/ffs_mobilenet.yaml",
-           "--register-coco", "tiny_resume", json_path, image_root]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = _train_net(tiny_set, "Shapes/ffs_mobilenet.yaml")
     # checkpoints only at the end: the one found after SIGTERM is the interrupted step's
-    opts = _opts(out, "flow", "tiny_resume", max_iter=400, period=1000)
-    proc = subprocess.Popen(cmd + opts, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(out / "metrics.json") and any(m["iteration"] >= 3 for m in _metrics(out)):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be signalled: " + proc.stderr.read()[-2000:]
+    proc = _start_until(cmd + _opts(out, "flow", "tiny_resume", max_iter=400, period=1000),
+                        lambda: _logged_past(out, 2))
     with open(out / ".train.lock", "a") as lock, pytest.raises(BlockingIOError):  # held while it trains
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    k = int((out / "last_checkpoint").read_text()[len("model_"):-len(".pth")])
+    k = _interrupted_checkpoint(out, stderr)
     assert 3 <= k < 399 and not (out / "model_final.pth").exists()
-    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("interrupted:")]
-    assert line == (f"interrupted: stopped by SIGTERM after iteration {k}: saved {out / f'model_{k:07d}.pth'}; "
-                    "continue with the same command and --resume")
-    assert torch.load(out / f"model_{k:07d}.pth", map_location="cpu", weights_only=True)["iteration"] == k
     # the same command with --resume (a shorter schedule, to end quickly) continues from the next iteration
     opts = _opts(out, "flow", "tiny_resume", max_iter=k + 3, period=1000)
-    proc = subprocess.run(cmd + ["--resume"] + opts, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd + ["--resume"] + opts, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Starting training from iteration {k + 1}" in proc.stdout + proc.stderr
     assert [m["iteration"] for m in _metrics(out)] == list(range(k + 3))
 
 
 def test_sigterm_to_the_launcher_of_two_processes_saves_one_checkpoint(tiny_set, tmp_path):
-    json_path, image_root = tiny_set
     out = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--num-gpus", "2", "--config-file",
-           "Shapes/vos_mobilenet.yaml", "--register-coco", "tiny_resume", json_path, image_root]
-    opts = _opts(out, "gaussian", "tiny_resume", max_iter=400, period=1000)
-    proc = subprocess.Popen(cmd + opts, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(out / "metrics.json") and any(m["iteration"] >= 2 for m in _metrics(out)):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be signalled: " + proc.stderr.read()[-2000:]
+    cmd = _train_net(tiny_set, "Shapes/vos_mobilenet.yaml", "--num-gpus", "2")
+    proc = _start_until(cmd + _opts(out, "gaussian", "tiny_resume", max_iter=400, period=1000),
+                        lambda: _logged_past(out, 1))
     proc.send_signal(signal.SIGTERM)  # to the launching process only, as a container runtime does
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    k = int((out / "last_checkpoint").read_text()[len("model_"):-len(".pth")])
-    assert [ln for ln in stderr.splitlines() if ln.startswith("interrupted:")] == [
-        f"interrupted: stopped by SIGTERM after iteration {k}: saved {out / f'model_{k:07d}.pth'}; continue with "
-        "the same command and --resume"]  # once, from the process that saved it
-    assert torch.load(out / f"model_{k:07d}.pth", map_location="cpu", weights_only=True)["iteration"] == k
+    _interrupted_checkpoint(out, stderr)
