@@ -21,17 +21,21 @@ __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_wri
            "check_replaceable_folder", "replace_folder", "file_sha256", "child_folder"]
 
 
-def _umask() -> int:
-    umask = os.umask(0)
+def _read_umask() -> int:
+    umask = os.umask(0o022)
     os.umask(umask)
     return umask
+
+
+# read once: os.umask can only be read by setting it, which would race with other threads creating files
+_UMASK = _read_umask()
 
 
 def _new_file_mode(path: str) -> int:
     try:
         return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
-        return 0o666 & ~_umask()
+        return 0o666 & ~_UMASK
 
 
 @contextlib.contextmanager
@@ -80,7 +84,7 @@ def atomic_dir(path: str) -> Iterator[str]:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); give it a plain mkdir's mode
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private (0700); give it a plain mkdir's mode
     try:
         yield tmp
     except BaseException:
