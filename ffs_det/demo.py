@@ -270,6 +270,7 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
     ``jobs`` of them at once.
     """
     from .data.shapes import generate_world
+    from .engine.setup import one_line
 
     methods = list(methods or METHODS)
     unknown = sorted(set(methods) - set(METHODS))
@@ -311,8 +312,7 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
             except Exception as e:  # one failed job does not lose the others: they are summarised below
                 m, s = futures[fut]
                 log = os.path.join(output_dir, m, f"seed{s}", "demo_job.log")
-                last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-                failed.append(f"{m} seed {s} ({type(e).__name__}: {last}; log: {log})")
+                failed.append(f"{m} seed {s} ({type(e).__name__}: {one_line(e)}; log: {log})")
                 print(f"      {m} seed {s}: FAILED ({type(e).__name__}); see {log}", flush=True)
     if not rows:
         raise DemoJobsFailed(f"every job failed: {'; '.join(failed)}")
