@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ffs_det.density.flow import COUPLINGS, FeatureFlow, build_flow
+from ffs_det.density.flow import COUPLINGS, FeatureFlow
 
 ALL_COUPLINGS = ["glow", "realnvp", "nice", "allinone"]
 
@@ -34,7 +34,7 @@ def randomize(flow, seed=0, std=0.1):
 
 
 def make(dim, coupling, blocks=3, hidden=16, clamp=2.0, seed=0, rand_seed=0, dtype=torch.float32):
-    flow = randomize(build_flow(dim, coupling=coupling, blocks=blocks, hidden=hidden, clamp=clamp, seed=seed),
+    flow = randomize(FeatureFlow(dim, coupling=coupling, blocks=blocks, hidden=hidden, clamp=clamp, seed=seed),
                      seed=rand_seed)
     return flow.to(dtype)
 
@@ -47,7 +47,7 @@ def perm_tensors(flow):
 @pytest.mark.parametrize("coupling", ALL_COUPLINGS)
 def test_new_flow_is_identity_and_standard_normal(coupling):
     # zero-initialised subnets: z == (a permutation of) x with log_det 0, so log_prob is the N(0, I) density
-    flow = build_flow(5, coupling=coupling, blocks=2, hidden=8)
+    flow = FeatureFlow(5, coupling=coupling, blocks=2, hidden=8)
     x = torch.randn(10, 5)
     z, log_det = flow(x)
     assert torch.allclose(torch.sort(z, dim=1).values, torch.sort(x, dim=1).values, atol=1e-6)
@@ -108,7 +108,7 @@ def test_log_prob_is_base_density_plus_log_det(coupling):
 
 
 def test_log_prob_of_new_flow_is_standard_normal_density():
-    flow = build_flow(3, blocks=2, hidden=8)
+    flow = FeatureFlow(3, blocks=2, hidden=8)
     x = torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]])
     expected = torch.tensor([-1.5 * math.log(2 * math.pi), -1.5 * math.log(2 * math.pi) - 0.5 * 5.25])
     assert torch.allclose(flow.log_prob(x), expected, atol=1e-6)
@@ -187,9 +187,9 @@ def test_single_row_batch():
 def test_same_seed_same_permutations_and_global_rng_untouched(coupling):
     np.random.seed(2024)
     state_before = np.random.get_state()
-    a = build_flow(33, coupling=coupling, blocks=3, hidden=4, seed=7)
-    b = build_flow(33, coupling=coupling, blocks=3, hidden=4, seed=7)
-    c = build_flow(33, coupling=coupling, blocks=3, hidden=4, seed=8)
+    a = FeatureFlow(33, coupling=coupling, blocks=3, hidden=4, seed=7)
+    b = FeatureFlow(33, coupling=coupling, blocks=3, hidden=4, seed=7)
+    c = FeatureFlow(33, coupling=coupling, blocks=3, hidden=4, seed=8)
     state_after = np.random.get_state()
     assert state_before[0] == state_after[0]
     assert np.array_equal(state_before[1], state_after[1]) and state_before[2:] == state_after[2:]
@@ -205,18 +205,18 @@ def test_same_seed_same_permutations_and_global_rng_untouched(coupling):
 
 def test_unseeded_flows_use_the_global_rng():
     np.random.seed(0)
-    a = build_flow(33, blocks=2, hidden=4, seed=None)
-    b = build_flow(33, blocks=2, hidden=4, seed=None)
+    a = FeatureFlow(33, blocks=2, hidden=4, seed=None)
+    b = FeatureFlow(33, blocks=2, hidden=4, seed=None)
     pa, pb = perm_tensors(a), perm_tensors(b)
     assert not all(torch.equal(pa[k], pb[k]) for k in pa)
     np.random.seed(0)
-    a2 = build_flow(33, blocks=2, hidden=4, seed=None)
+    a2 = FeatureFlow(33, blocks=2, hidden=4, seed=None)
     assert all(torch.equal(pa[k], v) for k, v in perm_tensors(a2).items())
 
 
 @pytest.mark.parametrize("coupling", ["glow", "allinone"])
 def test_bad_input_shape_raises(coupling):
-    flow = build_flow(4, coupling=coupling, blocks=1, hidden=4)
+    flow = FeatureFlow(4, coupling=coupling, blocks=1, hidden=4)
     for bad in [torch.randn(3, 5), torch.randn(4), torch.randn(2, 3, 4), torch.randn(3, 0)]:
         with pytest.raises(ValueError, match=r"\(N, 4\)"):
             flow(bad)
@@ -236,7 +236,7 @@ def test_bad_input_shape_raises(coupling):
                                     dict(dim=4, hidden=0)])
 def test_bad_construction_raises(kwargs):
     with pytest.raises(ValueError):
-        build_flow(**kwargs)
+        FeatureFlow(**kwargs)
 
 
 @pytest.mark.parametrize("coupling", ALL_COUPLINGS)
@@ -276,7 +276,7 @@ def test_fit_correlated_gaussian_reaches_its_entropy():
     x_test = mean + torch.randn(20000, 2, generator=gen) @ chol.T
     entropy = 0.5 * math.log((2 * math.pi * math.e) ** 2 * torch.linalg.det(cov).item())  # 2.5480 nats
 
-    flow = build_flow(2, coupling="glow", blocks=4, hidden=32, clamp=2.0)
+    flow = FeatureFlow(2, coupling="glow", blocks=4, hidden=32, clamp=2.0)
     with torch.no_grad():
         nll_before = flow.nll(x_test).item()
     assert nll_before > entropy + 1.0  # an unfitted flow is far off, so reaching H below is a real result

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from ffs_det.density.flow import build_flow
+from ffs_det.density.flow import FeatureFlow
 from ffs_det.density.synthesis import (SYNTHESIS_KINDS, FlowTailSynthesizer, GaussianTailSynthesizer,
                                        NoSynthesis, build_synthesizer)
 
 
 def random_flow(dim, coupling="glow", seed=0, std=0.15):
     """A flow whose zero-initialised subnets got random weights, so its density is not just N(0, I)."""
-    flow = build_flow(dim, coupling=coupling, blocks=3, hidden=32)
+    flow = FeatureFlow(dim, coupling=coupling, blocks=3, hidden=32)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in flow.named_parameters():
@@ -283,9 +283,9 @@ def test_invalid_arguments_raise_value_error(kind, kwargs):
     kwargs = dict(kwargs)
     dim = kwargs.pop("dim", 4)
     if kwargs.get("flow") == "width 5":
-        kwargs["flow"] = build_flow(5, blocks=1, hidden=4)
+        kwargs["flow"] = FeatureFlow(5, blocks=1, hidden=4)
     elif kwargs.get("flow") == "ok":
-        kwargs["flow"] = build_flow(4, blocks=1, hidden=4)
+        kwargs["flow"] = FeatureFlow(4, blocks=1, hidden=4)
     with pytest.raises(ValueError):
         build_synthesizer(kind, dim, **kwargs)
 
@@ -293,7 +293,7 @@ def test_invalid_arguments_raise_value_error(kind, kwargs):
 def test_kinds_listed():
     assert set(SYNTHESIS_KINDS) == {"flow", "gaussian", "none"}
     for kind in SYNTHESIS_KINDS:
-        flow = build_flow(3, blocks=1, hidden=4) if kind == "flow" else None
+        flow = FeatureFlow(3, blocks=1, hidden=4) if kind == "flow" else None
         assert build_synthesizer(kind, 3, flow=flow).kind == kind
 
 
@@ -306,7 +306,7 @@ def test_standardised_flow_density_is_the_change_of_variables_of_the_flows():
     shift = torch.linspace(-3.0, 3.0, dim)
     data = shift + scale * torch.randn(5000, dim)
     # a fresh flow is exactly N(0, I): standardised, its density is the Gaussian of the running statistics
-    synth = build_synthesizer("flow", dim, flow=build_flow(dim, hidden=16), standardize=True, momentum=1.0)
+    synth = build_synthesizer("flow", dim, flow=FeatureFlow(dim, hidden=16), standardize=True, momentum=1.0)
     synth.train()
     synth.observe(data, torch.zeros(len(data), dtype=torch.long))
     torch.testing.assert_close(synth.running_mean, data.mean(0))
@@ -326,7 +326,7 @@ def test_standardised_flow_density_is_the_change_of_variables_of_the_flows():
 
 def test_running_statistics_follow_a_drifting_distribution_and_ignore_eval_mode():
     torch.manual_seed(0)
-    synth = build_synthesizer("flow", 3, flow=build_flow(3, hidden=8), standardize=True, momentum=0.5)
+    synth = build_synthesizer("flow", 3, flow=FeatureFlow(3, hidden=8), standardize=True, momentum=0.5)
     synth.train()
     labels = torch.zeros(64, dtype=torch.long)
     synth.observe(torch.randn(64, 3), labels)
@@ -340,7 +340,7 @@ def test_running_statistics_follow_a_drifting_distribution_and_ignore_eval_mode(
     assert torch.equal(synth.running_mean, before)
     # a constant dimension cannot make the standardised inputs explode: its scale is floored
     synth.train()
-    fresh = build_synthesizer("flow", 3, flow=build_flow(3, hidden=8), standardize=True)
+    fresh = build_synthesizer("flow", 3, flow=FeatureFlow(3, hidden=8), standardize=True)
     fresh.train()
     const = torch.randn(64, 3)
     const[:, 1] = 5.0

@@ -9,7 +9,7 @@ from typing import Dict
 
 import torch
 
-from ..density import build_flow, build_synthesizer
+from ..density import FeatureFlow, build_synthesizer
 from .timing import interleaved, paired_ratio, summarize
 
 __all__ = ["PAPER_SETTINGS", "settings_from_cfgs", "build_synthesizers", "time_synthesis"]
@@ -41,7 +41,7 @@ def build_synthesizers(settings: Dict, device: str = "cpu", seed: int = 0):
     with torch.no_grad():
         vos.queue.normal_()
         vos.count.fill_(vos.queue_size)
-    flow = build_flow(dim, coupling=f["coupling"], blocks=f["blocks"], hidden=f["hidden"], clamp=f["clamp"])
+    flow = FeatureFlow(dim, coupling=f["coupling"], blocks=f["blocks"], hidden=f["hidden"], clamp=f["clamp"])
     ffs = build_synthesizer("flow", dim, classes, flow=flow, sample_from=f["sample_from"],
                             select=f["select"]).to(device)
     return {"vos": vos, "ffs": ffs}

@@ -15,7 +15,7 @@ from torch import nn
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 
-__all__ = ["FeatureFlow", "build_flow", "COUPLINGS"]
+__all__ = ["FeatureFlow", "COUPLINGS", "standard_normal_log_prob"]
 
 # name -> (FrEIA block, name of its clamp argument or None when the block has no affine part)
 COUPLINGS = {
@@ -56,7 +56,17 @@ def _subnet(hidden: int):
 
 
 class FeatureFlow(nn.Module):
-    """An invertible map ``x -> z`` on ``dim``-wide features with a standard-normal base density."""
+    """An invertible map ``x -> z`` on ``dim``-wide features with a standard-normal base density.
+
+    Args:
+        dim: feature width (the box head's output width in the detector; any width works).
+        coupling: ``"glow"``, ``"realnvp"``, ``"nice"`` or ``"allinone"`` (FrEIA's AllInOneBlock).
+        blocks: number of coupling blocks.
+        hidden: width of each coupling's two-layer subnet.
+        clamp: soft clamp of the affine log-scales (ignored by NICE, which is volume preserving).
+        permute: put a fixed random permutation after each coupling (AllInOneBlock has its own).
+        seed: seed of those permutations, so every process builds the same flow.
+    """
 
     def __init__(self, dim: int, coupling: str = "glow", blocks: int = 2, hidden: int = 2048,
                  clamp: float = 2.0, permute: bool = True, seed: int = 0):
@@ -170,21 +180,4 @@ class FeatureFlow(nn.Module):
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) per row, in nats."""
     return -0.5 * (z * z).sum(dim=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
-
-
-def build_flow(dim: int, coupling: str = "glow", blocks: int = 2, hidden: int = 2048, clamp: float = 2.0,
-               permute: bool = True, seed: int = 0) -> FeatureFlow:
-    """A :class:`FeatureFlow` over ``dim``-wide features.
-
-    Args:
-        dim: feature width (the box head's output width in the detector; any width works).
-        coupling: ``"glow"``, ``"realnvp"``, ``"nice"`` or ``"allinone"`` (FrEIA's AllInOneBlock).
-        blocks: number of coupling blocks.
-        hidden: width of each coupling's two-layer subnet.
-        clamp: soft clamp of the affine log-scales (ignored by NICE, which is volume preserving).
-        permute: put a fixed random permutation after each coupling (AllInOneBlock has its own).
-        seed: seed of those permutations, so every process builds the same flow.
-    """
-    return FeatureFlow(dim, coupling=coupling, blocks=blocks, hidden=hidden, clamp=clamp, permute=permute,
-                       seed=seed)
 

@@ -288,7 +288,7 @@ def build_synthesizer(kind: str, dim: int, num_classes: int = 1, *, flow: Option
     """Build the synthesis strategy ``kind`` (one of :data:`SYNTHESIS_KINDS`)."""
     if kind == "flow":
         if flow is None:
-            raise ValueError("flow synthesis needs a flow (see ffs_det.density.flow.build_flow)")
+            raise ValueError("flow synthesis needs a flow (see ffs_det.density.flow.FeatureFlow)")
         if flow.dim != dim:
             raise ValueError(f"flow width {flow.dim} != feature width {dim}")
         return FlowTailSynthesizer(flow, sample_from=sample_from, select=select, standardize=standardize,

@@ -32,7 +32,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
-from ..density import build_flow, build_synthesizer
+from ..density import FeatureFlow, build_synthesizer
 from ..density.synthesis import OutlierSynthesizer
 from .energy import EnergyMargin
 
@@ -109,7 +109,7 @@ class FFSROIHeads(StandardROIHeads):
             torch.manual_seed(f.FLOW.SEED)
             flow = None
             if kind == "flow":
-                flow = build_flow(dim, coupling=f.FLOW.COUPLING, blocks=f.FLOW.BLOCKS, hidden=f.FLOW.HIDDEN,
+                flow = FeatureFlow(dim, coupling=f.FLOW.COUPLING, blocks=f.FLOW.BLOCKS, hidden=f.FLOW.HIDDEN,
                                   clamp=f.FLOW.CLAMP, seed=f.FLOW.SEED)
             synthesizer = build_synthesizer(kind, dim, num_classes, flow=flow, sample_from=f.SAMPLE_FROM,
                                             select=f.SELECT, queue_size=f.QUEUE_SIZE, eps=f.COV_EPS,
