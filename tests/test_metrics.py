@@ -4,7 +4,8 @@ import pytest
 import torch
 from sklearn.metrics import auc, average_precision_score, roc_auc_score, roc_curve
 
-from ffs_det.density.metrics import check_scores, ood_metrics, optimal_f1_threshold, roc_curve_points
+from ffs_det.density.inputs import as_scores
+from ffs_det.density.metrics import ood_metrics, optimal_f1_threshold, roc_curve_points
 
 KEYS = {"fpr95", "fpr95_threshold", "fpr95_ood_positive", "auroc", "aupr_in", "aupr_out", "n_id", "n_ood"}
 
@@ -179,10 +180,10 @@ def test_torch_tensors_accepted():
         ood_metrics(torch.ones(3), torch.tensor([0.0, float("nan")]))
 
 
-def test_check_scores_returns_float64_1d():
-    out = check_scores([1, 2, 3], "x")
+def test_as_scores_returns_float64_1d():
+    out = as_scores([1, 2, 3], "x")
     assert out.dtype == np.float64 and out.shape == (3,)
-    assert check_scores(np.array([True, False]), "x").tolist() == [1.0, 0.0]
+    assert as_scores(np.array([True, False]), "x").tolist() == [1.0, 0.0]
 
 
 def test_roc_curve_points_match_sklearn():

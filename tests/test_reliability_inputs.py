@@ -143,7 +143,7 @@ def test_report_with_a_bad_input_writes_nothing(tmp_path_factory, bad):
 
 
 # ------------------------------------------------------------------------------------------ feature store
-fs = pytest.importorskip("ffs_det.image.feature_store")
+from ffs_det.image import feature_store as fs  # noqa: E402
 
 
 def _store(path, n=5, d=4):

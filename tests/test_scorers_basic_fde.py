@@ -23,44 +23,44 @@ def features():
 
 
 def test_fde_separates_directions(features):
-    fde = build_scorer("fde", **FAST).fit(features=features["train"])
-    m = ood_metrics(fde.score(features=features["test"]), fde.score(features=features["ood"]))
+    fde = build_scorer("fde", **FAST).fit(features["train"])
+    m = ood_metrics(fde.score(features["test"]), fde.score(features["ood"]))
     assert m["auroc"] > 0.95, m
-    assert fde.history[-1]["nll"] < fde.history[0]["nll"]
-    s = fde.score(features=features["test"].numpy())
+    assert [h["epoch"] for h in fde.history_] == list(range(1, 16)) and fde.history_[-1]["nll"] < fde.history_[0]["nll"]
+    s = fde.score(features["test"].numpy())
     assert s.dtype == np.float64 and s.shape == (200,) and np.isfinite(s).all()
 
 
 def test_fde_l2_normalisation_ignores_scale(features):
-    fde = build_scorer("fde", **FAST).fit(features=features["train"])
-    np.testing.assert_allclose(fde.score(features=features["test"] * 5), fde.score(features=features["test"]),
+    fde = build_scorer("fde", **FAST).fit(features["train"])
+    np.testing.assert_allclose(fde.score(features["test"] * 5), fde.score(features["test"]),
                                rtol=1e-5, atol=1e-4)
-    raw = build_scorer("fde", normalize="none", **FAST).fit(features=features["train"])
-    assert not np.allclose(raw.score(features=features["test"] * 5), raw.score(features=features["test"]))
+    raw = build_scorer("fde", normalize="none", **FAST).fit(features["train"])
+    assert not np.allclose(raw.score(features["test"] * 5), raw.score(features["test"]))
 
 
 @pytest.mark.parametrize("normalize", ["l2_standardize", "standardize"])
 def test_fde_other_normalisations_work(features, normalize):
-    fde = build_scorer("fde", normalize=normalize, **FAST).fit(features=features["train"])
-    assert ood_metrics(fde.score(features=features["test"]), fde.score(features=features["ood"]))["auroc"] > 0.9
+    fde = build_scorer("fde", normalize=normalize, **FAST).fit(features["train"])
+    assert ood_metrics(fde.score(features["test"]), fde.score(features["ood"]))["auroc"] > 0.9
 
 
 def test_fde_is_deterministic_and_configurable(features):
-    a = build_scorer("fde", coupling="realnvp", seed=3, **FAST).fit(features=features["train"])
-    b = build_scorer("fde", coupling="realnvp", seed=3, **FAST).fit(features=features["train"])
-    np.testing.assert_array_equal(a.score(features=features["ood"]), b.score(features=features["ood"]))
-    assert a.flow.config["coupling"] == "realnvp" and a.flow.config["blocks"] == 2
+    a = build_scorer("fde", coupling="realnvp", seed=3, **FAST).fit(features["train"])
+    b = build_scorer("fde", coupling="realnvp", seed=3, **FAST).fit(features["train"])
+    np.testing.assert_array_equal(a.score(features["ood"]), b.score(features["ood"]))
+    assert a.flow_.config["coupling"] == "realnvp" and a.flow_.config["blocks"] == 2
 
 
 def test_fde_errors(features):
     with pytest.raises(ValueError, match="normalisation"):
         build_scorer("fde", normalize="l3")
     with pytest.raises(ValueError, match="fit"):
-        build_scorer("fde").score(features=features["test"])
-    fde = build_scorer("fde", **dict(FAST, epochs=1)).fit(features=features["train"])
-    with pytest.raises(ValueError, match="dimensions"):
-        fde.score(features=np.zeros((3, 4)))
+        build_scorer("fde").score(features["test"])
+    fde = build_scorer("fde", **dict(FAST, epochs=1)).fit(features["train"])
+    with pytest.raises(ValueError, match="width 4.*fitted on width 6"):
+        fde.score(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="epochs"):
         build_scorer("fde", epochs=0)
     with pytest.raises(ValueError, match="lr"):
-        build_scorer("fde", lr=-1.0).fit(features=features["train"])
+        build_scorer("fde", lr=-1.0).fit(features["train"])

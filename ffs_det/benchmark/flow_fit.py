@@ -1,6 +1,6 @@
 """Image-level flow fitting: time to a held-out AUROC / NLL, our flow vs an FDE-style Glow.
 
-* Ours: :func:`ffs_det.density.flow.build_flow` (GLOW couplings with MLP subnets; 4 blocks, 512 wide — the
+* Ours: :class:`ffs_det.density.flow.FeatureFlow` (GLOW couplings with MLP subnets; 4 blocks, 512 wide — the
   FDE scorer's defaults) on L2-normalised features scaled to radius ``sqrt(D)``, as the FDE scorer does.
 * FDE-style: a normflows Glow as in FDE — the same normalised features reshaped to a small image
   ``(C, S, S)``, 10 Glow blocks (affine coupling with a conv net, alternating checkerboard masks,
@@ -26,11 +26,11 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..density import build_flow
+from ..density.flow_training import FlowConfig, train_flow
 from ..density.metrics import ood_metrics
+from ..density.normalize import l2_normalize
 
-__all__ = ["synthetic_features", "digits_cnn_features", "l2_normalise", "image_shape", "build_fde_glow",
-           "fit_race"]
+__all__ = ["synthetic_features", "digits_cnn_features", "image_shape", "build_fde_glow", "fit_race"]
 
 
 def synthetic_features(dim: int = 64, n_train: int = 4000, n_test: int = 1000, seed: int = 0):
@@ -85,11 +85,6 @@ def digits_cnn_features(seed: int = 0, epochs: int = 4, width: int = 128):
     return train, held_out, ood, {"classifier_held_out_accuracy": accuracy}
 
 
-def l2_normalise(x: torch.Tensor) -> torch.Tensor:
-    """Rows onto the sphere of radius ``sqrt(D)`` (the FDE scorer's default normalisation)."""
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) * math.sqrt(x.shape[1])
-
-
 def image_shape(dim: int):
     """``(C, S, S)`` with ``C * S * S == dim``, the largest even ``S`` that leaves at least 2 channels."""
     for s in range(int(math.isqrt(dim)), 1, -1):
@@ -109,10 +104,17 @@ def build_fde_glow(dim: int, blocks: int = 10, hidden_channels: int = 64):
 
 
 class _Contender:
-    """A flow with one interface: ``log_prob(x (N, D))`` and ``nll(x)``."""
+    """A flow with one interface: ``log_prob(x (N, D))``, ``nll(x)``, ``parameters()`` and ``train()``."""
 
     def __init__(self, model, shape=None):
         self.model, self.shape = model, shape
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+        return self
 
     def _in(self, x):
         return x.reshape(x.shape[0], *self.shape) if self.shape else x
@@ -137,29 +139,26 @@ def _evaluate(contender, held_out, ood, batch=2048):
 
 
 def _train(contender, train, held_out, ood, max_steps, max_seconds, eval_every, lr, batch_size, seed, device):
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(contender.model.parameters(), lr=lr)
-    contender.model.train()
-    curve, clock, step = [], 0.0, 0
+    """Train ``contender`` with :func:`~ffs_det.density.flow_training.train_flow`; the clock runs only during
+    training steps (stopped while ``_evaluate`` runs every ``eval_every`` steps)."""
     auroc, nll = _evaluate(contender, held_out, ood)
-    curve.append({"step": 0, "seconds": 0.0, "auroc": auroc, "nll": nll})
-    while step < max_steps and clock < max_seconds:
-        for idx in torch.randperm(train.shape[0], generator=gen).split(batch_size):
-            start = time.perf_counter()
-            loss = contender.nll(train[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(contender.model.parameters(), 10.0)
-            opt.step()
-            if device != "cpu":
-                torch.cuda.synchronize(device)
-            clock += time.perf_counter() - start
-            step += 1
-            if step % eval_every == 0 or step == max_steps or clock >= max_seconds:
-                auroc, nll = _evaluate(contender, held_out, ood)
-                curve.append({"step": step, "seconds": clock, "auroc": auroc, "nll": nll})
-            if step >= max_steps or clock >= max_seconds:
-                break
+    curve, clock = [{"step": 0, "seconds": 0.0, "auroc": auroc, "nll": nll}], [0.0]
+    resumed = [0.0]
+
+    def on_step(step, loss):
+        if device != "cpu":
+            torch.cuda.synchronize(device)
+        clock[0] += time.perf_counter() - resumed[0]
+        if step % eval_every == 0 or step == max_steps or clock[0] >= max_seconds:
+            curve.append({"step": step, "seconds": clock[0], **dict(zip(("auroc", "nll"), _evaluate(
+                contender, held_out, ood)))})
+        resumed[0] = time.perf_counter()
+        return clock[0] >= max_seconds
+
+    config = FlowConfig(epochs=None, max_steps=max_steps, batch_size=batch_size, lr=lr, grad_clip=10.0,
+                        nonfinite="continue", seed=seed, device=device)
+    resumed[0] = time.perf_counter()
+    train_flow(contender, train, config, on_step)
     return curve
 
 
@@ -181,11 +180,12 @@ def fit_race(features: str = "synthetic", max_steps: int = 400, max_seconds: flo
         train, held_out, ood, info = digits_cnn_features(seed=seed, **(feature_kwargs or {}))
     else:
         raise ValueError(f"unknown feature set {features!r}; choose 'synthetic' or 'digits_cnn'")
-    train, held_out, ood = (l2_normalise(t.float()).to(device) for t in (train, held_out, ood))
+    train, held_out, ood = (l2_normalize(t.float(), math.sqrt(t.shape[1])).to(device)
+                            for t in (train, held_out, ood))
     dim = train.shape[1]
 
     torch.manual_seed(seed)
-    ours = _Contender(build_flow(dim, coupling="glow", blocks=4, hidden=512, clamp=2.0, seed=seed).to(device))
+    ours = _Contender(FlowConfig(coupling="glow", blocks=4, hidden=512, clamp=2.0, seed=seed, device=device).build(dim))
     torch.manual_seed(seed)
     glow_model, shape = build_fde_glow(dim, hidden_channels=glow_hidden)
     glow = _Contender(glow_model.to(device), shape)

@@ -7,7 +7,7 @@ Each size runs in a fresh Python process (peak RSS is a per-process high-water m
 2. extracts penultimate features + logits with :func:`ffs_det.image.extract_to_store` (batches streamed
    into an on-disk feature store);
 3. loads the store's features as the image benchmark's evaluation does (one in-memory array) and fits a
-   flow on them with :func:`ffs_det.density.scorers.flow_fitting.fit_flow` (a fixed number of steps).
+   flow on them with :func:`ffs_det.density.flow_training.fit_flow` (a fixed number of steps).
 
 Reported per size: peak RSS above the post-import baseline after each phase (the peak mark is reset
 at the baseline where Linux allows it), and tracemalloc's peak of
@@ -58,7 +58,7 @@ def worker(n: int, fit_steps: int, seed: int = 0) -> Dict:
     import torch
     from torch.utils.data import Dataset
 
-    from ..density.scorers.flow_fitting import FlowConfig, fit_flow
+    from ..density.flow_training import FlowConfig, fit_flow
     from ..image.extract import extract_to_store
     from ..image.small_cnn import SmallCNN
 

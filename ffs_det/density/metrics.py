@@ -17,36 +17,11 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-__all__ = ["ood_metrics", "roc_curve_points", "optimal_f1_threshold", "check_scores"]
+from .inputs import as_scores
+
+__all__ = ["ood_metrics", "roc_curve_points", "optimal_f1_threshold"]
 
 TPR_LEVEL = 0.95
-
-
-def check_scores(scores, name: str) -> np.ndarray:
-    """Return ``scores`` as a 1-D float64 array, or raise a ValueError that names the problem."""
-    if hasattr(scores, "detach"):  # torch tensor; via float64, as numpy has no bfloat16
-        scores = scores.detach().cpu().double().numpy()
-    try:
-        raw = np.asarray(scores)
-    except (TypeError, ValueError) as e:  # e.g. ragged nested lists
-        raise ValueError(f"{name}: scores must be numbers ({e})") from None
-    # numpy would silently parse numeric strings ("0.5") and drop imaginary parts; accept real numbers only
-    if raw.dtype.kind not in "biufO" or (raw.dtype.kind == "O" and any(
-            isinstance(v, (str, bytes)) for v in raw.reshape(-1))):
-        raise ValueError(f"{name}: scores must be real numbers, got dtype {raw.dtype}")
-    try:
-        arr = raw.astype(np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: scores must be numbers ({e})") from None
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: scores must be a 1-D array, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name}: no scores (empty array)")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(f"{name}: {int(bad.sum())} of {arr.size} scores are NaN or infinite "
-                         f"(first at index {int(np.argmax(bad))})")
-    return arr
 
 
 def _grouped_counts(id_scores: np.ndarray, ood_scores: np.ndarray) -> Tuple[np.ndarray, ...]:
@@ -82,8 +57,8 @@ def ood_metrics(id_scores, ood_scores, tpr_level: float = TPR_LEVEL) -> Dict[str
     """
     if not 0.0 < tpr_level <= 1.0:
         raise ValueError(f"tpr_level must be in (0, 1], got {tpr_level}")
-    id_scores = check_scores(id_scores, "id_scores")
-    ood_scores = check_scores(ood_scores, "ood_scores")
+    id_scores = as_scores(id_scores, "id_scores")
+    ood_scores = as_scores(ood_scores, "ood_scores")
     thresholds, id_cum, ood_cum = _grouped_counts(id_scores, ood_scores)
 
     fpr95, thr95 = _fpr_at_tpr(id_cum, ood_cum, thresholds, tpr_level)
@@ -109,8 +84,8 @@ def ood_metrics(id_scores, ood_scores, tpr_level: float = TPR_LEVEL) -> Dict[str
 
 def roc_curve_points(id_scores, ood_scores) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(FPR, TPR, thresholds) with ID as positive, starting at (0, 0) — for plotting ROC curves."""
-    id_scores = check_scores(id_scores, "id_scores")
-    ood_scores = check_scores(ood_scores, "ood_scores")
+    id_scores = as_scores(id_scores, "id_scores")
+    ood_scores = as_scores(ood_scores, "ood_scores")
     thresholds, id_cum, ood_cum = _grouped_counts(id_scores, ood_scores)
     return (np.r_[0.0, ood_cum / ood_cum[-1]], np.r_[0.0, id_cum / id_cum[-1]],
             np.r_[np.inf, thresholds])
@@ -123,7 +98,7 @@ def optimal_f1_threshold(scores, is_positive, n_positive_total=None) -> Tuple[fl
     detection matched); it defaults to ``is_positive.sum()``. Used by the VOS/FFS detection protocol to
     pick the detection-score threshold from the ID set.
     """
-    scores = check_scores(scores, "scores")
+    scores = as_scores(scores, "scores")
     if hasattr(is_positive, "detach"):  # torch tensor
         is_positive = is_positive.detach().cpu().numpy()
     pos = np.asarray(is_positive, dtype=bool)

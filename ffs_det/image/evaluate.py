@@ -10,14 +10,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..density import scorers as registry
+from ..density.inputs import linear_head
 from ..density.metrics import ood_metrics
-from ..density.scorers.react import final_linear
+from ..density.scorers import fit_scorer, make_scorer, score_samples
 from .feature_store import FeatureStore
 from .results import BenchmarkResult, ScorerResult
 
 __all__ = ["evaluate_scorers", "resolve_scorers"]
-
-FEATURE_KEYS = ("features", "layer_features")
 
 
 def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]] = None,
@@ -42,49 +41,34 @@ def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]]
 
 
 def _skip_reason(cls, model, datasets, set_names) -> str:
-    req = cls.requires
-    if "model" in req and model is None:
+    if cls.kind == "inputs" and model is None:
         return "needs the classifier (model): give the model, or use stores that record it"
-    if "inputs" in req:
+    if cls.uses_head == "required" and model is None:
+        return "needs the classifier's final linear layer (model): give the model, or use stores that record it"
+    if cls.kind == "inputs":
         missing = [s for s in set_names if s not in (datasets or {})]
         if missing:
             return f"needs the raw images of {missing} (input-gradient scorer)"
     return ""
 
 
-def _model_for(cls, model: nn.Module):
-    # input-gradient scorers run the whole classifier; feature scorers get its final linear layer
-    return model if "inputs" in cls.requires else final_linear(model)
-
-
-def _store_inputs(cls, store: FeatureStore, rows: slice = slice(None), fit: bool = False) -> dict:
-    req, kw = cls.requires, {}
-    if req & set(FEATURE_KEYS):
-        kw["features"] = np.array(store["features"][rows])
-    if "logits" in req:
-        kw["logits"] = np.array(store["logits"][rows])
-    if fit and "labels" in req:
-        kw["labels"] = np.array(store["labels"][rows])
-    return kw
+def _rows(cls, store: FeatureStore, rows: slice = slice(None)) -> dict:
+    # logit scorers read the stored logits; the others the features
+    key = "logits" if cls.kind == "logits" else "features"
+    return {key: np.array(store[key][rows])}
 
 
 def _score_set(scorer, cls, store: FeatureStore, model, dataset: Optional[Dataset], batch_size: int,
                chunk_size: int, device: str) -> np.ndarray:
-    extra = {"model": _model_for(cls, model)} if "model" in cls.requires else {}
     parts = []
-    if "inputs" in cls.requires:
+    if cls.kind == "inputs":
         if len(dataset) != len(store):
             raise ValueError(f"{store.path} has {len(store)} rows but its dataset has {len(dataset)} images")
-        start = 0
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            x = batch[0].to(device)
-            kw = _store_inputs(cls, store, slice(start, start + len(x)))
-            parts.append(np.asarray(scorer.score(inputs=x, **extra, **kw), np.float64))
-            start += len(x)
+            parts.append(score_samples(scorer, {"model": model, "inputs": batch[0].to(device)}, store.path))
     else:
         for start in range(0, len(store), chunk_size):
-            kw = _store_inputs(cls, store, slice(start, start + chunk_size))
-            parts.append(np.asarray(scorer.score(**extra, **kw), np.float64))
+            parts.append(score_samples(scorer, _rows(cls, store, slice(start, start + chunk_size)), store.path))
     scores = np.concatenate(parts) if parts else np.zeros(0)
     if scores.shape != (len(store),):
         raise ValueError(f"{cls.name} returned {scores.shape[0]} scores for {len(store)} samples of {store.path}")
@@ -99,8 +83,8 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
     """Fit each scorer on ``id_train`` and compute :func:`~ffs_det.density.metrics.ood_metrics` of
     ``id_test`` against every set in ``ood``.
 
-    ``model`` is the classifier (scorers that read the final linear layer get it; input-gradient scorers
-    the whole model) and ``datasets`` maps set names (``id_name`` and the OOD names) to the datasets the
+    ``model`` is the classifier (scorers that read the final linear layer get that layer; input-gradient
+    scorers the whole model) and ``datasets`` maps set names (``id_name`` and the OOD names) to the datasets the
     stores were extracted from, in the same order, for scorers that need raw inputs. A scorer whose needs
     are not met is reported as skipped; one that raises is reported as an error and the others go on.
     """
@@ -114,8 +98,10 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
     chosen = resolve_scorers(scorers, options)
     result = BenchmarkResult(id_name, list(ood))
     sets = {id_name: id_test, **ood}
+    head = None
     if model is not None:
         model = model.to(device).eval()
+        head = linear_head(model)
     for name, kwargs in tqdm(chosen.items(), desc="scorers", disable=not progress):
         cls = registry.SCORERS[name]
         res = result.scorers[name] = ScorerResult(name, params=kwargs)
@@ -126,12 +112,13 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
             continue
         try:
             t0 = time.perf_counter()
-            scorer = cls(**kwargs)
-            if cls.requires_fit:
-                fit_kw = _store_inputs(cls, id_train, fit=True)
-                if "model" in cls.requires:
-                    fit_kw["model"] = _model_for(cls, model)
-                scorer.fit(**fit_kw)
+            scorer, fit_options = make_scorer(name, kwargs)
+            train = {}
+            if cls.kind == "features":
+                train["X"] = np.array(id_train["features"])
+                if cls.uses_labels:
+                    train["y"] = np.array(id_train["labels"])
+            fit_scorer(scorer, head=head if cls.uses_head != "none" else None, **train, **fit_options)
             t1 = time.perf_counter()
             for set_name, store in sets.items():
                 res.scores[set_name] = _score_set(scorer, cls, store, model, (datasets or {}).get(set_name),

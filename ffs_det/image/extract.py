@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..density.scorers.react import final_linear
+from ..density.inputs import final_linear
 from .feature_store import FeatureStore, FeatureStoreWriter
 
 __all__ = ["FeatureExtractor", "extract_to_store"]

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from ..atomic_io import atomic_open
-from ..density.scorers.react import final_linear
+from ..density.inputs import final_linear
 from .small_cnn import SmallCNN
 
 __all__ = ["build_classifier", "load_state_dict_file", "save_state_dict", "Preprocessing", "preprocessing",

@@ -100,7 +100,11 @@ def _specs_from_store(store: FeatureStore):
 
 
 def _needs(scorers, options, key: str) -> bool:
-    return any(key in registry.SCORERS[n].requires for n in resolve_scorers(scorers, options))
+    """Whether a chosen scorer reads the classifier's head (``"model"``) or runs it on images (``"inputs"``)."""
+    classes = [registry.SCORERS[n] for n in resolve_scorers(scorers, options)]
+    if key == "inputs":
+        return any(c.kind == "inputs" for c in classes)
+    return any(c.kind == "inputs" or c.uses_head != "none" for c in classes)
 
 
 def _default_options(options, prep: Optional[Preprocessing]) -> Dict[str, dict]:

@@ -1,92 +1,96 @@
-"""Fit a registered scorer on plain arrays of per-sample (e.g. per-box) features and score several sets.
+"""The one scorer driver: feed any registered scorer what its class attributes say it reads.
 
-Made for detector evaluations: the per-box features of the ID training boxes fit the scorer, and each
-evaluation set (ID test boxes, OOD boxes, ...) is scored, so that e.g. the box-level energy of the
-detector's logits can be compared with a flow likelihood on the same boxes.
+Used by the image-level benchmark (:func:`ffs_det.image.evaluate.evaluate_scorers`, store by store) and by
+box-level scoring of detections (:func:`ffs_det.evaluation.box_scores.add_box_scores`, through
+:func:`fit_and_score`). A set of samples is its ``(N, D)`` features, or a dict with any of ``"features"``,
+``"logits"`` (``(N, C)``), and for input scorers ``"model"`` and ``"inputs"``.
 """
 import inspect
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .base import SCORERS, build_scorer
-from .checks import features_2d, has_linear_head, linear_head
+from .base import SCORERS, Scorer, build_scorer, option_names
 
-__all__ = ["fit_and_score"]
-
-_ROW_INPUTS = ("features", "logits")
+__all__ = ["fit_and_score", "make_scorer", "fit_scorer", "score_samples", "fit_option_names"]
 
 
-# fit inputs every scorer may be given: the final linear layer (see .checks.linear_head)
-_HEAD_INPUTS = ("weight", "bias", "model")
+def fit_option_names(cls) -> list:
+    """The keyword-only ``fit`` options of a scorer class besides ``head`` (e.g. ``X_val``)."""
+    params = inspect.signature(cls.fit).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "head"]
 
 
-def _named_params(fn) -> set:
-    return {k for k, p in inspect.signature(fn).parameters.items()
-            if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-
-
-def _split_kwargs(name: str, kwargs: dict):
-    """Constructor keywords of the scorer vs its fit inputs; ValueError for a keyword that is neither (a
-    mistyped option would otherwise be dropped silently and the default used)."""
+def make_scorer(name: str, options: Optional[Mapping] = None) -> Tuple[Scorer, dict]:
+    """``(scorer, fit options)`` from one dict of options: constructor options and the scorer's own ``fit``
+    options (:func:`fit_option_names`); ValueError for a name or option the scorer does not have (a
+    mistyped option must not silently leave the default in place)."""
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")
-    params = inspect.signature(SCORERS[name].__init__).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    init = {k: v for k, v in kwargs.items() if takes_any or k in params}
-    fit = {k: v for k, v in kwargs.items() if k not in init}
-    known_fit = _named_params(SCORERS[name].fit) | set(_HEAD_INPUTS)
-    unknown = sorted(set(fit) - known_fit)
+    options = dict(options or {})
+    fit_names = fit_option_names(SCORERS[name])
+    unknown = sorted(set(options) - set(option_names(SCORERS[name])) - set(fit_names))
     if unknown:
+        takes = option_names(SCORERS[name]) + [f"fit: {k}" for k in fit_names]
         raise ValueError(f"scorer {name!r}: unknown option(s) {', '.join(unknown)}; it takes "
-                         f"{', '.join(sorted(_named_params(SCORERS[name].__init__))) or 'no options'} "
-                         f"(and the fit inputs {', '.join(sorted(known_fit))})")
-    return init, fit
+                         f"{', '.join(takes) or 'no options'}")
+    fit_options = {k: options.pop(k) for k in fit_names if k in options}
+    return build_scorer(name, **options), fit_options
 
 
-def _inputs(value, head, what: str) -> dict:
-    """``{"features": ..., "logits": ...}`` for one set: an array is its features; a dict is taken as is.
-    Logits are computed from the final linear layer when one was given and the set has none."""
-    inputs = dict(value) if isinstance(value, Mapping) else {"features": value}
-    if "features" not in inputs and "logits" not in inputs:
+def fit_scorer(scorer: Scorer, X=None, y=None, head=None, **fit_options) -> Scorer:
+    """``scorer.fit`` with labels only for class-conditional scorers; the final linear layer ``head`` goes to
+    every scorer (those with ``uses_head == "none"`` ignore it; logit scorers use it to score features)."""
+    if scorer.uses_head == "required" and head is None:
+        raise ValueError(f"{scorer.name} needs the classifier's final linear layer (head=...)")
+    if scorer.kind != "features":
+        return scorer.fit(None, head=head)
+    if X is None:
+        raise ValueError(f"{scorer.name} is fitted on in-distribution training features; none were given")
+    return scorer.fit(X, y if scorer.uses_labels else None, head=head, **fit_options)
+
+
+def _as_set(data, what: str) -> dict:
+    out = dict(data) if isinstance(data, Mapping) else {"features": data}
+    if not {"features", "logits", "inputs"} & set(out):
         raise ValueError(f"{what}: give an (N, D) features array or a dict with 'features' and/or 'logits'")
-    if head is not None and "logits" not in inputs and "features" in inputs:
-        x = features_2d(inputs["features"], f"{what} features", head[0].shape[1])
-        inputs["logits"] = (x @ head[0].T + head[1]).float()
-    return inputs
+    return out
 
 
-def _for(scorer, inputs: dict, extra: Optional[dict] = None) -> dict:
-    """Only the inputs the scorer declares (``layer_features`` counts as ``features``), plus ``extra``."""
-    wanted = set(scorer.requires) | ({"features"} if "layer_features" in scorer.requires else set())
-    chosen = {k: v for k, v in inputs.items() if not wanted or k in wanted}
-    return {**chosen, **(extra or {})}
+def score_samples(scorer: Scorer, data, what: str = "samples") -> np.ndarray:
+    """Scores ``(N,)`` float64 of one set: logit scorers read its ``logits`` when it has them (else its
+    features through the fitted head), input scorers its ``model`` and ``inputs``, others its features."""
+    data = _as_set(data, what)
+    if scorer.kind == "inputs":
+        scores = scorer.score_inputs(data.get("model"), data.get("inputs"))
+    elif scorer.kind == "logits" and data.get("logits") is not None:
+        scores = scorer.score_logits(data["logits"])
+    elif data.get("features") is None:
+        raise ValueError(f"{what}: {scorer.name} scores features; the set has only {sorted(data)}")
+    else:
+        scores = scorer.score(data["features"])
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1:
+        raise ValueError(f"{scorer.name} returned scores of shape {scores.shape} for {what}")
+    return scores
 
 
-def fit_and_score(name: str, train_features, train_labels=None, test_sets: Optional[Dict[str, object]] = None,
-                  **kwargs) -> Dict[str, np.ndarray]:
-    """Fit scorer ``name`` on the training set and return ``{set_name: scores (N,)}`` (higher = more ID).
+def fit_and_score(name: str, X, y=None, test_sets: Optional[Dict[str, object]] = None, *, head=None,
+                  **options) -> Dict[str, np.ndarray]:
+    """Fit scorer ``name`` on the training set ``X`` and return ``{set_name: scores (N,)}`` (higher = more ID).
 
     Args:
-        train_features: ``(N, D)`` array/tensor of training features, or a dict of inputs
-            (``{"features": ..., "logits": ...}``, or per-layer features for multi-layer scorers under
-            ``"features"``).
-        train_labels: ``(N,)`` integer labels, for class-conditional scorers.
-        test_sets: ``{set_name: features (M, D) or a dict of inputs as above}``.
-        **kwargs: the scorer's constructor arguments (e.g. ``k=50``) and extra fit inputs (e.g.
-            ``weight``/``bias`` of the final linear layer, ``val_ood_features``). When ``weight``/``bias``
-            (or ``model``, the head or the classifier) are given, logits ``x W^T + b`` are added to every
-            set that has features but no logits, so logit-based scorers (energy, MSP) work on per-box
-            features too.
+        X: training features ``(N, D)`` (``{layer: (N, D_l)}`` for layered scorers), or a dict
+            ``{"features": ..., "logits": ...}``.
+        y: ``(N,)`` integer labels, for class-conditional scorers.
+        test_sets: ``{set_name: features or a dict as for X}``.
+        head: the classifier's final linear layer (``nn.Linear``, classifier, ``(weight, bias)``), for the
+            scorers that read it and so that logit scorers can score sets without logits.
+        **options: the scorer's constructor options (e.g. ``k=50``) and its own fit options (e.g. ``X_val``).
     """
     if not test_sets:
         raise ValueError("test_sets must be a non-empty dict {set_name: features}")
-    init, fit_extra = _split_kwargs(name, kwargs)
-    scorer = build_scorer(name, **init)
-    head = linear_head(fit_extra, name) if has_linear_head(fit_extra) else None
-    if train_labels is not None:
-        fit_extra["labels"] = train_labels
-    scorer.fit(**_for(scorer, _inputs(train_features, head, "train_features"), fit_extra))
-    return {set_name: np.asarray(scorer.score(**_for(scorer, _inputs(v, head, f"test_sets[{set_name!r}]"))),
-                                 dtype=np.float64)
-            for set_name, v in test_sets.items()}
+    scorer, fit_options = make_scorer(name, options)
+    train = _as_set(X, "X")
+    fit_scorer(scorer, train.get("features"), y, head=head, **fit_options)
+    return {set_name: score_samples(scorer, data, f"test_sets[{set_name!r}]") for set_name, data in test_sets.items()}

@@ -1,24 +1,36 @@
-"""The scorer interface and registry shared by image-level benchmarks and detector boxes.
+"""The scorer contract and registry, shared by the image-level benchmarks and detector boxes.
 
-A scorer is fitted on in-distribution training data, then scores new samples; higher = more
-in-distribution. Inputs are passed by keyword, and each scorer declares which it needs in ``requires``:
+A scorer follows scikit-learn's estimator conventions:
 
-* ``features`` — penultimate features, float tensor ``(N, D)`` (or a dict ``{layer: (N, D_l)}`` for the
-  multi-layer scorers that declare ``"layer_features"``),
-* ``logits`` — classifier logits ``(N, C)``,
-* ``labels`` — integer class labels ``(N,)`` (fit only),
-* ``model`` / ``inputs`` — the classifier and a batch of raw inputs, for input-gradient scorers (ODIN).
+* ``__init__`` only stores its options (keyword arguments with defaults; an unknown one is a TypeError);
+  :meth:`Scorer.check_params` validates them, at ``fit`` and when :func:`build_scorer` makes the scorer;
+* ``fit(X, y=None, *, head=None)`` learns from in-distribution training features ``X (N, D)`` (labels ``y``
+  for class-conditional scorers, the classifier's final linear layer ``head`` for those that read it) and
+  returns ``self``; what it learns is stored in attributes ending in ``_``;
+* ``score(X)`` returns a float64 numpy array ``(N,)``, higher = more in-distribution; before ``fit`` it
+  raises :class:`NotFittedError`.
 
-``fit`` returns ``self``; ``score`` returns a float64 numpy array of shape ``(N,)``.
+Class attributes say what a scorer needs, so that one driver (:mod:`.apply`) can feed every scorer:
+``kind`` (``"features"``; ``"logits"``: :class:`LogitScorer`; ``"inputs"``: :class:`InputScorer`),
+``uses_labels``, ``uses_head`` (``"none"``, ``"optional"``, ``"required"``) and ``layered`` (``X`` may be
+``{layer: (N, D_l)}``).
 """
-from typing import Callable, Dict, FrozenSet, Type
+import inspect
+from typing import Callable, Dict, Type
 
 import numpy as np
 import torch
 
-__all__ = ["Scorer", "SCORERS", "register_scorer", "build_scorer", "as_tensor"]
+from ..inputs import as_features, as_float64, linear_head
+
+__all__ = ["Scorer", "LogitScorer", "InputScorer", "NotFittedError", "SCORERS", "register_scorer",
+           "build_scorer"]
 
 SCORERS: Dict[str, Type["Scorer"]] = {}
+
+
+class NotFittedError(ValueError):
+    """``score`` was called before ``fit``."""
 
 
 def register_scorer(name: str) -> Callable[[Type["Scorer"]], Type["Scorer"]]:
@@ -34,36 +46,99 @@ def register_scorer(name: str) -> Callable[[Type["Scorer"]], Type["Scorer"]]:
     return deco
 
 
-def build_scorer(name: str, **kwargs) -> "Scorer":
+def option_names(cls: Type["Scorer"]) -> list:
+    """The constructor options of a scorer class."""
+    return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+
+
+def build_scorer(name: str, **options) -> "Scorer":
+    """The registered scorer ``name`` with ``options``; ValueError for an unknown name or option, or a bad
+    value."""
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")
-    return SCORERS[name](**kwargs)
-
-
-def as_tensor(x, name: str, ndim: int = None) -> torch.Tensor:
-    """A float32 CPU-or-device tensor from a tensor/array, or a ValueError naming ``name``."""
-    if x is None:
-        raise ValueError(f"this scorer needs {name!r}")
-    t = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
-    if t.is_floating_point() and t.dtype != torch.float32:
-        t = t.float()
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    return t
+    cls = SCORERS[name]
+    unknown = sorted(set(options) - set(option_names(cls)))
+    if unknown:
+        raise ValueError(f"scorer {name!r}: unknown option(s) {', '.join(unknown)}; it takes "
+                         f"{', '.join(option_names(cls)) or 'no options'}")
+    scorer = cls(**options)
+    scorer.check_params()
+    return scorer
 
 
 class Scorer:
-    """Base class; subclasses set ``requires`` and implement ``fit``/``score``."""
+    """Base class of the feature scorers; see the module docstring for the contract."""
 
     name: str = "?"
-    requires: FrozenSet[str] = frozenset()
-    requires_fit: bool = True  # False for scorers that only read logits (MSP, energy)
+    kind: str = "features"
+    uses_labels: bool = False
+    uses_head: str = "none"
+    layered: bool = False
 
-    def fit(self, **inputs) -> "Scorer":
-        return self
+    def check_params(self) -> None:
+        """Raise a ValueError naming a bad option (subclasses check theirs)."""
 
-    def score(self, **inputs) -> np.ndarray:
+    def fit(self, X, y=None, *, head=None) -> "Scorer":
         raise NotImplementedError
 
+    def score(self, X) -> np.ndarray:
+        raise NotImplementedError
+
+    def is_fitted(self) -> bool:
+        return any(k.endswith("_") and not k.startswith("__") for k in vars(self))
+
+    def check_fitted(self) -> None:
+        if not self.is_fitted():
+            raise NotFittedError(f"{self.name}: call fit(X, ...) before score(X)")
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in option_names(type(self))}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name})"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class LogitScorer(Scorer):
+    """A scorer of the classifier's logits: :meth:`score_logits` needs no fitting. ``fit(head=...)`` keeps
+    the final linear layer so that :meth:`score` takes features (``logits = X W^T + b``)."""
+
+    kind = "logits"
+    uses_head = "optional"
+
+    def fit(self, X=None, y=None, *, head=None) -> "LogitScorer":
+        self.check_params()
+        self.head_ = None if head is None else linear_head(head)
+        return self
+
+    def score(self, X) -> np.ndarray:
+        if getattr(self, "head_", None) is None:
+            raise NotFittedError(f"{self.name} scores logits: call score_logits(logits), or fit(head=<final "
+                                 f"linear layer>) first to score features")
+        return self.score_logits(self.head_.logits(as_features(X, dim=self.head_.in_features)))
+
+    def score_logits(self, logits) -> np.ndarray:
+        self.check_params()
+        t = as_float64(logits, "logits")
+        if t.dim() != 2 or t.shape[1] < 1:
+            raise ValueError(f"logits must have shape (N, C) with C >= 1, got {tuple(t.shape)}")
+        return self._from_logits(t).numpy()
+
+    def _from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class InputScorer(Scorer):
+    """A scorer that runs the classifier on (perturbed) raw inputs: :meth:`score_inputs`; no fitting."""
+
+    kind = "inputs"
+
+    def fit(self, X=None, y=None, *, head=None) -> "InputScorer":
+        self.check_params()
+        return self
+
+    def score(self, X) -> np.ndarray:
+        raise ValueError(f"{self.name} perturbs the classifier's inputs: call score_inputs(model, inputs)")
+
+    def score_inputs(self, model: torch.nn.Module, inputs) -> np.ndarray:
+        raise NotImplementedError

@@ -9,49 +9,51 @@ mixture likelihood.
 Feature maps ``(N, C, H, W)`` are global-average pooled; with ``normalize=True`` rows are scaled to unit
 norm. Each class ``c`` gets ``n_components`` Gaussians (closed-form maximum likelihood for one component,
 scikit-learn's ``GaussianMixture`` for more), weighted by the class frequency ``pi_c``. Score, higher =
-more in-distribution: the mixture log-density ``log sum_c pi_c p(z | c)`` in nats. Without ``labels`` at fit
+more in-distribution: the mixture log-density ``log sum_c pi_c p(z | c)`` in nats. Without ``y`` at fit
 all samples form one class.
 """
 import numpy as np
 import torch
 
+from ..inputs import as_features, as_labels
+from ..normalize import l2_normalize
 from .base import Scorer, register_scorer
-from .checks import features_2d, l2_normalize, labels_1d, require_fitted
-from .gaussians import Gaussians, fit_class_gaussians
+from .gaussians import fit_class_gaussians
 
 __all__ = ["GMMScorer"]
 
 
 @register_scorer("gmm")
 class GMMScorer(Scorer):
-    requires = frozenset({"features", "labels"})
+    """Fitted attribute: ``gaussians_`` (the class-conditional mixture)."""
+
+    uses_labels = True
 
     def __init__(self, normalize: bool = True, covariance: str = "full", n_components: int = 1,
                  ridge: float = 1e-6, seed: int = 0):
-        self.normalize = bool(normalize)
+        self.normalize = normalize
         self.covariance = covariance
-        self.n_components = int(n_components)
-        self.ridge = float(ridge)
-        self.seed = int(seed)
-        self.gaussians: Gaussians = None
+        self.n_components = n_components
+        self.ridge = ridge
+        self.seed = seed
 
-    def prepare(self, features, name: str = "features", dim=None) -> torch.Tensor:
+    def prepare(self, X, name: str = "features", dim=None) -> torch.Tensor:
         """The pooled (and normalised) float64 features the mixture lives on."""
-        x = features_2d(features, name, dim)
+        x = as_features(X, name, dim)
         return l2_normalize(x) if self.normalize else x
 
-    def fit(self, features=None, labels=None, **_) -> "GMMScorer":
-        z = self.prepare(features)
-        y = np.zeros(z.shape[0], np.int64) if labels is None else labels_1d(labels, z.shape[0])
-        self.gaussians = fit_class_gaussians(z, y, covariance=self.covariance, ridge=self.ridge,
-                                             n_components=self.n_components, seed=self.seed)
+    def fit(self, X, y=None, *, head=None) -> "GMMScorer":
+        z = self.prepare(X)
+        labels = np.zeros(z.shape[0], np.int64) if y is None else as_labels(y, z.shape[0])
+        self.gaussians_ = fit_class_gaussians(z, labels, covariance=self.covariance, ridge=float(self.ridge),
+                                              n_components=int(self.n_components), seed=int(self.seed))
         return self
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Mixture log-density of already prepared features ``z``."""
-        require_fitted(self, "gaussians")
-        return self.gaussians.log_prob(z)
+        self.check_fitted()
+        return self.gaussians_.log_prob(z)
 
-    def score(self, features=None, **_) -> np.ndarray:
-        require_fitted(self, "gaussians")
-        return self.log_prob(self.prepare(features, dim=self.gaussians.dim)).numpy()
+    def score(self, X) -> np.ndarray:
+        self.check_fitted()
+        return self.log_prob(self.prepare(X, dim=self.gaussians_.dim)).numpy()

@@ -5,7 +5,7 @@ Detection", ICML 2023.
 
 For each prior ``s`` — ``"gmm"``: ``E_s(z) = -log p_GMM(z)`` on L2-normalised features (the ``"gmm"``
 scorer); ``"energy"``: ``E_s(z) = -logsumexp(W z + b)`` on raw features (needs the final linear layer at
-fit: ``weight``/``bias``, or ``model``, the head or the classifier) — a small MLP ``E_theta`` learns a
+fit: ``head``) — a small MLP ``E_theta`` learns a
 correction:
 
     E(z) = E_theta(z) / T + E_s(z) / T_s.
@@ -27,7 +27,7 @@ features for ``"energy"`` — and are turned into samples of the current model i
   preconditioned by the per-dimension feature variance), then the plain mean — short-run CD.
 
 ``priors="auto"`` (default) uses both priors when the final linear layer is given at fit, else the GMM
-alone; ``model`` is listed in ``requires`` so that benchmark runners hand the classifier over.
+alone.
 
 Composition (HEAT sums its hybrid energies after putting them on a common scale): each corrected energy
 is standardised by its mean and standard deviation on the fit features, and the standardised energies are
@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..flow_training import minibatches
+from ..inputs import as_features, as_labels, linear_head
 from .base import Scorer, register_scorer
-from .checks import features_2d, has_linear_head, labels_1d, linear_head, require_fitted
-from .flow_fitting import minibatches
 from .gaussians import fit_class_gaussians
 from .gmm import GMMScorer
 
@@ -52,9 +52,8 @@ PRIORS = ("gmm", "energy")
 
 class _GMMPrior:
     def __init__(self, x, y, covariance, ridge, seed):
-        self.gmm = GMMScorer(normalize=True, covariance=covariance, ridge=ridge, seed=seed).fit(features=x,
-                                                                                            labels=y)
-        self.proposal = self.gmm.gaussians
+        self.gmm = GMMScorer(normalize=True, covariance=covariance, ridge=ridge, seed=seed).fit(x, y)
+        self.proposal = self.gmm.gaussians_
 
     def prepare(self, x):
         return self.gmm.prepare(x)
@@ -64,15 +63,15 @@ class _GMMPrior:
 
 
 class _EnergyLogitPrior:
-    def __init__(self, x, y, weight, bias, ridge):
-        self.weight, self.bias = weight, bias
+    def __init__(self, x, y, head, ridge):
+        self.head = head
         self.proposal = fit_class_gaussians(x, y, covariance="tied", ridge=ridge)
 
     def prepare(self, x):
         return x
 
     def energy(self, z):
-        return -torch.logsumexp(z @ self.weight.T + self.bias, dim=1)
+        return -torch.logsumexp(self.head.logits(z), dim=1)
 
 
 class _Residual(nn.Module):
@@ -125,7 +124,7 @@ class _HybridEnergy:
     def _train(self, z, std, gen):
         cfg = self.cfg
         opt = torch.optim.Adam(self.residual.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        for idx in minibatches(z.shape[0], cfg["batch_size"], cfg["epochs"], cfg["max_steps"], gen):
+        for _, idx in minibatches(z.shape[0], cfg["batch_size"], cfg["epochs"], cfg["max_steps"], gen):
             pos = z[idx]
             neg = self._negatives(pos.shape[0], std, gen)
             r_pos, r_neg = self.residual(pos), self.residual(neg)
@@ -145,65 +144,78 @@ class _HybridEnergy:
 
 @register_scorer("heat")
 class HEATScorer(Scorer):
-    """See the module docstring."""
+    """See the module docstring. Fitted attributes: ``dim_`` and ``energies_`` (``{prior: hybrid energy}``)."""
 
-    requires = frozenset({"features", "labels", "model"})
+    uses_labels = True
+    uses_head = "optional"
 
     def __init__(self, priors: Union[str, Sequence[str]] = "auto", hidden: int = 128, temperature: float = 1.0,
                  prior_temperature="auto", epochs: int = 50, max_steps: int = 2000, batch_size: int = 256,
-                 lr: float = 1e-3,
-                 weight_decay: float = 0.0, reg: float = 0.1, negatives: str = "prior", sgld_steps: int = 20,
-                 sgld_step: float = 1e-2, sgld_noise: float = 1.0, gmm_covariance: str = "full",
-                 ridge: float = 1e-6, seed: int = 0):
-        if priors != "auto":
-            priors = (priors,) if isinstance(priors, str) else tuple(priors)
-            if not priors or any(p not in PRIORS for p in priors):
-                raise ValueError(f"priors must be 'auto' or a non-empty subset of {PRIORS}, got {priors}")
-        if negatives not in ("prior", "sgld"):
-            raise ValueError(f"negatives must be 'prior' or 'sgld', got {negatives!r}")
-        if prior_temperature != "auto" and float(prior_temperature) <= 0:
-            raise ValueError(f"prior_temperature must be 'auto' or > 0, got {prior_temperature}")
-        self.priors = priors
-        self.gmm_covariance, self.ridge, self.seed = gmm_covariance, float(ridge), int(seed)
-        self.cfg = dict(hidden=hidden, temperature=float(temperature), prior_temperature=prior_temperature,
-                        epochs=int(epochs), max_steps=int(max_steps), batch_size=int(batch_size), lr=lr,
-                        weight_decay=weight_decay,
-                        reg=float(reg), negatives=negatives, sgld_steps=int(sgld_steps),
-                        sgld_step=float(sgld_step), sgld_noise=float(sgld_noise))
-        self.energies_: Dict[str, _HybridEnergy] = None
+                 lr: float = 1e-3, weight_decay: float = 0.0, reg: float = 0.1, negatives: str = "prior",
+                 sgld_steps: int = 20, sgld_step: float = 1e-2, sgld_noise: float = 1.0,
+                 gmm_covariance: str = "full", ridge: float = 1e-6, seed: int = 0):
+        self.priors, self.hidden, self.temperature, self.prior_temperature = priors, hidden, temperature, \
+            prior_temperature
+        self.epochs, self.max_steps, self.batch_size, self.lr = epochs, max_steps, batch_size, lr
+        self.weight_decay, self.reg, self.negatives = weight_decay, reg, negatives
+        self.sgld_steps, self.sgld_step, self.sgld_noise = sgld_steps, sgld_step, sgld_noise
+        self.gmm_covariance, self.ridge, self.seed = gmm_covariance, ridge, seed
 
-    def fit(self, features=None, labels=None, **inputs) -> "HEATScorer":
-        x = features_2d(features)
-        y = labels_1d(labels, x.shape[0])
-        priors = self.priors
+    def _priors(self):
+        if self.priors == "auto":
+            return "auto"
+        return (self.priors,) if isinstance(self.priors, str) else tuple(self.priors)
+
+    def check_params(self) -> None:
+        priors = self._priors()
+        if priors != "auto" and (not priors or any(p not in PRIORS for p in priors)):
+            raise ValueError(f"priors must be 'auto' or a non-empty subset of {PRIORS}, got {priors}")
+        if self.negatives not in ("prior", "sgld"):
+            raise ValueError(f"negatives must be 'prior' or 'sgld', got {self.negatives!r}")
+        if self.prior_temperature != "auto" and float(self.prior_temperature) <= 0:
+            raise ValueError(f"prior_temperature must be 'auto' or > 0, got {self.prior_temperature}")
+
+    def fit(self, X, y=None, *, head=None) -> "HEATScorer":
+        self.check_params()
+        x = as_features(X)
+        labels = as_labels(y, x.shape[0])
+        priors = self._priors()
         if priors == "auto":
-            priors = PRIORS if has_linear_head(inputs) else ("gmm",)
-        head = linear_head(inputs, "heat (prior 'energy')") if "energy" in priors else None
-        if head is not None and head[0].shape[1] != x.shape[1]:
-            raise ValueError(f"weight has width {head[0].shape[1]}, features have {x.shape[1]}")
-        self.dim = x.shape[1]
-        gen = torch.Generator().manual_seed(self.seed)
-        self.energies_ = {}
+            priors = PRIORS if head is not None else ("gmm",)
+        if "energy" in priors:
+            if head is None:
+                raise ValueError("heat (prior 'energy'): fit needs the classifier's final linear layer (head=...)")
+            head = linear_head(head)
+            if head.in_features != x.shape[1]:
+                raise ValueError(f"weight has width {head.in_features}, features have {x.shape[1]}")
+        cfg = dict(hidden=int(self.hidden), temperature=float(self.temperature),
+                   prior_temperature=self.prior_temperature, epochs=int(self.epochs), max_steps=int(self.max_steps),
+                   batch_size=int(self.batch_size), lr=self.lr, weight_decay=self.weight_decay, reg=float(self.reg),
+                   negatives=self.negatives, sgld_steps=int(self.sgld_steps), sgld_step=float(self.sgld_step),
+                   sgld_noise=float(self.sgld_noise))
+        gen = torch.Generator().manual_seed(int(self.seed))
+        energies = {}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)  # MLP initialisation
+            torch.manual_seed(int(self.seed))  # MLP initialisation
             for name in priors:
                 if name == "gmm":
-                    prior = _GMMPrior(x, y, self.gmm_covariance, self.ridge, self.seed)
+                    prior = _GMMPrior(x, labels, self.gmm_covariance, float(self.ridge), int(self.seed))
                 else:
-                    prior = _EnergyLogitPrior(x, y, *head, ridge=self.ridge)
-                self.energies_[name] = _HybridEnergy(prior, prior.prepare(x), self.cfg, gen)
+                    prior = _EnergyLogitPrior(x, labels, head, ridge=float(self.ridge))
+                energies[name] = _HybridEnergy(prior, prior.prepare(x), cfg, gen)
+        self.dim_, self.energies_ = x.shape[1], energies
         return self
 
     @torch.no_grad()
-    def energies(self, features=None, **_) -> Dict[str, np.ndarray]:
+    def energies(self, X) -> Dict[str, np.ndarray]:
         """The corrected energy ``E(z)`` of each prior (lower = more in-distribution), not standardised."""
-        require_fitted(self, "energies_")
-        x = features_2d(features, dim=self.dim)
+        self.check_fitted()
+        x = as_features(X, dim=self.dim_)
         return {name: h.energy(h.prior.prepare(x)).numpy() for name, h in self.energies_.items()}
 
-    def score(self, features=None, **_) -> np.ndarray:
+    def score(self, X) -> np.ndarray:
         total = 0.0
-        for name, e in self.energies(features).items():
+        for name, e in self.energies(X).items():
             h = self.energies_[name]
             total = total + (e - h.mean) / h.scale
         return -np.asarray(total, dtype=np.float64)

@@ -10,42 +10,45 @@ training feature. The paper uses k = 50 on CIFAR-10 and k = 1000 on ImageNet.
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from ..inputs import as_features
+from ..normalize import l2_normalize
 from .base import Scorer, register_scorer
-from .checks import features_2d, l2_normalize, require_fitted
 
 __all__ = ["KNNScorer"]
 
 
 @register_scorer("knn")
 class KNNScorer(Scorer):
-    requires = frozenset({"features"})
+    """Fitted attributes: ``dim_`` and ``index_`` (the fitted ``NearestNeighbors``)."""
 
     def __init__(self, k: int = 50, normalize: bool = True, train_fraction: float = 1.0, seed: int = 0,
                  n_jobs=None):
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if not 0.0 < train_fraction <= 1.0:
-            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
-        self.k, self.normalize, self.train_fraction, self.seed = int(k), bool(normalize), train_fraction, seed
+        self.k, self.normalize, self.train_fraction, self.seed = k, normalize, train_fraction, seed
         self.n_jobs = n_jobs
-        self.index = None
 
-    def _prepare(self, features, dim=None) -> np.ndarray:
-        x = features_2d(features, dim=dim)
+    def check_params(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+
+    def _prepare(self, X, dim=None) -> np.ndarray:
+        x = as_features(X, dim=dim)
         return (l2_normalize(x) if self.normalize else x).numpy()
 
-    def fit(self, features=None, **_) -> "KNNScorer":
-        z = self._prepare(features)
+    def fit(self, X, y=None, *, head=None) -> "KNNScorer":
+        self.check_params()
+        z = self._prepare(X)
         if self.train_fraction < 1.0:
             keep = np.random.default_rng(self.seed).permutation(len(z))[:max(1, int(self.train_fraction * len(z)))]
             z = z[np.sort(keep)]
         if len(z) < self.k:
             raise ValueError(f"knn: k={self.k} exceeds the number of training features ({len(z)})")
-        self.dim = z.shape[1]
-        self.index = NearestNeighbors(n_neighbors=self.k, n_jobs=self.n_jobs).fit(z)
+        self.dim_ = z.shape[1]
+        self.index_ = NearestNeighbors(n_neighbors=int(self.k), n_jobs=self.n_jobs).fit(z)
         return self
 
-    def score(self, features=None, **_) -> np.ndarray:
-        require_fitted(self, "index")
-        dist, _ = self.index.kneighbors(self._prepare(features, self.dim), n_neighbors=self.k)
+    def score(self, X) -> np.ndarray:
+        self.check_fitted()
+        dist, _ = self.index_.kneighbors(self._prepare(X, self.dim_), n_neighbors=int(self.k))
         return -dist[:, -1].astype(np.float64)

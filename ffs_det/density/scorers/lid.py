@@ -7,7 +7,7 @@ Their observation: OOD data can get *higher* likelihood than ID data when it sit
 region of high density but negligible probability mass; LID tells these apart. Their detector is a dual
 threshold: in-distribution iff the log-likelihood is high *and* the LID is high.
 
-LID estimate: a flow ``f: x -> z`` (``build_flow``, trained on the standardised ID features, or a given
+LID estimate: a flow ``f: x -> z`` (``FeatureFlow``, trained on the standardised ID features, or a given
 trained flow used on the raw features) has the decoder ``f^{-1}`` whose Jacobian at ``z = f(x)`` has
 singular values ``s_i = 1 / e_i``, with ``e_i`` the singular values of the encoder Jacobian ``df/dx``.
 Convolving the model with ``N(0, sigma^2 I)`` and linearising the decoder gives the rate-of-change
@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from ..flow import FeatureFlow
+from ..flow_training import FlowConfig, finite_or_floor, fit_flow, flow_log_prob
+from ..inputs import as_features
+from ..normalize import Standardizer
 from .base import Scorer, register_scorer
-from .checks import features_2d, require_fitted
-from .flow_fitting import FlowConfig, Standardizer, finite_or_floor, fit_flow, flow_log_prob
 
 __all__ = ["LIDScorer", "encoder_jacobian", "flow_lid"]
 
@@ -59,52 +60,58 @@ def flow_lid(flow: FeatureFlow, x: torch.Tensor, sigma: float, batch_size: int =
 
 @register_scorer("lid")
 class LIDScorer(Scorer):
-    requires = frozenset({"features"})
+    """Fitted attributes: ``flow_``, ``standardizer_`` (None with a given flow), ``dim_`` and ``stats_``
+    (mean and standard deviation of both components on the calibration rows)."""
 
     def __init__(self, sigma: float = 0.1, combine: str = "dual", flow: Optional[FeatureFlow] = None,
                  coupling: str = "glow", blocks: int = 4, hidden: int = 256, clamp: float = 2.0, epochs: int = 30,
                  max_steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, calibration_rows: int = 2000,
                  seed: int = 0, device: str = "cpu"):
-        if sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
-        if combine not in ("dual", "likelihood", "lid"):
-            raise ValueError(f"combine must be 'dual', 'likelihood' or 'lid', got {combine!r}")
-        self.sigma, self.combine, self.given_flow = float(sigma), combine, flow
-        self.config = FlowConfig(coupling=coupling, blocks=blocks, hidden=hidden, clamp=clamp, epochs=epochs,
-                                 max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
-        self.calibration_rows, self.seed = int(calibration_rows), int(seed)
-        self.flow = None
+        self.sigma, self.combine, self.flow = sigma, combine, flow
+        self.coupling, self.blocks, self.hidden, self.clamp = coupling, blocks, hidden, clamp
+        self.epochs, self.max_steps, self.batch_size, self.lr = epochs, max_steps, batch_size, lr
+        self.calibration_rows, self.seed, self.device = calibration_rows, seed, device
 
-    def fit(self, features=None, **_) -> "LIDScorer":
-        x = features_2d(features)
-        if self.given_flow is not None:
-            if self.given_flow.dim != x.shape[1]:
-                raise ValueError(f"the given flow has dim {self.given_flow.dim}, features have {x.shape[1]}")
-            self.standardize, self.flow = None, self.given_flow.eval()
+    def check_params(self) -> None:
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.combine not in ("dual", "likelihood", "lid"):
+            raise ValueError(f"combine must be 'dual', 'likelihood' or 'lid', got {self.combine!r}")
+
+    def fit(self, X, y=None, *, head=None) -> "LIDScorer":
+        self.check_params()
+        x = as_features(X)
+        if self.flow is not None:
+            if self.flow.dim != x.shape[1]:
+                raise ValueError(f"the given flow has dim {self.flow.dim}, features have {x.shape[1]}")
+            self.standardizer_, self.flow_ = None, self.flow.eval()
         else:
-            self.standardize = Standardizer(x)
-            self.flow = fit_flow(self.standardize(x), self.config)
-        self.dim = x.shape[1]
+            config = FlowConfig(coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
+                                epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
+                                lr=self.lr, seed=int(self.seed), device=self.device)
+            self.standardizer_ = Standardizer().fit(x)
+            self.flow_ = fit_flow(self.standardizer_(x), config)
+        self.dim_ = x.shape[1]
         if x.shape[0] > self.calibration_rows:  # the Jacobians are the costly part: calibrate on a subset
-            keep = np.random.default_rng(self.seed).permutation(x.shape[0])[:self.calibration_rows]
+            keep = np.random.default_rng(int(self.seed)).permutation(x.shape[0])[:int(self.calibration_rows)]
             x = x[torch.as_tensor(np.sort(keep))]
         ll, lid = self.components(x)
-        self.stats = {"loglik": (ll.mean(), ll.std() + 1e-12), "lid": (lid.mean(), lid.std() + 1e-12)}
+        self.stats_ = {"loglik": (ll.mean(), ll.std() + 1e-12), "lid": (lid.mean(), lid.std() + 1e-12)}
         return self
 
-    def components(self, features=None, **_):
+    def components(self, X):
         """``(log-likelihood in nats of the (standardised) features, LID)``, float64 numpy ``(N,)`` each."""
-        require_fitted(self, "flow")
-        x = features_2d(features, dim=self.dim)
-        if self.standardize is not None:
-            x = self.standardize(x)
-        return finite_or_floor(flow_log_prob(self.flow, x)), flow_lid(self.flow, x, self.sigma).numpy()
+        self.check_fitted()
+        x = as_features(X, dim=self.dim_)
+        if self.standardizer_ is not None:
+            x = self.standardizer_(x)
+        return finite_or_floor(flow_log_prob(self.flow_, x)), flow_lid(self.flow_, x, float(self.sigma)).numpy()
 
-    def score(self, features=None, **_) -> np.ndarray:
-        ll, lid = self.components(features)
+    def score(self, X) -> np.ndarray:
+        ll, lid = self.components(X)
         if self.combine == "likelihood":
             return ll
         if self.combine == "lid":
             return lid
-        (m_l, s_l), (m_d, s_d) = self.stats["loglik"], self.stats["lid"]
+        (m_l, s_l), (m_d, s_d) = self.stats_["loglik"], self.stats_["lid"]
         return np.minimum((ll - m_l) / s_l, (lid - m_d) / s_d)

@@ -3,7 +3,7 @@
 Ren, Liu, Fertig, Snoek, Poplin, DePristo, Dillon & Lakshminarayanan, "Likelihood Ratios for
 Out-of-Distribution Detection", NeurIPS 2019.
 
-Two flows (``build_flow``) are trained by maximum likelihood on the standardised ID features: the
+Two flows (``FeatureFlow``) are trained by maximum likelihood on the standardised ID features: the
 foreground flow on the features themselves, the background flow on *perturbed* features with an extra L2
 penalty (``background_weight_decay``), so that it captures the generic statistics of the features but not
 their fine structure. Perturbation, the feature-space counterpart of the paper's random input mutations:
@@ -19,9 +19,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ..flow_training import FlowConfig, finite_or_floor, fit_flow, flow_log_prob
+from ..inputs import as_features
+from ..normalize import Standardizer
 from .base import Scorer, register_scorer
-from .checks import features_2d, require_fitted
-from .flow_fitting import FlowConfig, Standardizer, finite_or_floor, fit_flow, flow_log_prob
 
 __all__ = ["LikelihoodRatioScorer", "mutate"]
 
@@ -36,37 +37,41 @@ def mutate(x: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Te
 
 @register_scorer("likelihood_ratio")
 class LikelihoodRatioScorer(Scorer):
-    requires = frozenset({"features"})
+    """Fitted attributes: ``standardizer_``, ``foreground_`` and ``background_`` (the two flows)."""
 
     def __init__(self, mutation_rate: float = 0.2, background_weight_decay: float = 1e-4,
                  coupling: str = "glow", blocks: int = 4, hidden: int = 256, clamp: float = 2.0,
                  epochs: int = 30, max_steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
                  device: str = "cpu"):
-        if not 0.0 < mutation_rate <= 1.0:
-            raise ValueError(f"mutation_rate must be in (0, 1], got {mutation_rate}")
-        self.mutation_rate = float(mutation_rate)
-        self.seed = int(seed)
-        self.config = FlowConfig(coupling=coupling, blocks=blocks, hidden=hidden, clamp=clamp, epochs=epochs,
-                                 max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
-        self.background_config = replace(self.config, weight_decay=background_weight_decay)
-        self.foreground = None
+        self.mutation_rate, self.background_weight_decay = mutation_rate, background_weight_decay
+        self.coupling, self.blocks, self.hidden, self.clamp = coupling, blocks, hidden, clamp
+        self.epochs, self.max_steps, self.batch_size, self.lr = epochs, max_steps, batch_size, lr
+        self.seed, self.device = seed, device
 
-    def fit(self, features=None, **_) -> "LikelihoodRatioScorer":
-        x = features_2d(features)
-        self.standardize = Standardizer(x)
-        xs = self.standardize(x)
-        perturbed = mutate(xs, self.mutation_rate, torch.Generator().manual_seed(self.seed))
-        self.foreground = fit_flow(xs, self.config)
-        self.background = fit_flow(perturbed, self.background_config)
+    def check_params(self) -> None:
+        if not 0.0 < self.mutation_rate <= 1.0:
+            raise ValueError(f"mutation_rate must be in (0, 1], got {self.mutation_rate}")
+
+    def fit(self, X, y=None, *, head=None) -> "LikelihoodRatioScorer":
+        self.check_params()
+        x = as_features(X)
+        self.standardizer_ = Standardizer().fit(x)
+        xs = self.standardizer_(x)
+        perturbed = mutate(xs, float(self.mutation_rate), torch.Generator().manual_seed(int(self.seed)))
+        config = FlowConfig(coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
+                            epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr,
+                            seed=int(self.seed), device=self.device)
+        self.foreground_ = fit_flow(xs, config)
+        self.background_ = fit_flow(perturbed, replace(config, weight_decay=float(self.background_weight_decay)))
         return self
 
-    def log_likelihoods(self, features=None, **_):
+    def log_likelihoods(self, X):
         """``(log p_fg(x), log p_bg(x))`` in nats of the raw features, float64 tensors ``(N,)``."""
-        require_fitted(self, "foreground")
-        xs = self.standardize(features_2d(features, dim=self.standardize.mean.numel()))
-        ld = self.standardize.log_det
-        return flow_log_prob(self.foreground, xs) + ld, flow_log_prob(self.background, xs) + ld
+        self.check_fitted()
+        xs = self.standardizer_(as_features(X, dim=self.standardizer_.mean_.numel()))
+        ld = self.standardizer_.log_det
+        return flow_log_prob(self.foreground_, xs) + ld, flow_log_prob(self.background_, xs) + ld
 
-    def score(self, features=None, **_) -> np.ndarray:
-        fg, bg = self.log_likelihoods(features)
+    def score(self, X) -> np.ndarray:
+        fg, bg = self.log_likelihoods(X)
         return finite_or_floor(fg - bg)

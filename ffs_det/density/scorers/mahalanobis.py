@@ -14,8 +14,8 @@ gradients through the network; see ODIN for that family).
 """
 import numpy as np
 
+from ..inputs import as_features, as_labels
 from .base import Scorer, register_scorer
-from .checks import features_2d, labels_1d, require_fitted
 from .gaussians import fit_class_gaussians
 
 __all__ = ["MahalanobisScorer"]
@@ -23,25 +23,26 @@ __all__ = ["MahalanobisScorer"]
 
 @register_scorer("mahalanobis")
 class MahalanobisScorer(Scorer):
-    requires = frozenset({"features", "labels"})
+    """Fitted attribute: ``gaussians_`` (class means and the tied covariance's Cholesky factor)."""
+
+    uses_labels = True
 
     def __init__(self, ridge: float = 1e-6):
-        self.ridge = float(ridge)
-        self.gaussians = None
+        self.ridge = ridge
 
-    def fit(self, features=None, labels=None, **_) -> "MahalanobisScorer":
-        x = features_2d(features)
-        y = labels_1d(labels, x.shape[0])
-        self.gaussians = fit_class_gaussians(x, y, covariance="tied", ridge=self.ridge)
+    def fit(self, X, y=None, *, head=None) -> "MahalanobisScorer":
+        x = as_features(X)
+        self.gaussians_ = fit_class_gaussians(x, as_labels(y, x.shape[0]), covariance="tied",
+                                              ridge=float(self.ridge))
         return self
 
-    def score(self, features=None, **_) -> np.ndarray:
-        require_fitted(self, "gaussians")
-        x = features_2d(features, dim=self.gaussians.dim)
-        return (-0.5 * self.gaussians.sq_mahalanobis(x).min(dim=1).values).numpy()
+    def score(self, X) -> np.ndarray:
+        self.check_fitted()
+        x = as_features(X, dim=self.gaussians_.dim)
+        return (-0.5 * self.gaussians_.sq_mahalanobis(x).min(dim=1).values).numpy()
 
     def log_normalizer(self) -> float:
         """``-(D/2) log 2 pi - (1/2) log det Sigma``: the score plus this is the closest class's log-density."""
-        require_fitted(self, "gaussians")
-        g = self.gaussians
+        self.check_fitted()
+        g = self.gaussians_
         return float(-0.5 * (g.dim * np.log(2 * np.pi) + g.log_det()[0]))

@@ -4,8 +4,8 @@ The input is moved by ``-eps * sign(grad_x CE(f(x) / T, argmax f(x)))`` — the 
 predicted class's tempered softmax probability — and the score is the maximum tempered softmax
 probability of the perturbed input. With ``epsilon = 0`` this is exactly MSP at temperature ``T``.
 
-Needs the classifier (``model``, returning logits) and a batch of its inputs (``inputs``); callers score
-a large set batch by batch.
+``score_inputs(model, inputs)`` takes the classifier (returning logits) and a batch of its inputs;
+callers score a large set batch by batch.
 """
 from typing import Optional, Sequence
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Scorer, as_tensor, register_scorer
+from .base import InputScorer, register_scorer
 from .logits import check_temperature, max_softmax
 
 __all__ = ["ODINScorer", "odin_perturb"]
@@ -39,34 +39,42 @@ def odin_perturb(model: nn.Module, x: torch.Tensor, temperature: float, epsilon:
 
 
 @register_scorer("odin")
-class ODINScorer(Scorer):
+class ODINScorer(InputScorer):
     """Maximum tempered softmax of ODIN-perturbed inputs."""
-
-    requires = frozenset({"model", "inputs"})
-    requires_fit = False
 
     def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014,
                  input_std: Optional[Sequence[float]] = None):
-        self.temperature = check_temperature(temperature)
-        self.epsilon = float(epsilon)
-        if not np.isfinite(self.epsilon) or self.epsilon < 0:
-            raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
-        self.input_std = None if input_std is None else [float(s) for s in input_std]
+        self.temperature = temperature
+        self.epsilon = epsilon
+        self.input_std = input_std
 
-    def score(self, model: nn.Module = None, inputs=None, **_) -> np.ndarray:
+    def check_params(self) -> None:
+        check_temperature(self.temperature)
+        if not np.isfinite(float(self.epsilon)) or float(self.epsilon) < 0:
+            raise ValueError(f"epsilon must be a number >= 0, got {self.epsilon!r}")
+
+    def score_inputs(self, model: nn.Module, inputs) -> np.ndarray:
+        self.check_params()
         if not isinstance(model, nn.Module):
-            raise ValueError(f"odin needs 'model', a torch.nn.Module returning logits; got {type(model).__name__}")
-        x = as_tensor(inputs, "inputs")
+            raise ValueError(f"odin needs the classifier (model), a torch.nn.Module returning logits; got "
+                             f"{type(model).__name__}")
+        if inputs is None:
+            raise ValueError("odin needs a batch of the classifier's inputs")
+        x = inputs if torch.is_tensor(inputs) else torch.as_tensor(np.asarray(inputs, dtype=np.float32))
+        if x.is_floating_point() and x.dtype != torch.float32:
+            x = x.float()
         param = next(model.parameters(), None)
         if param is not None:
             x = x.to(param.device)
+        temperature, epsilon = float(self.temperature), float(self.epsilon)
+        input_std = None if self.input_std is None else [float(s) for s in self.input_std]
         was_training = model.training
         model.eval()
         try:
-            if self.epsilon > 0:
-                x = odin_perturb(model, x, self.temperature, self.epsilon, self.input_std)
+            if epsilon > 0:
+                x = odin_perturb(model, x, temperature, epsilon, input_std)
             with torch.no_grad():
                 logits = model(x)
         finally:
             model.train(was_training)
-        return max_softmax(logits.detach().to("cpu", torch.float64), self.temperature).numpy()
+        return max_softmax(logits.detach().to("cpu", torch.float64), temperature).numpy()

@@ -16,10 +16,10 @@ Gaussian. The layer score is ``max_c log p_c(x)``; untrained (``epochs=0``) it e
 
 Layers are combined as in the paper (and Lee et al. 2018): a logistic regression over the per-layer
 scores, fitted on a validation split — ID validation features against validation outliers, which are
-``val_ood_features`` when given (a held-out OOD set), else synthetic proxies made from the ID validation
-features (:func:`~ffs_det.density.scorers.layer_combiner.proxy_outliers`: ``"noise"`` or ``"shuffle"``).
-The ID validation features are ``val_features`` when given, else a random ``val_fraction`` of the fit
-features held out from the Gaussians and flows. With one layer (or ``combine="sum"``) no validation is
+``fit(..., X_val_ood=...)`` when given (a held-out OOD set), else synthetic proxies made from the ID
+validation features (:func:`~ffs_det.density.scorers.layer_combiner.proxy_outliers`: ``"noise"`` or
+``"shuffle"``). The ID validation features are ``fit(..., X_val=...)`` when given, else a random
+``val_fraction`` of the fit features held out from the Gaussians and flows. With one layer (or ``combine="sum"``) no validation is
 used: the score is the layer score (the sum of the layer scores).
 """
 from dataclasses import replace
@@ -28,9 +28,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from ..flow_training import FlowConfig, finite_or_floor, fit_flow, flow_log_prob
+from ..inputs import as_labels, as_layers
 from .base import Scorer, register_scorer
-from .checks import labels_1d, layer_dict, require_fitted
-from .flow_fitting import FlowConfig, finite_or_floor, fit_flow, flow_log_prob
 from .gaussians import fit_class_gaussians
 from .layer_combiner import PROXIES, LayerCombiner, proxy_outliers
 
@@ -57,83 +57,85 @@ class _LayerModel:
 
 @register_scorer("residual_flow")
 class ResidualFlowScorer(Scorer):
-    """See the module docstring. ``features`` is ``{layer: (N, D_l)}`` (or one ``(N, D)`` tensor)."""
+    """See the module docstring. ``X`` is ``{layer: (N, D_l)}`` (or one ``(N, D)`` array). Fitted
+    attributes: ``models_`` (``{layer: Gaussians and flows}``), ``dims_`` and ``combiner_`` (None without
+    the logistic combination)."""
 
-    requires = frozenset({"layer_features", "labels"})
+    uses_labels = True
+    layered = True
 
     def __init__(self, layers: Optional[Sequence[str]] = None, ridge: float = 1e-6, coupling: str = "glow",
                  blocks: int = 2, hidden: int = 128, clamp: float = 2.0, epochs: int = 20,
-                 max_steps: int = 3000,
-                 batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0,
+                 max_steps: int = 3000, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0,
                  combine: str = "logistic", val_fraction: float = 0.2, val_proxy: str = "noise",
                  noise_scale: float = 1.0, seed: int = 0, device: str = "cpu"):
-        if combine not in ("logistic", "sum"):
-            raise ValueError(f"combine must be 'logistic' or 'sum', got {combine!r}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        if val_proxy not in PROXIES:
-            raise ValueError(f"val_proxy must be one of {PROXIES}, got {val_proxy!r}")
-        self.layers = None if layers is None else list(layers)
-        self.ridge = float(ridge)
-        self.combine = combine
-        self.val_fraction = float(val_fraction)
-        self.val_proxy = val_proxy
-        self.noise_scale = float(noise_scale)
-        self.seed = int(seed)
-        self.flow_config = FlowConfig(coupling=coupling, blocks=blocks, hidden=hidden, clamp=clamp,
-                                      epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                                      weight_decay=weight_decay,
-                                      seed=seed, device=device)
-        self.models: Optional[Dict[str, _LayerModel]] = None
-        self.combiner: Optional[LayerCombiner] = None
+        self.layers, self.ridge = layers, ridge
+        self.coupling, self.blocks, self.hidden, self.clamp = coupling, blocks, hidden, clamp
+        self.epochs, self.max_steps, self.batch_size, self.lr = epochs, max_steps, batch_size, lr
+        self.weight_decay, self.combine, self.val_fraction, self.val_proxy = weight_decay, combine, val_fraction, \
+            val_proxy
+        self.noise_scale, self.seed, self.device = noise_scale, seed, device
 
-    def fit(self, features=None, labels=None, val_features=None, val_ood_features=None,
-            **_) -> "ResidualFlowScorer":
-        feats = layer_dict(features, "features", self.layers)
+    def check_params(self) -> None:
+        if self.combine not in ("logistic", "sum"):
+            raise ValueError(f"combine must be 'logistic' or 'sum', got {self.combine!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.val_proxy not in PROXIES:
+            raise ValueError(f"val_proxy must be one of {PROXIES}, got {self.val_proxy!r}")
+
+    def fit(self, X, y=None, *, head=None, X_val=None, X_val_ood=None) -> "ResidualFlowScorer":
+        """``X_val``: ID validation features for the layer combination (default: a held-out split of ``X``);
+        ``X_val_ood``: validation outliers (default: proxies made from the ID validation features)."""
+        self.check_params()
+        feats = as_layers(X, "features", None if self.layers is None else list(self.layers))
         layers = list(feats)
-        y = labels_1d(labels, next(iter(feats.values())).shape[0])
+        labels = as_labels(y, next(iter(feats.values())).shape[0])
         use_combiner = self.combine == "logistic" and len(layers) > 1
-        if use_combiner and val_features is None:
-            feats, y, val = self._split(feats, y)
+        if use_combiner and X_val is None:
+            feats, labels, val = self._split(feats, labels)
         elif use_combiner:
-            val = layer_dict(val_features, "val_features", layers)
-        self.models = {name: _LayerModel(x, y, self.ridge, self.flow_config) for name, x in feats.items()}
-        self.dims = {name: x.shape[1] for name, x in feats.items()}
-        self.combiner = None
+            val = as_layers(X_val, "X_val", layers)
+        config = FlowConfig(coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
+                            epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr,
+                            weight_decay=self.weight_decay, seed=int(self.seed), device=self.device)
+        self.models_ = {name: _LayerModel(x, labels, float(self.ridge), config) for name, x in feats.items()}
+        self.dims_ = {name: x.shape[1] for name, x in feats.items()}
+        self.combiner_ = None
         if use_combiner:
-            if val_ood_features is not None:
-                val_ood = layer_dict(val_ood_features, "val_ood_features", layers)
+            if X_val_ood is not None:
+                val_ood = as_layers(X_val_ood, "X_val_ood", layers)
             else:
-                val_ood = proxy_outliers(val, self.val_proxy, self.noise_scale, self.seed)
-            self.combiner = LayerCombiner().fit(self._stack(self._layer_scores(val)),
-                                                self._stack(self._layer_scores(val_ood)))
+                val_ood = proxy_outliers(val, self.val_proxy, float(self.noise_scale), int(self.seed))
+            self.combiner_ = LayerCombiner().fit(self._stack(self._layer_scores(val)),
+                                                 self._stack(self._layer_scores(val_ood)))
         return self
 
-    def layer_scores(self, features=None, **_) -> Dict[str, np.ndarray]:
+    def layer_scores(self, X) -> Dict[str, np.ndarray]:
         """``{layer: max_c log p_c(x)}`` in nats, before the combination."""
-        require_fitted(self, "models")
-        return self._layer_scores(layer_dict(features, "features", list(self.models), self.dims))
+        self.check_fitted()
+        return self._layer_scores(as_layers(X, "features", list(self.models_), self.dims_))
 
-    def score(self, features=None, **_) -> np.ndarray:
-        scores = self._stack(self.layer_scores(features))
-        if self.combiner is not None:
-            return self.combiner(scores)
+    def score(self, X) -> np.ndarray:
+        scores = self._stack(self.layer_scores(X))
+        if self.combiner_ is not None:
+            return self.combiner_(scores)
         return scores.sum(axis=1)
 
     def _layer_scores(self, feats: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
-        return {name: finite_or_floor(self.models[name].log_prob(x)) for name, x in feats.items()}
+        return {name: finite_or_floor(self.models_[name].log_prob(x)) for name, x in feats.items()}
 
     @staticmethod
     def _stack(scores: Dict[str, np.ndarray]) -> np.ndarray:
         return np.stack(list(scores.values()), axis=1)
 
     def _split(self, feats, y):
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(int(self.seed))
         perm = rng.permutation(len(y))
         n_val = max(1, int(round(self.val_fraction * len(y))))
         val_idx, fit_idx = torch.as_tensor(perm[:n_val]), torch.as_tensor(perm[n_val:])
         if fit_idx.numel() == 0 or set(np.unique(y[perm[n_val:]])) != set(np.unique(y)):
             raise ValueError("the validation split leaves a class without fit samples; lower val_fraction or "
-                             "pass val_features")
+                             "pass X_val")
         return ({k: v[fit_idx] for k, v in feats.items()}, y[perm[n_val:]],
                 {k: v[val_idx] for k, v in feats.items()})

@@ -2,8 +2,7 @@
 
 Wang, Li, Feng & Zhang, "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022.
 
-Fit (needs the final linear layer ``logits = W x + b``: ``weight``/``bias``, or ``model`` — an ``nn.Linear``
-or a classifier whose last ``nn.Linear`` is the head): the
+Fit (needs the final linear layer ``logits = W x + b`` as ``head``): the
 origin ``u = -pinv(W) b``; the principal subspace ``P`` spanned by the ``d`` leading eigenvectors of
 ``(1/N) sum_i (x_i - u)(x_i - u)^T``; ``alpha = mean_i max_c logit_ic / mean_i ||(x_i - u)^{P-perp}||``.
 Score, higher = more in-distribution:
@@ -19,42 +18,47 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..inputs import as_features, linear_head
 from .base import Scorer, register_scorer
-from .checks import features_2d, linear_head, require_fitted
 
 __all__ = ["ViMScorer"]
 
 
 @register_scorer("vim")
 class ViMScorer(Scorer):
-    requires = frozenset({"features", "model"})
+    """Fitted attributes: ``head_``, ``origin_``, ``residual_basis_``, ``d_`` and ``alpha_``."""
+
+    uses_head = "required"
 
     def __init__(self, d: Optional[int] = None):
-        if d is not None and d < 1:
-            raise ValueError(f"d must be >= 1, got {d}")
         self.d = d
-        self.residual_basis = None
 
-    def fit(self, features=None, **inputs) -> "ViMScorer":
-        x = features_2d(features)
-        self.weight, self.bias = linear_head(inputs, "vim")
-        if self.weight.shape[1] != x.shape[1]:
-            raise ValueError(f"weight has width {self.weight.shape[1]}, features have {x.shape[1]}")
-        d = x.shape[1] // 2 if self.d is None else self.d
+    def check_params(self) -> None:
+        if self.d is not None and self.d < 1:
+            raise ValueError(f"d must be >= 1, got {self.d}")
+
+    def fit(self, X, y=None, *, head=None) -> "ViMScorer":
+        self.check_params()
+        if head is None:
+            raise ValueError("vim: fit needs the classifier's final linear layer (head=...)")
+        x = as_features(X)
+        head = linear_head(head)
+        if head.in_features != x.shape[1]:
+            raise ValueError(f"weight has width {head.in_features}, features have {x.shape[1]}")
+        d = x.shape[1] // 2 if self.d is None else int(self.d)
         if not 1 <= d < x.shape[1]:
             raise ValueError(f"vim: d={d} must be below the feature width {x.shape[1]}")
-        self.origin = -torch.linalg.pinv(self.weight) @ self.bias
-        centred = x - self.origin
+        origin = -torch.linalg.pinv(head.weight) @ head.bias
+        centred = x - origin
         _, vecs = torch.linalg.eigh(centred.T @ centred / x.shape[0])  # ascending eigenvalues
-        self.residual_basis = vecs[:, : x.shape[1] - d]
-        self.d_used = d
-        logits = x @ self.weight.T + self.bias
-        residual_norm = (centred @ self.residual_basis).norm(dim=1)
-        self.alpha = float(logits.max(dim=1).values.mean() / residual_norm.mean())
+        basis = vecs[:, : x.shape[1] - d]
+        residual_norm = (centred @ basis).norm(dim=1)
+        self.alpha_ = float(head.logits(x).max(dim=1).values.mean() / residual_norm.mean())
+        self.head_, self.origin_, self.residual_basis_, self.d_ = head, origin, basis, d
         return self
 
-    def score(self, features=None, **_) -> np.ndarray:
-        require_fitted(self, "residual_basis")
-        x = features_2d(features, dim=self.weight.shape[1])
-        virtual = self.alpha * ((x - self.origin) @ self.residual_basis).norm(dim=1)
-        return (torch.logsumexp(x @ self.weight.T + self.bias, dim=1) - virtual).numpy()
+    def score(self, X) -> np.ndarray:
+        self.check_fitted()
+        x = as_features(X, dim=self.head_.in_features)
+        virtual = self.alpha_ * ((x - self.origin_) @ self.residual_basis_).norm(dim=1)
+        return (torch.logsumexp(self.head_.logits(x), dim=1) - virtual).numpy()

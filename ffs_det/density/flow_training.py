@@ -1,0 +1,122 @@
+"""Maximum-likelihood training of a flow on a fixed set of features: the one training loop used by the FDE
+scorer, the flow-based scorers (residual flow, likelihood ratio, LID) and the benchmarks.
+
+(The detector's FFS flow is trained online, one step per detector step, inside
+:class:`~ffs_det.modeling.roi_heads.FFSROIHeads`.)
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .flow import FeatureFlow
+
+__all__ = ["FlowConfig", "minibatches", "train_flow", "fit_flow", "flow_log_prob", "finite_or_floor"]
+
+
+@dataclass
+class FlowConfig:
+    """How to build (:class:`~ffs_det.density.flow.FeatureFlow` arguments) and train a flow."""
+
+    coupling: str = "glow"
+    blocks: int = 4
+    hidden: int = 256
+    clamp: float = 2.0
+    epochs: Optional[int] = 30  # passes over the data; None: until max_steps (or on_step stops it)
+    max_steps: Optional[int] = 3000  # optimizer steps at most, whatever the data size; None: no cap
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0  # max gradient norm; 0: no clipping
+    nonfinite: str = "raise"  # a NaN/inf training loss: "raise" a ValueError, or "continue"
+    seed: int = 0  # subnet initialisation, permutations and minibatch order
+    device: str = "cpu"
+
+    def build(self, dim: int) -> FeatureFlow:
+        """The untrained flow, seeded without touching the global random state."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # subnet initialisation
+            flow = FeatureFlow(dim, coupling=self.coupling, blocks=self.blocks, hidden=self.hidden,
+                               clamp=self.clamp, seed=self.seed)
+        return flow.to(self.device)
+
+
+def minibatches(n: int, batch_size: int, epochs: Optional[int], max_steps: Optional[int],
+                generator: torch.Generator) -> Iterator[Tuple[int, torch.Tensor]]:
+    """``(epoch, row indices)`` of shuffled minibatches: ``epochs`` passes over ``n`` rows (endless when
+    None), at most ``max_steps`` of them."""
+    steps, epoch = 0, 0
+    while epochs is None or epoch < epochs:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            if max_steps is not None and steps == max_steps:
+                return
+            steps += 1
+            yield epoch, order[start:start + batch_size]
+        epoch += 1
+
+
+def train_flow(model: nn.Module, x: torch.Tensor, config: FlowConfig,
+               on_step: Optional[Callable[[int, torch.Tensor], bool]] = None) -> List[Dict[str, float]]:
+    """Adam on ``model.nll`` over minibatches of ``x (N, D)`` (float32 on ``config.device``); any module with
+    an ``nll(batch)`` method trains this way. ``on_step(step, loss)`` runs after each optimizer step and stops
+    training by returning True. Returns the mean training NLL of each epoch, ``[{"epoch", "nll"}]``."""
+    if config.nonfinite not in ("raise", "continue"):
+        raise ValueError(f"nonfinite must be 'raise' or 'continue', got {config.nonfinite!r}")
+    data = x.to(config.device, torch.float32)
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model.train()
+    history, total, seen, step, current = [], 0.0, 0, 0, 0
+    for epoch, idx in minibatches(data.shape[0], config.batch_size, config.epochs, config.max_steps, gen):
+        if epoch != current:
+            history.append({"epoch": current + 1, "nll": total / seen})
+            total, seen, current = 0.0, 0, epoch
+        loss = model.nll(data[idx])
+        if config.nonfinite == "raise" and not torch.isfinite(loss):
+            raise ValueError(f"the flow's training loss became {loss.item()} in epoch {epoch + 1}; lower lr "
+                             f"(now {config.lr}) or clamp, or change the feature normalisation")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        total += loss.item() * idx.numel()
+        seen += idx.numel()
+        step += 1
+        if on_step is not None and on_step(step, loss):
+            break
+    if seen:
+        history.append({"epoch": current + 1, "nll": total / seen})
+    return history
+
+
+def fit_flow(x: torch.Tensor, config: FlowConfig) -> FeatureFlow:
+    """A :class:`FeatureFlow` trained by :func:`train_flow` on ``x (N, D)``, in eval mode. ``epochs == 0``
+    returns the untrained flow (a permutation with a standard-normal density)."""
+    flow = config.build(x.shape[1])
+    if config.epochs != 0:
+        train_flow(flow, x, config)
+    return flow.eval()
+
+
+@torch.no_grad()
+def flow_log_prob(flow: FeatureFlow, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """``flow.log_prob`` of the rows of ``x`` in batches, as a float64 CPU tensor ``(N,)``."""
+    device = next(flow.parameters()).device
+    out = [flow.log_prob(x[i:i + batch_size].to(device, torch.float32)).double().cpu()
+           for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def finite_or_floor(values: torch.Tensor) -> np.ndarray:
+    """Scores as float64 numpy; non-finite log-densities (overflowing flows far from the data) become the
+    lowest finite value minus one, so they still rank as least in-distribution."""
+    v = values.double().cpu().numpy()
+    bad = ~np.isfinite(v)
+    if bad.any():
+        floor = v[~bad].min() - 1.0 if (~bad).any() else -1e30
+        v = np.where(bad, floor, v)
+    return v
