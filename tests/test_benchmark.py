@@ -46,6 +46,9 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
     for name, t in r["targets"].items():
         if name != "fde_glow_time/our_flow_time_to_auroc":  # None when a flow never reached the target
             assert _finite_positive(t["value"]), (name, t)
-        assert t["met"] in (True, False, None)
+        op, target = t["target"].split()
+        expected = None if t["value"] is None else (t["value"] <= float(target) if op == "<=" else
+                                                    t["value"] >= float(target))
+        assert t["met"] is expected, (name, t)  # the verdict follows from the value and the target
     assert set(r["section_seconds"]) == {"training_step", "inference", "synthesis", "metrics", "flow_fit", "memory"}
     assert r["load_average_before"] is None or len(r["load_average_before"]) == 3
