@@ -10,12 +10,14 @@ Steps (each job's outputs are reused from a previous run with the same settings,
    ``shapes_ood`` (``inference/<dataset>/``), evaluate with the VOS/FFS protocol (``ood/``) and draw where its
    synthetic outliers lie (``features_pca.png``). ``jobs`` jobs run at once, each in its own process;
 3. one summary: per-seed rows, mean ± std per method, and the paired comparison against vanilla (per-seed
-   difference, its mean, and how many seeds agree in sign) -> ``<out>/summary.md`` and ``<out>/summary.json``.
+   difference, its mean, and how many seeds agree in sign) -> ``<out>/summary.md`` and ``<out>/summary.json``,
+   and one ROC plot of every (method, seed) -> ``<out>/roc_shapes_ood.png``.
 
 With a fixed seed, every method trains the same detector up to ``FFS.START_ITER`` (the flow and the energy
 margin are initialised from their own generator), so the paired differences come from the synthesis alone.
 """
 import argparse
+import io
 import json
 import logging
 import multiprocessing
@@ -50,7 +52,7 @@ NUM_PROJECTED_OUTLIERS = 300
 
 # what a job writes besides its log (demo_job.log, open while the job runs)
 _JOB_OUTPUTS = ("train_info.json", "row.json", "features_pca.png", "config.yaml", "metrics.json", "last_checkpoint",
-                "log.txt", "inference", "ood")
+                "log.txt", "inference", "ood", "kept_scores.npz")
 
 
 def _clear_job(out: str) -> None:
@@ -171,7 +173,11 @@ def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), f
     applied, model, cfg = _apply(config, out, opts, fresh)
     report, _ = run_report(os.path.join(out, "inference", ID_SET, "records.npz"),
                            [os.path.join(out, "inference", OOD_SET, "records.npz")], os.path.join(out, "ood"))
-    metrics = next(iter(report["sets"].values()))["metrics"]
+    kept = next(iter(report["sets"].values()))
+    metrics = kept["metrics"]
+    buf = io.BytesIO()
+    np.savez(buf, id=kept["id_scores"], ood=kept["ood_scores"])  # the kept detections' scores, for the ROC
+    atomic_write_bytes(os.path.join(out, "kept_scores.npz"), buf.getvalue())
     support = _projection(model, cfg, out, report, method, seed)
     bbox = applied[ID_SET].get("bbox", {})
     row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS},
@@ -325,11 +331,24 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
                       {"rows": rows, "summary": summary, "wall_seconds": wall, "machine": machine,
                        "opts": opts, "world_seed": world_seed, "counts": counts}, indent=2)
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
+    atomic_write_bytes(os.path.join(output_dir, f"roc_{OOD_SET}.png"), _roc(output_dir, rows))
     result = {"rows": rows, "summary": summary, "table": table, "wall_seconds": wall, "machine": machine}
     if failed:
         raise DemoJobsFailed(f"{len(failed)} of {len(todo)} jobs failed: {'; '.join(failed)}; the summary holds "
                              "the others", result)
     return result
+
+
+def _roc(output_dir: str, rows: List[Dict]) -> bytes:
+    """One ROC plot of every finished (method, seed) on the OOD set (energy of the kept detections)."""
+    from .density.report import roc_png
+
+    curves = {}
+    for r in sorted(rows, key=lambda r: (list(METHODS).index(r["method"]), r["seed"])):
+        with np.load(os.path.join(output_dir, r["method"], f"seed{r['seed']}", "kept_scores.npz")) as z:
+            curves[f"{r['method']} seed {r['seed']}"] = (z["id"], z["ood"])
+    return roc_png(curves, f"ROC, energy: {ID_SET} vs {OOD_SET}", xlabel="FPR (OOD detections kept)",
+                   ylabel="TPR (ID detections kept)")
 
 
 class DemoJobsFailed(RuntimeError):

@@ -8,6 +8,7 @@ import pytest
 
 from ffs_det.atomic_io import file_sha256
 from ffs_det.demo import format_summary, run_demo, summarize
+from ffs_det.density.metrics import ood_metrics
 from ffs_det.evaluation.records import load_records
 
 
@@ -73,6 +74,12 @@ def test_tiny_demo_two_methods_two_seeds_two_processes(tmp_path):
     assert summary["summary"]["paired"]["ffs"]["fpr95"]["seeds"] == 2
     md = (out / "summary.md").read_text()
     assert "Paired difference to vanilla" in md and "| vanilla | 0,1 |" in md
+    # the ROC of every job is drawn from the kept scores each job saved: they give its row's metrics
+    assert (out / "roc_shapes_ood.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for r in result["rows"]:
+        with np.load(out / r["method"] / f"seed{r['seed']}" / "kept_scores.npz") as z:
+            m = ood_metrics(z["id"], z["ood"])
+        assert (m["fpr95"], m["auroc"], m["n_id"], m["n_ood"]) == (r["fpr95"], r["auroc"], r["n_id"], r["n_ood"])
     # a second run reuses every job (same settings); a changed override retrains
     before = os.path.getmtime(out / "ffs" / "seed0" / "model_final.pth")
     again = run_demo(str(out), ["ffs"], seeds=[0], jobs=1, opts=TINY, counts={"train": 6, "val": 4, "ood": 4})

@@ -280,7 +280,7 @@ def test_few_detections_are_flagged_with_a_standard_error(tmp_path, capsys):
                           "--output-dir", str(tmp_path / "r")]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())["tiny_ood"]
     se = 100 * np.sqrt(m["fpr95"] * (1 - m["fpr95"]) / 40)
-    assert (f"note: tiny_ood: only 40 ID and 40 OOD detections kept; FPR95 has a binomial standard error of "
+    assert (f"note: energy on tiny_ood: only 40 ID and 40 OOD detections kept; FPR95 has a binomial standard error of "
             f"{se:.1f} points") in capsys.readouterr().out
 
 

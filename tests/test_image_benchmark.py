@@ -41,10 +41,12 @@ def test_report_files(bench):
     assert data["scorers"]["fde"]["params"]["epochs"] == SIZES["reduced"]["fde_epochs"]
     rows = list(csv.DictReader(open(os.path.join(out_dir, "results.csv"))))
     assert {r["scorer"] for r in rows} == set(SCORERS)
-    msp = next(r for r in rows if r["scorer"] == "msp")
-    assert float(msp["digits_auroc"]) == pytest.approx(data["scorers"]["msp"]["metrics"]["digits"]["auroc"])
+    msp = next(r for r in rows if r["scorer"] == "msp" and r["ood_set"] == "digits")
+    assert float(msp["auroc"]) == pytest.approx(data["scorers"]["msp"]["metrics"]["digits"]["auroc"])
     table = open(os.path.join(out_dir, "table.txt")).read()
-    assert "digits AUROC" in table and "textures FPR95" in table and out["table"] == table
+    msp_row = next(line.split() for line in table.splitlines() if line.startswith("msp ") and " digits " in line)
+    assert float(msp_row[5]) == pytest.approx(100 * data["scorers"]["msp"]["metrics"]["digits"]["auroc"], abs=0.006)
+    assert out["table"] == table
     for name in ["roc_digits.png", "roc_textures.png", "hist_fde.png", "hist_odin.png", "summary.json"]:
         assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
     assert not [f for f in os.listdir(out_dir) if f.endswith(".tmp")]

@@ -12,19 +12,18 @@ the output folder is then written as one generation (:func:`ffs_det.atomic_io.re
 it replaces the previous report whole (no stale plot or drawing stays), and a folder holding other files
 (e.g. an apply_net dataset folder) is refused.
 """
-import csv
-import io
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..atomic_io import check_replaceable_folder, replace_folder
-from ..density.metrics import ood_metrics, optimal_f1_threshold, roc_curve_points
+from ..density.metrics import optimal_f1_threshold
+from ..density.report import METRIC_KEYS, compare, csv_text, format_table as comparison_table, hist_png, roc_png, \
+    safe_name
 from .records import load_records
 
 __all__ = ["RecordSet", "detection_threshold", "kept_scores", "evaluate_ood", "format_table", "render_report",
@@ -32,11 +31,8 @@ __all__ = ["RecordSet", "detection_threshold", "kept_scores", "evaluate_ood", "f
 
 logger = logging.getLogger(__name__)
 
-METRIC_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_ood_positive")
 # written into every report folder (with the list of its files); marks a folder a rerun may replace
 REPORT_MARKER = ".ffs_det_ood_report"
-# below this many kept detections on either side, the table gives FPR95's binomial standard error
-FEW_DETECTIONS = 100
 _NOT_SCORES = ("image_id", "pred_class", "gt_matched")
 
 
@@ -147,85 +143,28 @@ def evaluate_ood(id_path: str, ood_paths: Sequence[str], thres: Optional[float] 
                            id_set.meta["model"])
     threshold, source, f1 = detection_threshold(id_set, thres)
     id_scores = kept_scores(id_set, threshold, score_key, "ID")
+    kept = {name: kept_scores(rs, threshold, score_key, "OOD") for name, rs in zip(names, ood_sets)}
+    comparison = compare({score_key: {id_set.name: id_scores, **kept}}, id_set.name)
     report = {"id": {"path": id_path, "dataset": id_set.name, "model": id_set.meta["model"],
                      "n_detections": int(id_set.arrays["score"].size), "records": id_set},
-              "threshold": threshold, "threshold_source": source, "f1": f1, "score_key": score_key, "sets": {}}
+              "threshold": threshold, "threshold_source": source, "f1": f1, "score_key": score_key, "sets": {},
+              "comparison": comparison}
     for name, rs in zip(names, ood_sets):
-        ood_scores = kept_scores(rs, threshold, score_key, "OOD")
-        m = ood_metrics(id_scores, ood_scores)
+        m = comparison.metrics[score_key][name]
         metrics = {k: m[k] for k in METRIC_KEYS}
         metrics.update(threshold=threshold, n_id=m["n_id"], n_ood=m["n_ood"], score_key=score_key,
                        score_at_tpr95=m["fpr95_threshold"])
-        report["sets"][name] = {"path": rs.path, "metrics": metrics, "id_scores": id_scores, "ood_scores": ood_scores,
+        report["sets"][name] = {"path": rs.path, "metrics": metrics, "id_scores": id_scores, "ood_scores": kept[name],
                                 "records": rs}
     return report
 
 
 def format_table(report: dict) -> str:
     f1 = f", F1 {report['f1']:.3f}" if report["f1"] is not None else ""
-    lines = [f"ID: {report['id']['dataset']} ({report['id']['model']}); detection score >= "
+    title = (f"ID: {report['id']['dataset']} ({report['id']['model']}); detection score >= "
              f"{report['threshold']:.4f} ({report['threshold_source']}{f1}); OOD score: {report['score_key']} "
-             "(higher = more ID)",
-             f"{'OOD set':<24s} {'n_id':>7s} {'n_ood':>7s} {'FPR95%':>8s} {'AUROC%':>8s} {'AUPR-In%':>9s} "
-             f"{'AUPR-Out%':>9s}"]
-    for name, s in report["sets"].items():
-        m = s["metrics"]
-        lines.append(f"{name:<24s} {m['n_id']:>7d} {m['n_ood']:>7d} {100 * m['fpr95']:>8.2f} {100 * m['auroc']:>8.2f} "
-                     f"{100 * m['aupr_in']:>9.2f} {100 * m['aupr_out']:>9.2f}")
-    for name, s in report["sets"].items():
-        m = s["metrics"]
-        if min(m["n_id"], m["n_ood"]) < FEW_DETECTIONS:
-            se = 100 * np.sqrt(m["fpr95"] * (1 - m["fpr95"]) / m["n_ood"])
-            lines.append(f"note: {name}: only {m['n_id']} ID and {m['n_ood']} OOD detections kept; FPR95 has a "
-                         f"binomial standard error of {se:.1f} points (and is coarse on so few ID detections)")
-    return "\n".join(lines)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "set"
-
-
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
-def _roc_png(report: dict) -> bytes:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 4.5))
-    ax = fig.add_subplot()
-    for name, s in report["sets"].items():
-        fpr, tpr, _ = roc_curve_points(s["id_scores"], s["ood_scores"])
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * s['metrics']['auroc']:.1f}%)")
-    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-    ax.axhline(0.95, color="0.5", lw=0.8, ls=":")
-    ax.set(xlabel="FPR (OOD detections kept)", ylabel="TPR (ID detections kept)", xlim=(0, 1), ylim=(0, 1.01),
-           title=f"ROC, {report['score_key']}: {report['id']['dataset']} vs OOD")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _hist_png(report: dict, name: str) -> bytes:
-    from matplotlib.figure import Figure
-
-    s = report["sets"][name]
-    bins = np.histogram_bin_edges(np.concatenate([s["id_scores"], s["ood_scores"]]), bins=50)
-    fig = Figure(figsize=(5.5, 3.8))
-    ax = fig.add_subplot()
-    ax.hist(s["id_scores"], bins=bins, density=True, alpha=0.55, label=f"ID: {report['id']['dataset']}")
-    ax.hist(s["ood_scores"], bins=bins, density=True, alpha=0.55, label=f"OOD: {name}")
-    ax.axvline(s["metrics"]["score_at_tpr95"], color="k", lw=0.8, ls="--", label="95% of ID kept")
-    ax.set(xlabel=f"{report['score_key']} (higher = more ID)", ylabel="density",
-           title=f"FPR95 {100 * s['metrics']['fpr95']:.1f}%, AUROC {100 * s['metrics']['auroc']:.1f}%")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
+             "(higher = more ID); counts of kept detections")
+    return comparison_table(report["comparison"], title, "score", "detections kept").rstrip("\n")
 
 
 def _drawings(report: dict, max_images: int, dataset_dir: Optional[str]) -> Dict[str, bytes]:
@@ -243,7 +182,7 @@ def _drawings(report: dict, max_images: int, dataset_dir: Optional[str]) -> Dict
             continue
         pngs = draw_detections(rs.arrays, image_files(json_file, image_root), rs.meta["class_names"],
                                report["threshold"], report["score_key"], cut, max_images)
-        out.update({f"images/{_safe(rs.name)}/{i:08d}.png": data for i, data in pngs.items()})
+        out.update({f"images/{safe_name(rs.name)}/{i:08d}.png": data for i, data in pngs.items()})
     return out
 
 
@@ -252,20 +191,21 @@ def render_report(report: dict, draw: int = 0, dataset_dir: Optional[str] = None
     up to that many images per set with the kept detections drawn (images/<set>/<image id>.png)."""
     metrics = {name: s["metrics"] for name, s in report["sets"].items()}
     files = {"metrics.json": (json.dumps(metrics, indent=2) + "\n").encode()}
-    buf = io.StringIO()
-    cols = ("ood_set", "score_key", "threshold", "n_id", "n_ood") + METRIC_KEYS
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(cols)
-    for name, m in metrics.items():
-        writer.writerow([name] + [m[c] for c in cols[1:]])
-    files["metrics.csv"] = buf.getvalue().encode()
-    files["roc.png"] = _roc_png(report)
-    for name in report["sets"]:
-        fname, i = f"hist_{_safe(name)}.png", 1
+    key, id_name = report["score_key"], report["id"]["dataset"]
+    files["metrics.csv"] = csv_text(report["comparison"], "score_key", {key: {"threshold": report["threshold"]}},
+                                    ["threshold"]).encode()
+    files["roc.png"] = roc_png({name: (s["id_scores"], s["ood_scores"]) for name, s in report["sets"].items()},
+                               f"ROC, {key}: {id_name} vs OOD", xlabel="FPR (OOD detections kept)",
+                               ylabel="TPR (ID detections kept)")
+    for name, s in report["sets"].items():
+        fname, i = f"hist_{safe_name(name)}.png", 1
         while fname in files:  # two set names that differ only in unsafe characters
             i += 1
-            fname = f"hist_{_safe(name)}_{i}.png"
-        files[fname] = _hist_png(report, name)
+            fname = f"hist_{safe_name(name)}_{i}.png"
+        m = s["metrics"]
+        files[fname] = hist_png({f"ID: {id_name}": s["id_scores"], f"OOD: {name}": s["ood_scores"]},
+                                f"FPR95 {100 * m['fpr95']:.1f}%, AUROC {100 * m['auroc']:.1f}%",
+                                f"{key} (higher = more ID)", cut=m["score_at_tpr95"])
     if draw > 0:
         files.update(_drawings(report, draw, dataset_dir))
     return files
