@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import IO, Any, Callable, Dict, Iterator, List, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
            "check_replaceable_folder", "replace_folder", "file_sha256", "child_folder"]
@@ -108,24 +108,26 @@ def atomic_dir(path: str) -> Iterator[str]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_replaceable_folder(path: str, marker: str) -> None:
-    """ValueError unless :func:`replace_folder` may write ``path``: absent, empty, or holding only what an
-    earlier call wrote (as listed in its ``marker`` file)."""
+def check_replaceable_folder(path: str, marker: Optional[str] = None, allowed: Sequence[str] = (),
+                             tool: str = "this tool") -> None:
+    """ValueError unless ``path`` may be replaced: absent, empty, or holding only what an earlier run of
+    ``tool`` wrote: the names in ``allowed``, and those listed in its ``marker`` file (see
+    :func:`replace_folder`)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"output folder {path} exists and is not a folder")
     if os.path.isdir(path):
         entries = set(os.listdir(path))
-        ours = set()
-        if marker in entries:  # the files an earlier call wrote (their top-level names), and the marker
+        ours = set(allowed)
+        if marker is not None and marker in entries:  # the files an earlier call wrote (top-level names)
             try:
                 with open(os.path.join(path, marker)) as f:
-                    ours = {str(name).split("/")[0] for name in json.load(f)} | {marker}
+                    ours |= {str(name).split("/")[0] for name in json.load(f)} | {marker}
             except (OSError, ValueError, TypeError):
-                ours = set()
+                pass
         other = sorted(entries - ours)
         if other:
             shown = ", ".join(other[:3]) + (f", ... ({len(other) - 3} more)" if len(other) > 3 else "")
-            raise ValueError(f"output folder {path} holds files this tool did not write ({shown}); choose a new or "
+            raise ValueError(f"output folder {path} holds files {tool} did not write ({shown}); choose a new or "
                              "empty folder, or remove them (nothing was written)")
 
 

@@ -60,6 +60,9 @@ def test_apply_net_then_eval_ood(trained, capsys):
     arrays, meta = load_records(str(out / "e2e_id" / "records.npz"))
     n = len(arrays["score"])
     assert n > 0 and meta["num_classes"] == 3 and meta["num_gt"] > 0
+    # every image of the set is named in the records, with its file
+    assert len(meta["image_files"]) == 8 and all(os.path.isfile(f) for f in meta["image_files"].values())
+    assert {int(i) for i in arrays["image_id"]} <= {int(k) for k in meta["image_files"]}
     assert arrays["logits"].shape == (n, 4) and arrays["boxes"].shape == (n, 4)
     np.testing.assert_allclose(arrays["energy"], torch.logsumexp(torch.from_numpy(arrays["logits"][:, :3]), 1).numpy(),
                                rtol=1e-5, atol=1e-5)
@@ -135,7 +138,7 @@ def test_records_of_two_checkpoints_are_not_mixed(trained, tmp_path, capsys):
     before = sorted(os.listdir(out / "e2e_ood"))
     assert _tool("apply_net").main(["--test-dataset", "e2e_ood", *apply, "MODEL.WEIGHTS", weights]) == 2
     assert (f"error: e2e_ood: output folder {out / 'e2e_ood'} holds files apply_net did not write (notes.txt); choose "
-            "a new or empty folder (nothing was written)") in capsys.readouterr().err.splitlines()
+            "a new or empty folder, or remove them (nothing was written)") in capsys.readouterr().err.splitlines()
     assert sorted(os.listdir(out / "e2e_ood")) == before
 
 

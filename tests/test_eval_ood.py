@@ -3,6 +3,7 @@ import csv
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -314,3 +315,29 @@ def test_draw_marks_flagged_detections_on_images(tmp_path):
         assert files == ["00000001.png", "00000002.png"]
         pix = np.asarray(Image.open(out / "images" / name / files[0]).convert("RGB"))
         assert (pix == colour).all(-1).sum() > 20  # box outlines in the expected colour
+
+
+def test_draw_uses_the_image_files_the_records_name(tmp_path):
+    """Records of apply_net name their images: a set that is not a built-in dataset is drawn from them."""
+    from ffs_det.data.shapes import generate_world
+
+    generate_world(str(tmp_path / "data" / "shapes"), {"train": 0, "val": 2, "ood": 2}, seed=3)
+    val = json.loads((tmp_path / "data" / "shapes" / "annotations" / "val.json").read_text())
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    files = {}
+    for im in val["images"]:  # the images under new names in another folder: only the records know them
+        target = moved / f"img_{im['id']}.png"
+        shutil.copy(tmp_path / "data" / "shapes" / "val" / im["file_name"], target)
+        files[str(im["id"])] = str(target)
+    paths = []
+    for name, seed, shift in (("custom_id", 0, 3.0), ("custom_ood", 1, -3.0)):
+        arrays, meta = make_records(40, seed, shift, annotated=False, dataset=name)
+        arrays["image_id"] = (np.arange(40) % 2 + 1).astype(np.int64)
+        arrays["boxes"] = np.clip(arrays["boxes"], 0, 120)
+        paths.append(save_records(str(tmp_path / f"{name}.npz"), arrays, dict(meta, image_files=files)))
+    out = tmp_path / "drawn"
+    assert eval_ood.main(["--id", paths[0], "--ood", paths[1], "--thres", "0.2", "--draw", "5",
+                          "--output-dir", str(out)]) == 0
+    for name in ("custom_id", "custom_ood"):
+        assert sorted(os.listdir(out / "images" / name)) == ["00000001.png", "00000002.png"]

@@ -10,7 +10,8 @@ Detections with score >= the threshold are kept (default: the optimal-F1 thresho
 records); FPR95 / AUROC / AUPR-In / AUPR-Out of the kept ID vs OOD --score-key values (higher = more ID) are
 printed and written to DIR/metrics.json, DIR/metrics.csv, DIR/roc.png and DIR/hist_<set>.png (DIR is written
 whole: a rerun replaces an earlier report there, and a folder holding other files is refused). With
---draw N, N images per set (built-in datasets under --dataset-dir) are drawn into DIR/images/<set>/ with the
+--draw N, N images per set (the image files the records name; older records: built-in datasets under
+--dataset-dir) are drawn into DIR/images/<set>/ with the
 kept detections: green when the OOD score keeps them as ID (95%-TPR cut), red when it flags them as OOD.
 """
 import argparse
@@ -32,8 +33,8 @@ def parse_args(argv=None):
                    help="1-D records array used as the OOD score, higher = more ID (default: energy; e.g. score)")
     p.add_argument("--output-dir", required=True, help="folder for metrics.json, metrics.csv and plots")
     p.add_argument("--draw", type=int, default=0, metavar="N",
-                   help="also draw the kept detections on N images per set (built-in datasets; red = flagged OOD)")
-    p.add_argument("--dataset-dir", default=None, help="dataset root for --draw (default: $FFS_DATASETS or datasets)")
+                   help="also draw the kept detections on N images per set (red = flagged OOD)")
+    p.add_argument("--dataset-dir", default=None, help="dataset root for --draw on records without image files (default: $FFS_DATASETS or datasets)")
     args = p.parse_args(argv)
     if args.draw < 0:
         p.error("--draw must be >= 0")

@@ -22,10 +22,11 @@ import numpy as np
 
 from ..detectron2_compat import COMPILED_OPS_AVAILABLE  # first: before any detectron2 import
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data.samplers import InferenceSampler
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 
-from ..atomic_io import atomic_dir, atomic_write_json, file_sha256
+from ..atomic_io import atomic_dir, atomic_write_json, check_replaceable_folder, file_sha256
 from ..data.validate import CheckedDatasetMapper, check_image_files
 from ..engine.checkpoint import SafeCheckpointer
 from .detections import RecordsEvaluator, annotate_matches
@@ -55,15 +56,14 @@ def load_model(cfg):
     return model
 
 
-def _has_model_annotations(dataset_name: str, num_classes: int, class_names: Optional[List[str]]) -> bool:
-    """Whether the dataset is annotated in the model's classes: not marked OOD, and its classes are the
-    model's (by name when the model carries its class names, else by count)."""
-    meta = MetadataCatalog.get(dataset_name)
+def _has_model_annotations(meta, dicts: List[dict], num_classes: int, class_names: Optional[List[str]]) -> bool:
+    """Whether the dataset (its metadata and dicts) is annotated in the model's classes: not marked OOD, and
+    its classes are the model's (by name when the model carries its class names, else by count)."""
     if getattr(meta, "is_ood", False):
         return False
     classes = list(getattr(meta, "thing_classes", []))
     same_classes = classes == class_names if class_names else len(classes) == num_classes
-    return same_classes and any(d.get("annotations") for d in DatasetCatalog.get(dataset_name))
+    return same_classes and any(d.get("annotations") for d in dicts)
 
 
 def _model_class_names(cfg, model, annotated_dataset: Optional[str]):
@@ -80,8 +80,7 @@ def _model_class_names(cfg, model, annotated_dataset: Optional[str]):
     return [str(k) for k in range(num_classes)]
 
 
-def _coco_detections(arrays: Dict[str, np.ndarray], dataset_name: str):
-    meta = MetadataCatalog.get(dataset_name)
+def _coco_detections(arrays: Dict[str, np.ndarray], meta):
     to_dataset_id = {v: k for k, v in getattr(meta, "thing_dataset_id_to_contiguous_id", {}).items()}
     boxes = arrays["boxes"].astype(float)
     return [
@@ -93,35 +92,34 @@ def _coco_detections(arrays: Dict[str, np.ndarray], dataset_name: str):
 
 
 def _check_output_dir(output_dir: str) -> None:
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"output folder {output_dir} exists and is not a folder")
-    other = sorted(set(os.listdir(output_dir)) - set(OUTPUT_FILES)) if os.path.isdir(output_dir) else []
-    if other:
-        shown = ", ".join(other[:3]) + (f", ... ({len(other) - 3} more)" if len(other) > 3 else "")
-        raise ValueError(f"output folder {output_dir} holds files apply_net did not write ({shown}); choose a new or "
-                         "empty folder (nothing was written)")
+    check_replaceable_folder(output_dir, allowed=OUTPUT_FILES, tool="apply_net")
 
 
 def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name: Optional[str] = None) -> Dict:
-    """Run ``model`` (default: built from ``cfg``) on ``dataset_name``; write records, detections and mAP."""
+    """Run ``model`` (default: built from ``cfg``) on ``dataset_name``; write records, detections and mAP.
+
+    The dataset's dicts are read from the catalog once and handed to the loader, the ground-truth matching
+    and the records (which keep each image's file name, ``meta["image_files"]``)."""
     _check_output_dir(output_dir)  # before the work, not after
     dicts = DatasetCatalog.get(dataset_name)  # unknown name / missing files: detectron2's or ffs_det's clear error
+    dataset_meta = MetadataCatalog.get(dataset_name)
     check_image_files(dicts, f"dataset {dataset_name!r}")
     model = model if model is not None else load_model(cfg)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     evaluators = [RecordsEvaluator(dataset_name)]
-    with_map = _has_model_annotations(dataset_name, num_classes, getattr(model, "class_names", None))
+    with_map = _has_model_annotations(dataset_meta, dicts, num_classes, getattr(model, "class_names", None))
     if with_map:
         evaluators.append(COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=None,
                                         use_fast_impl=COMPILED_OPS_AVAILABLE))
-    loader = build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
+    loader = build_detection_test_loader(dicts, mapper=CheckedDatasetMapper(cfg, False),
+                                         sampler=InferenceSampler(len(dicts)), num_workers=cfg.DATALOADER.NUM_WORKERS)
     start = time.perf_counter()
     results = inference_on_dataset(model, loader, DatasetEvaluators(evaluators))
     seconds = time.perf_counter() - start
     arrays = results.pop("records")
     # ground-truth matches only make sense for annotations in the model's own classes
-    num_gt = annotate_matches(arrays, dataset_name) if with_map else None
-    num_images = len(DatasetCatalog.get(dataset_name))
+    num_gt = annotate_matches(arrays, dicts) if with_map else None
+    num_images = len(dicts)
     meta = {
         "dataset": dataset_name,
         "model": model_name or os.path.basename(os.path.dirname(cfg.MODEL.WEIGHTS)) or "model",
@@ -130,6 +128,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
         "num_classes": num_classes,
         "class_names": _model_class_names(cfg, model, dataset_name if with_map else None),
         "num_images": num_images,
+        "image_files": {str(int(d["image_id"])): d["file_name"] for d in dicts},
         "config": cfg.dump(),
     }
     if num_gt is not None:
@@ -142,7 +141,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     with atomic_dir(output_dir) as tmp:
         records, detections, metrics = (os.path.join(tmp, name) for name in OUTPUT_FILES)
         save_records(records, arrays, meta)
-        atomic_write_json(detections, _coco_detections(arrays, dataset_name))
+        atomic_write_json(detections, _coco_detections(arrays, dataset_meta))
         atomic_write_json(metrics, summary, indent=2)
     paths = {kind: os.path.join(output_dir, name) for kind, name in zip(("records", "detections", "metrics"),
                                                                          OUTPUT_FILES)}

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from .. import detectron2_compat  # noqa: F401  (before any detectron2 import)
-from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
@@ -87,10 +86,9 @@ class RecordsEvaluator(DatasetEvaluator):
         return {"records": {k: np.concatenate([c[k] for c in chunks]) for k in sorted(keys)}}
 
 
-def annotate_matches(arrays: Dict[str, np.ndarray], dataset_name: str):
-    """Add ``gt_matched`` to ``arrays``; return the number of (non-crowd) ground-truth boxes, or None when
-    the dataset has no annotations."""
-    dicts = DatasetCatalog.get(dataset_name)
+def annotate_matches(arrays: Dict[str, np.ndarray], dicts: List[dict]):
+    """Add ``gt_matched`` to ``arrays`` (matched against the dataset ``dicts``); return the number of
+    (non-crowd) ground-truth boxes, or None when the dataset has no annotations."""
     if not any("annotations" in d for d in dicts):
         return None
     gt = {}

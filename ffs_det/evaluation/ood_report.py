@@ -167,21 +167,34 @@ def format_table(report: dict) -> str:
     return comparison_table(report["comparison"], title, "score", "detections kept").rstrip("\n")
 
 
-def _drawings(report: dict, max_images: int, dataset_dir: Optional[str]) -> Dict[str, bytes]:
-    """images/<set>/<image id>.png for the ID set and each OOD set that is a built-in dataset found on disk."""
+def _image_files(rs: RecordSet, dataset_dir: Optional[str]) -> Dict[int, str]:
+    """image id -> file, from the records (apply_net writes them), else from a built-in dataset's json."""
+    if isinstance(rs.meta.get("image_files"), dict):
+        return {int(k): str(v) for k, v in rs.meta["image_files"].items()}
     from ..data.builtin import BUILTIN_DATASETS, dataset_paths
-    from .draw import draw_detections, image_files
+    from .draw import image_files
+
+    json_file, image_root = dataset_paths(rs.name, dataset_dir) if rs.name in BUILTIN_DATASETS else (None, None)
+    if json_file is None or not os.path.isfile(json_file):
+        logger.warning("not drawing %s: its records name no image files, it is not a built-in dataset, or %s is "
+                       "missing", rs.name, json_file)
+        return {}
+    return image_files(json_file, image_root)
+
+
+def _drawings(report: dict, max_images: int, dataset_dir: Optional[str]) -> Dict[str, bytes]:
+    """images/<set>/<image id>.png for the ID set and each OOD set whose images are found."""
+    from .draw import draw_detections
 
     cut = next(iter(report["sets"].values()))["metrics"]["score_at_tpr95"]  # depends on the ID scores only
     out = {}
     sets = [report["id"]["records"]] + [s["records"] for s in report["sets"].values()]
     for rs in sets:
-        json_file, image_root = dataset_paths(rs.name, dataset_dir) if rs.name in BUILTIN_DATASETS else (None, None)
-        if json_file is None or not os.path.isfile(json_file):
-            logger.warning("not drawing %s: not a built-in dataset, or %s is missing", rs.name, json_file)
+        files = _image_files(rs, dataset_dir)
+        if not files:
             continue
-        pngs = draw_detections(rs.arrays, image_files(json_file, image_root), rs.meta["class_names"],
-                               report["threshold"], report["score_key"], cut, max_images)
+        pngs = draw_detections(rs.arrays, files, rs.meta["class_names"], report["threshold"],
+                               report["score_key"], cut, max_images)
         out.update({f"images/{safe_name(rs.name)}/{i:08d}.png": data for i, data in pngs.items()})
     return out
 
