@@ -1,5 +1,4 @@
 """Config keys added by ffs_det. Call :func:`add_ffs_config` on a detectron2 config before merging files."""
-from . import detectron2_compat  # noqa: F401  (before any detectron2 import)
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_ffs_config"]

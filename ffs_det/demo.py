@@ -31,7 +31,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import detectron2_compat  # noqa: F401  (before any detectron2 import)
 
 from .atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -276,7 +275,7 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
     ``jobs`` of them at once.
     """
     from .data.shapes import generate_world
-    from .engine.setup import one_line
+    from .exit_status import one_line
 
     methods = list(methods or METHODS)
     unknown = sorted(set(methods) - set(METHODS))

@@ -79,10 +79,10 @@ def test_cli_writes_and_reports_errors(record_files, tmp_path, capsys):
                       "--records", ood_path, "--output-dir", str(tmp_path / "cli")]) == 0
     assert "wrote" in capsys.readouterr().out
     assert tool.main(["--scorer", "knn", "--train", str(tmp_path / "nope.npz"), "--records", id_path,
-                      "--output-dir", str(tmp_path / "cli2")]) == 1
+                      "--output-dir", str(tmp_path / "cli2")]) == 2
     assert "nope.npz" in capsys.readouterr().err
     # a mistyped option is an error, not a silent default
     assert tool.main(["--scorer", "knn", "--option", "K=3", "--train", train, "--records", id_path,
-                      "--output-dir", str(tmp_path / "cli3")]) == 1
+                      "--output-dir", str(tmp_path / "cli3")]) == 2
     assert capsys.readouterr().err.startswith("error: scorer 'knn': unknown option(s) K; it takes k, ")
     assert not (tmp_path / "cli3").exists()

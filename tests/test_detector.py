@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-import ffs_det.modeling  # noqa: F401
 from detectron2.data import build_detection_train_loader
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor

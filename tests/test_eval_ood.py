@@ -198,7 +198,7 @@ def test_thres_and_score_key(record_files, tmp_path):
 
 def _fails(args, tmp_path, capsys, match):
     out = tmp_path / "out"
-    assert eval_ood.main(args + ["--output-dir", str(out)]) == 1
+    assert eval_ood.main(args + ["--output-dir", str(out)]) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()  # no partial output
 
@@ -246,7 +246,7 @@ def test_a_rerun_replaces_the_whole_report_and_foreign_folders_are_refused(recor
     (dataset_dir / "records.npz").write_bytes(b"records")
     capsys.readouterr()
     assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir",
-                          str(dataset_dir)]) == 1
+                          str(dataset_dir)]) == 2
     assert capsys.readouterr().err.strip() == (f"error: output folder {dataset_dir} holds files this tool did not "
                                                "write (metrics.json, records.npz); choose a new or empty folder, "
                                                "or remove them (nothing was written)")
@@ -255,7 +255,7 @@ def test_a_rerun_replaces_the_whole_report_and_foreign_folders_are_refused(recor
     # a file the user put into a report folder is not deleted by a rerun: the rerun is refused
     (out / "notes.txt").write_text("mine")
     capsys.readouterr()
-    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir", str(out)]) == 1
+    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir", str(out)]) == 2
     assert "holds files this tool did not write (notes.txt)" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine" and (out / "metrics.json").is_file()
 

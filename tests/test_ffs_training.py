@@ -9,7 +9,6 @@ import os
 import pytest
 import torch
 
-import ffs_det.modeling  # noqa: F401
 from detectron2.modeling import build_model
 from detectron2.data import build_detection_train_loader
 from detectron2.utils.events import EventStorage
@@ -137,17 +136,24 @@ def test_flow_trains_in_its_own_group_with_a_clipped_gradient(tmp_path):
     assert all(g["lr"] == pytest.approx(cfg2.SOLVER.BASE_LR) for g in opt2.param_groups)
 
 
-def test_importing_the_config_is_enough_to_build_the_model():
+@pytest.mark.parametrize("imports", ["from ffs_det.config import add_ffs_config",
+                                     "import ffs_det",
+                                     "import ffs_det.density"])
+def test_importing_the_package_or_its_config_is_enough_to_build_the_model(imports):
     """detectron2 projects register their components on import of what a user already imports."""
     import subprocess
     import sys
 
-    code = ("from detectron2.config import get_cfg\nfrom detectron2.modeling import build_model\n"
-            "from ffs_det.config import add_ffs_config\n"
-            "cfg = get_cfg(); add_ffs_config(cfg)\n"
-            "cfg.merge_from_file('configs/Shapes/ffs_mobilenet.yaml', allow_unsafe=False)\n"
-            "cfg.MODEL.MOBILENET.WEIGHTS = ''\n"
-            "print(type(build_model(cfg).roi_heads).__name__)\n")
+    code = ("from detectron2.config import get_cfg\nfrom detectron2.modeling import ROI_HEADS_REGISTRY, build_model\n"
+            f"{imports}\n"
+            "assert 'FFSROIHeads' in ROI_HEADS_REGISTRY\n"
+            "if 'add_ffs_config' in dir():\n"
+            "    cfg = get_cfg(); add_ffs_config(cfg)\n"
+            "    cfg.merge_from_file('configs/Shapes/ffs_mobilenet.yaml', allow_unsafe=False)\n"
+            "    cfg.MODEL.MOBILENET.WEIGHTS = ''\n"
+            "    print(type(build_model(cfg).roi_heads).__name__)\n"
+            "else:\n"
+            "    print('FFSROIHeads')\n")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))

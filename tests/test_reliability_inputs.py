@@ -197,11 +197,12 @@ def test_feature_store_writer_leaves_nothing_on_error(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- CLIs
-def _cli(tool, *args):
+def _cli(tool, *args, status=2):
+    """The one ``error:`` line of a tool that refuses its input (exit status 2, ffs_det/exit_status.py)."""
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", tool), *map(str, args)], capture_output=True,
                           text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert proc.returncode == status, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
     assert len(errors) == 1, proc.stderr[-3000:]
     return errors[0]
@@ -254,7 +255,6 @@ def test_train_net_cli_bad_inputs(tiny_data, tmp_path):
 
 
 def test_apply_net_cli_rejects_a_checkpoint_of_another_class_count(tiny_data, tmp_path):
-    import ffs_det.modeling  # noqa: F401
     from detectron2.modeling import build_model
 
     from ffs_det.engine.setup import build_cfg

@@ -6,7 +6,6 @@ import os
 import pytest
 import torch
 
-import ffs_det.modeling  # noqa: F401
 from detectron2.modeling import build_model
 
 from ffs_det.density.flow import FeatureFlow

@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 
-import ffs_det.modeling  # noqa: F401
 
 from detectron2.modeling import build_model
 

@@ -9,7 +9,7 @@ Writes <output-dir>/<dataset>/{records.npz, coco_detections.json, metrics.json} 
 (default output dir: <OUTPUT_DIR of the config>/inference) and prints where. Feed the records to
 tools/eval_ood.py. Trailing KEY VALUE pairs override the config. A wrong input (config key, dataset,
 checkpoint of another architecture or class count, unreadable image) ends the run with one
-`error: ...` line and exit status 2.
+`error: ...` line and exit status 2 (1 when writing fails; ffs_det/exit_status.py).
 """
 import argparse
 import json
@@ -17,14 +17,13 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from detectron2.utils.logger import setup_logger
 
-import ffs_det.modeling  # noqa: E402,F401
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from ffs_det.atomic_io import child_folder  # noqa: E402
-from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
-from ffs_det.engine.setup import ConfigError, build_cfg, one_line  # noqa: E402
-from ffs_det.evaluation.apply import apply_model, load_model  # noqa: E402
+from ffs_det.atomic_io import child_folder
+from ffs_det.data import add_dataset_args, apply_dataset_args
+from ffs_det.engine.setup import build_cfg
+from ffs_det.evaluation.apply import apply_model, load_model
+from ffs_det.exit_status import INPUT_ERRORS, OK, error
 
 
 def parse_args(argv=None):
@@ -42,11 +41,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
@@ -58,19 +52,19 @@ def main(argv=None):
         out_root = args.output_dir or os.path.join(cfg.OUTPUT_DIR, "inference")
         targets = {dataset: child_folder(out_root, dataset) for dataset in args.test_dataset}
         model = load_model(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        return _fail(one_line(e))
+    except INPUT_ERRORS as e:
+        return error(e)
     for dataset, target in targets.items():
         try:
             result = apply_model(cfg, dataset, target, model=model)
-        except (KeyError, OSError, ValueError) as e:  # OSError: e.g. an output folder that is a file
-            return _fail(f"{dataset}: {one_line(e)}")
+        except INPUT_ERRORS + (OSError,) as e:  # OSError: writing failed (status 1)
+            return error(e, f"{dataset}: ")
         logging.getLogger("ffs_det").info("%s", json.dumps(result["summary"].get("bbox", {})))
         print(f"{dataset}: {result['summary']['num_detections']} detections on "
               f"{result['summary']['num_images']} images; wrote")
         for kind, path in result["paths"].items():
             print(f"  {kind:10s} {path}")
-    return 0
+    return OK
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import sys
 
 from ffs_det.data.shapes import DEFAULT_COUNTS
 from ffs_det.demo import METHODS, DemoJobsFailed, run_demo
+from ffs_det.exit_status import FAILED, INPUT_ERRORS, OK, error
 
 
 def _ints(text):
@@ -66,18 +67,20 @@ def main(argv=None):
     try:
         result = run_demo(args.output_dir, methods, seeds=args.seeds, jobs=args.jobs, fresh=args.fresh,
                           opts=args.opts, counts=counts or None, world_seed=args.world_seed, threads=args.threads)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
     except DemoJobsFailed as e:
         if len(e.args) < 2:
-            sys.exit(f"error: {e.args[0]}")
+            return error(e)
         failed, result = e.args
+    except INPUT_ERRORS as e:
+        return error(e)
     print()
     print(result["table"])
     if failed:
-        sys.exit(f"\nerror: {failed}")
+        print(f"\nerror: {failed}", file=sys.stderr)
+        return FAILED
     print(f"\nwall time {result['wall_seconds']:.0f} s; table in {os.path.join(args.output_dir, 'summary.md')}")
+    return OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

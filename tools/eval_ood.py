@@ -18,9 +18,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ffs_det.evaluation.ood_report import format_table, run_report  # noqa: E402
+from ffs_det.evaluation.ood_report import format_table, run_report
+from ffs_det.exit_status import INPUT_ERRORS, OK, error
 
 
 def parse_args(argv=None):
@@ -46,15 +45,14 @@ def main(argv=None) -> int:
     try:
         report, paths = run_report(args.id, args.ood, args.output_dir, args.thres, args.score_key, args.draw,
                                    args.dataset_dir)
-    except (OSError, ValueError) as e:  # OSError: e.g. --output-dir is a file or not writable
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except INPUT_ERRORS + (OSError,) as e:  # bad records or --output-dir: status 2; writing failed: 1
+        return error(e)
     print(format_table(report))
     names = [os.path.relpath(p, args.output_dir) for p in paths]
     drawn = [n for n in names if n.startswith("images" + os.sep)]
     listed = ", ".join(n for n in names if n not in drawn) + (f" and {len(drawn)} drawn images" if drawn else "")
     print(f"wrote {listed} to {args.output_dir}")
-    return 0
+    return OK
 
 
 if __name__ == "__main__":

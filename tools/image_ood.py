@@ -15,12 +15,9 @@ Examples::
 
 See ``python tools/image_ood.py SUBCOMMAND --help`` and docs/image_benchmark.md.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ffs_det.image.cli import main  # noqa: E402
+from ffs_det.image.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,8 +13,8 @@ Two install paths are supported (see README, "detectron2"):
    detectron2's C++ sources, but the ``sal-detectron2==0.7.2`` wheel holds detectron2's Python code
    (official main of mid-2024) next to a compiled ``_C`` for CPython 3.10 only. This script downloads that
    wheel, drops the compiled extension, re-tags it as a pure ``py3-none-any`` wheel and installs it with
-   its runtime dependencies. Deformable conv, rotated-box ops and the fast COCOeval are then unavailable;
-   ``ffs_det.detectron2_compat`` reports that once at import and the rest of detectron2 works.
+   its runtime dependencies. Deformable conv, rotated-box ops and the fast COCOeval are then unavailable
+   (``ffs_det.detectron2_compat`` logs that once); the rest of detectron2 works.
 """
 import argparse
 import email

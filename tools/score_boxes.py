@@ -15,13 +15,11 @@ score >= --min-score; labels = predicted classes); each --records file is copied
 """
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ffs_det.density.scorers import SCORERS  # noqa: E402
-from ffs_det.evaluation.box_scores import add_box_scores  # noqa: E402
+from ffs_det.density.scorers import SCORERS
+from ffs_det.evaluation.box_scores import add_box_scores
+from ffs_det.exit_status import INPUT_ERRORS, OK, error
 
 
 def _option(text):
@@ -49,12 +47,11 @@ def main(argv=None) -> int:
     try:
         written = add_box_scores(args.scorer, args.train, args.records, args.output_dir, args.min_score,
                                  args.key, **dict(args.option))
-    except (FileNotFoundError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except INPUT_ERRORS + (OSError,) as e:
+        return error(e)
     for path in written:
         print(f"wrote {path}")
-    return 0
+    return OK
 
 
 if __name__ == "__main__":

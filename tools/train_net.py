@@ -10,7 +10,8 @@ runs N CPU processes. Trailing KEY VALUE pairs override the config. An OUTPUT_DI
 run is continued with --resume and otherwise refused, as is one another training is using. On SIGTERM
 training finishes its step, saves a checkpoint, says so and exits with status 143; --resume continues
 it. A wrong input (config key, dataset path, class count, checkpoint, unreadable image, non-finite loss)
-ends the run with one `error: ...` line and exit status 2 (1 for errors during training).
+ends the run with one `error: ...` line and exit status 2; a run that fails while training (non-finite
+loss, full disk) with one line and status 1 (ffs_det/exit_status.py).
 """
 import contextlib
 import multiprocessing
@@ -18,25 +19,21 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from torch.multiprocessing import ProcessExitedException
 
-from torch.multiprocessing import ProcessExitedException  # noqa: E402
+from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from ffs_det.data import add_dataset_args, apply_dataset_args
+from ffs_det.engine import Trainer
+from ffs_det.engine.checkpoint import CheckpointSaveError, SafeCheckpointer
+from ffs_det.engine.setup import build_cfg, check_inputs, claim_output_dir, setup_cfg
+from ffs_det.engine.trainer import TrainingInterrupted
+from ffs_det.exit_status import BAD_INPUT, FAILED, INPUT_ERRORS, INTERRUPTED, error
 
-import ffs_det.modeling  # noqa: E402,F401  (registers FFSROIHeads and the backbones)
-from ffs_det.data import add_dataset_args, apply_dataset_args  # noqa: E402
-from ffs_det.engine import Trainer  # noqa: E402
-from ffs_det.engine.trainer import TrainingInterrupted  # noqa: E402
-from ffs_det.engine.checkpoint import CheckpointSaveError, SafeCheckpointer  # noqa: E402
-from ffs_det.engine.setup import (ConfigError, build_cfg, check_inputs, claim_output_dir, one_line,  # noqa: E402
-                                  setup_cfg)
-
-# errors whose message names the bad input (file, key, loss and iteration): printed as one line
-INPUT_ERRORS = (ConfigError, FileNotFoundError, ValueError, FloatingPointError, CheckpointSaveError)
-SIGTERM_STATUS = 128 + signal.SIGTERM  # the status of a process ended by SIGTERM
+# errors whose message names the problem (file, key, loss and iteration): printed as one line
+ONE_LINE_ERRORS = INPUT_ERRORS + (FloatingPointError, CheckpointSaveError)
 
 
 def _forward_sigterm(signum, frame):
@@ -55,7 +52,7 @@ def launch_training(args):
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
     except ProcessExitedException as e:  # a training process exited with a status (its message is printed)
-        sys.exit(e.exit_code if e.exit_code in (1, 2, SIGTERM_STATUS) else 1)
+        sys.exit(e.exit_code if e.exit_code in (FAILED, BAD_INPUT, INTERRUPTED) else FAILED)
 
 
 def run(args):
@@ -75,12 +72,12 @@ def run(args):
 def main(args):
     try:
         return run(args)
-    except INPUT_ERRORS as e:
-        sys.exit(f"error: {one_line(e)}")
+    except ONE_LINE_ERRORS as e:
+        sys.exit(error(e))
     except TrainingInterrupted as e:
         if comm.is_main_process():
             print(f"interrupted: {e}", file=sys.stderr)
-        sys.exit(SIGTERM_STATUS)
+        sys.exit(INTERRUPTED)
 
 
 def parse_args(argv=None):
@@ -98,7 +95,6 @@ if __name__ == "__main__":
             check_inputs(cfg, eval_only=args.eval_only, world_size=max(args.num_gpus, 1) * args.num_machines)
             if not args.eval_only and args.machine_rank == 0:  # one training per OUTPUT_DIR, never overwritten
                 stack.enter_context(claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume))
-        except (ConfigError, FileNotFoundError, ValueError) as e:
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            sys.exit(2)
+        except INPUT_ERRORS as e:
+            sys.exit(error(e))
         launch_training(args)

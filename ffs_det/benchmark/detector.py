@@ -11,8 +11,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from .. import detectron2_compat  # noqa: F401  (before detectron2)
-import ffs_det.modeling  # noqa: F401  (registers the ROI heads and backbones)
+import ffs_det  # noqa: F401  (registers the ROI heads and backbones)
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model

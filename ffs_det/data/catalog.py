@@ -17,7 +17,6 @@ import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-import ffs_det.detectron2_compat  # noqa: F401  (must precede the detectron2 imports)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 

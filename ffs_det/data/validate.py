@@ -12,7 +12,6 @@
 import os
 from typing import Iterable, List, Sequence
 
-import ffs_det.detectron2_compat  # noqa: F401  (must precede the detectron2 imports)
 from detectron2.data import DatasetMapper
 
 __all__ = ["ImageReadError", "check_num_classes", "check_image_files", "CheckedDatasetMapper"]

@@ -15,9 +15,10 @@ from detectron2.config import get_cfg
 from detectron2.engine import default_setup
 
 from ..config import add_ffs_config
+from ..exit_status import one_line
 
 __all__ = ["CONFIGS_DIR", "resolve_config_file", "build_cfg", "setup_cfg", "ConfigError", "check_inputs",
-           "one_line", "claim_output_dir", "check_config_file"]
+           "claim_output_dir", "check_config_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,19 +215,6 @@ def claim_output_dir(output_dir: str, resume: bool):
                               "--resume to continue it, or delete those files or choose another OUTPUT_DIR to "
                               "start over (nothing was changed)")
         yield
-
-
-def one_line(e: BaseException) -> str:
-    """The message of ``e`` on one line; for an error re-raised from a DataLoader worker, whose message
-    carries the worker's traceback, the original error's last line."""
-    text = str(e.args[0]) if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(e).__name__
-    if "Original Traceback" in text:
-        last = lines[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return "; ".join(lines) if len(lines) <= 3 else lines[0]
 
 
 def setup_cfg(args):

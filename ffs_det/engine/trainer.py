@@ -20,7 +20,6 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.validate import CheckedDatasetMapper, ImageReadError, check_image_files, check_num_classes
-from ..detectron2_compat import COMPILED_OPS_AVAILABLE
 from .checkpoint import CheckpointMismatchError, CheckpointSaveError, SafeCheckpointer
 
 __all__ = ["Trainer", "wrap_ddp", "trim_metrics", "TrainingInterrupted", "SigtermCheckpoint"]
@@ -249,5 +248,4 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return COCOEvaluator(dataset_name, output_dir=output_folder or cfg.OUTPUT_DIR,
-                             use_fast_impl=COMPILED_OPS_AVAILABLE)
+        return COCOEvaluator(dataset_name, output_dir=output_folder or cfg.OUTPUT_DIR)

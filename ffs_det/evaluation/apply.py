@@ -20,7 +20,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..detectron2_compat import COMPILED_OPS_AVAILABLE  # first: before any detectron2 import
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.data.samplers import InferenceSampler
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
@@ -109,8 +108,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     evaluators = [RecordsEvaluator(dataset_name)]
     with_map = _has_model_annotations(dataset_meta, dicts, num_classes, getattr(model, "class_names", None))
     if with_map:
-        evaluators.append(COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=None,
-                                        use_fast_impl=COMPILED_OPS_AVAILABLE))
+        evaluators.append(COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=None))
     loader = build_detection_test_loader(dicts, mapper=CheckedDatasetMapper(cfg, False),
                                          sampler=InferenceSampler(len(dicts)), num_workers=cfg.DATALOADER.NUM_WORKERS)
     start = time.perf_counter()

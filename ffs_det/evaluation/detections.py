@@ -13,7 +13,6 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from .. import detectron2_compat  # noqa: F401  (before any detectron2 import)
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm

@@ -11,9 +11,9 @@ Subcommands:
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List, Optional
 
+from ..exit_status import FAILED, INPUT_ERRORS, OK, error
 from .pipeline import ModelSpec, SetSpec, evaluate_stores, extract_set, load_model, run_benchmark
 from .report import format_table
 from .threads import torch_threads
@@ -141,14 +141,14 @@ def _dispatch(a) -> int:
                             batch_size=a.batch_size, num_workers=a.workers, device=a.device,
                             reuse=not a.overwrite, progress=progress)
         print(store)
-        return 0
+        return OK
     if a.command == "fashion-benchmark":
         from .fashion_benchmark import run_fashion_benchmark
 
         out = run_fashion_benchmark(a.output_dir, size=a.size, seed=a.seed, scorers=a.scorers,
                                     options=parse_scorer_options(a.opt), photos=not a.no_photos,
                                     fashion_root=a.fashion_root, progress=progress)
-        return 1 if out["result"].failed() else 0
+        return FAILED if out["result"].failed() else OK
     options = parse_scorer_options(a.opt)
     ood = parse_named(a.ood, "--ood")
     if a.command == "evaluate":
@@ -165,7 +165,7 @@ def _dispatch(a) -> int:
                                num_workers=a.workers, device=a.device, reuse=not a.overwrite, progress=progress,
                                plots=not a.no_plots)
     print(f"report written to {a.output_dir}")
-    return 1 if result.failed() else 0
+    return FAILED if result.failed() else OK
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -173,6 +173,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with torch_threads(a.threads):
             return _dispatch(a)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as e:
+        return error(e)

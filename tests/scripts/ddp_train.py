@@ -13,7 +13,6 @@ from detectron2.engine import launch  # noqa: E402
 
 
 def main(out_dir, json_path, image_root):
-    import ffs_det.modeling  # noqa: F401
     from detectron2.data.datasets import register_coco_instances
     from detectron2.utils import comm
 
