@@ -23,14 +23,14 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("ffs_det.detectron2_compat").setLevel(logging.ERROR)
-    from ffs_det.benchmark import format_table, run_benchmark, write_json
+    from ffs_det.benchmark import format_measurements, run_benchmark, write_json
 
     try:
         results = run_benchmark(quick=args.quick, device=args.device, threads=args.threads, seed=args.seed,
                                 log=lambda m: print(f"[benchmark] {m}", file=sys.stderr, flush=True))
     except ValueError as e:
         parser.error(str(e))
-    print(format_table(results))
+    print(format_measurements(results))
     if args.output:
         write_json(results, args.output)
         print(f"results written to {args.output}")

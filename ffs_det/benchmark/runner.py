@@ -9,7 +9,7 @@ import torch
 
 from .. import __version__
 
-__all__ = ["SIZES", "TARGETS", "run_benchmark", "format_table", "load_average"]
+__all__ = ["SIZES", "TARGETS", "run_benchmark", "format_measurements", "load_average"]
 
 # per-mode sizes; "quick" finishes in well under a minute on 2 CPU cores
 SIZES = {
@@ -131,7 +131,7 @@ def _ms(x):
     return f"{1e3 * x:.2f} ms" if x is not None else "-"
 
 
-def format_table(r: Dict) -> str:
+def format_measurements(r: Dict) -> str:
     """The results as a plain-text table (medians)."""
     rows = []
     ts = r["training_step"]

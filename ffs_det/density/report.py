@@ -16,7 +16,7 @@ import numpy as np
 
 from .metrics import ood_metrics, roc_curve_points
 
-__all__ = ["Comparison", "compare", "METRIC_KEYS", "FEW_SAMPLES", "format_table", "csv_text", "roc_png",
+__all__ = ["Comparison", "compare", "METRIC_KEYS", "FEW_SAMPLES", "comparison_table", "comparison_csv", "roc_png",
            "hist_png", "safe_name"]
 
 METRIC_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_ood_positive")
@@ -65,7 +65,7 @@ def compare(scores: Mapping[str, Mapping[str, np.ndarray]], id_name: str) -> Com
     return out
 
 
-def format_table(comparison: Comparison, title: str = "", method_label: str = "method",
+def comparison_table(comparison: Comparison, title: str = "", method_label: str = "method",
                  unit: str = "samples") -> str:
     """Fixed-width table, one row per (method, OOD set): sample counts, FPR95, AUROC, AUPR-In/Out in %,
     and a note with FPR95's binomial standard error for pairs with few samples."""
@@ -85,7 +85,7 @@ def format_table(comparison: Comparison, title: str = "", method_label: str = "m
     return "\n".join(lines + notes) + "\n"
 
 
-def csv_text(comparison: Comparison, method_label: str = "method", extra: Optional[Mapping[str, dict]] = None,
+def comparison_csv(comparison: Comparison, method_label: str = "method", extra: Optional[Mapping[str, dict]] = None,
              extra_columns: Sequence[str] = ()) -> str:
     """CSV, one row per (method, OOD set): ``method_label, ood_set, <extra_columns>, n_id, n_ood`` and the
     metrics. ``extra[method]`` gives the extra columns' values; a method in ``extra`` but not in the

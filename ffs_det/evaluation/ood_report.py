@@ -22,7 +22,7 @@ import numpy as np
 
 from ..atomic_io import check_replaceable_folder, replace_folder
 from ..density.metrics import optimal_f1_threshold
-from ..density.report import METRIC_KEYS, compare, csv_text, format_table as comparison_table, hist_png, roc_png, \
+from ..density.report import METRIC_KEYS, compare, comparison_csv, comparison_table, hist_png, roc_png, \
     safe_name
 from .records import load_records
 
@@ -205,7 +205,7 @@ def render_report(report: dict, draw: int = 0, dataset_dir: Optional[str] = None
     metrics = {name: s["metrics"] for name, s in report["sets"].items()}
     files = {"metrics.json": (json.dumps(metrics, indent=2) + "\n").encode()}
     key, id_name = report["score_key"], report["id"]["dataset"]
-    files["metrics.csv"] = csv_text(report["comparison"], "score_key", {key: {"threshold": report["threshold"]}},
+    files["metrics.csv"] = comparison_csv(report["comparison"], "score_key", {key: {"threshold": report["threshold"]}},
                                     ["threshold"]).encode()
     files["roc.png"] = roc_png({name: (s["id_scores"], s["ood_scores"]) for name, s in report["sets"].items()},
                                f"ROC, {key}: {id_name} vs OOD", xlabel="FPR (OOD detections kept)",

@@ -13,12 +13,12 @@ from .evaluate import evaluate_scorers, resolve_scorers
 from .extract import FeatureExtractor, extract_to_store
 from .feature_store import FeatureStore, FeatureStoreWriter
 from .models import build_classifier, find_mobilenet_v2_weights, preprocessing
-from .pipeline import ModelSpec, SetSpec, evaluate_stores, extract_set, run_benchmark
-from .report import format_table, write_report
+from .pipeline import ModelSpec, SetSpec, evaluate_stores, extract_set, run_image_benchmark
+from .report import format_benchmark_table, write_benchmark_report
 from .results import BenchmarkResult, ScorerResult
 
 __all__ = ["build_dataset", "find_fashion_mnist", "load_fashion_mnist", "parse_spec", "evaluate_scorers",
            "resolve_scorers", "FeatureExtractor", "extract_to_store", "FeatureStore", "FeatureStoreWriter",
            "build_classifier", "find_mobilenet_v2_weights", "preprocessing", "ModelSpec", "SetSpec",
-           "evaluate_stores", "extract_set", "run_benchmark", "format_table", "write_report",
+           "evaluate_stores", "extract_set", "run_image_benchmark", "format_benchmark_table", "write_benchmark_report",
            "BenchmarkResult", "ScorerResult"]

@@ -14,8 +14,8 @@ import os
 from typing import Dict, List, Optional
 
 from ..exit_status import FAILED, INPUT_ERRORS, OK, error
-from .pipeline import ModelSpec, SetSpec, evaluate_stores, extract_set, load_model, run_benchmark
-from .report import format_table
+from .pipeline import ModelSpec, SetSpec, evaluate_stores, extract_set, load_classifier, run_image_benchmark
+from .report import format_benchmark_table
 from .threads import torch_threads
 
 __all__ = ["main", "build_parser", "parse_scorer_options", "parse_named"]
@@ -136,7 +136,7 @@ def _dispatch(a) -> int:
     progress = not a.no_progress
     if a.command == "extract":
         spec = _model_spec(a)
-        model, prep = load_model(spec)
+        model, prep = load_classifier(spec)
         store = extract_set(model, prep, spec, SetSpec(a.data, a.max_samples, a.seed, a.n_generated), a.out,
                             batch_size=a.batch_size, num_workers=a.workers, device=a.device,
                             reuse=not a.overwrite, progress=progress)
@@ -155,10 +155,10 @@ def _dispatch(a) -> int:
         result = evaluate_stores(a.id_train, a.id_test, ood, a.output_dir, scorers=a.scorers, options=options,
                                  id_name=a.id_name, rebuild_inputs=not a.no_rebuild, batch_size=a.batch_size,
                                  device=a.device, progress=progress, plots=not a.no_plots)
-        print(format_table(result))
+        print(format_benchmark_table(result))
     else:
         sets = {k: SetSpec(v, a.max_ood, a.seed, a.n_generated) for k, v in ood.items()}
-        result = run_benchmark(_model_spec(a), SetSpec(a.id_train, a.max_train, a.seed, a.n_generated),
+        result = run_image_benchmark(_model_spec(a), SetSpec(a.id_train, a.max_train, a.seed, a.n_generated),
                                SetSpec(a.id_test, a.max_test, a.seed, a.n_generated), sets,
                                work_dir=a.work_dir or os.path.join(a.output_dir, "work"), output_dir=a.output_dir,
                                scorers=a.scorers, options=options, id_name=a.id_name, batch_size=a.batch_size,

@@ -32,7 +32,7 @@ from .array_dataset import ArrayImageDataset
 from .bundled import digits_images, photo_crops, texture_crops
 from .idx import find_idx_file, read_idx
 
-__all__ = ["DatasetSpec", "parse_spec", "build_dataset", "find_fashion_mnist", "load_fashion_mnist",
+__all__ = ["ImageSource", "parse_spec", "build_dataset", "find_fashion_mnist", "load_fashion_mnist",
            "image_folder", "FASHION_MNIST_ENV", "KINDS"]
 
 KINDS = ("folder", "cifar10", "cifar100", "svhn", "fashion-mnist", "digits", "textures", "photos")
@@ -48,7 +48,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class ImageSource:
     kind: str
     root: Optional[str] = None
     split: Optional[str] = None
@@ -57,8 +57,8 @@ class DatasetSpec:
         return self.kind + (f":{self.root}" if self.root else "") + (f"@{self.split}" if self.split else "")
 
 
-def parse_spec(spec: str) -> DatasetSpec:
-    """``"cifar10:/data@test"`` -> ``DatasetSpec("cifar10", "/data", "test")``, checked."""
+def parse_spec(spec: str) -> ImageSource:
+    """``"cifar10:/data@test"`` -> ``ImageSource("cifar10", "/data", "test")``, checked."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"dataset spec must be a non-empty string like 'folder:/data/imagenet/val', got {spec!r}")
     body, split = spec.rsplit("@", 1) if "@" in spec else (spec, None)
@@ -72,7 +72,7 @@ def parse_spec(spec: str) -> DatasetSpec:
         allowed = SPLITS.get(kind)
         raise ValueError(f"dataset spec {spec!r}: split {split!r} is not one of {allowed}" if allowed else
                          f"dataset spec {spec!r}: {kind} has no splits (drop '@{split}')")
-    return DatasetSpec(kind, os.path.expanduser(root) if root else None, split)
+    return ImageSource(kind, os.path.expanduser(root) if root else None, split)
 
 
 def build_dataset(spec, transform: Callable = None, image_size: int = 28, max_samples: int = None,
@@ -92,7 +92,7 @@ def build_dataset(spec, transform: Callable = None, image_size: int = 28, max_sa
     return ds
 
 
-def _build(spec: DatasetSpec, transform, image_size, seed, n_generated) -> Dataset:
+def _build(spec: ImageSource, transform, image_size, seed, n_generated) -> Dataset:
     if spec.kind == "folder":
         return image_folder(spec.root, transform)
     if spec.kind in ("cifar10", "cifar100", "svhn"):
@@ -211,7 +211,7 @@ _TORCHVISION_HINT = {
 }
 
 
-def _torchvision_set(spec: DatasetSpec, transform) -> Dataset:
+def _torchvision_set(spec: ImageSource, transform) -> Dataset:
     import torchvision.datasets as tvd
 
     split = spec.split or "test"

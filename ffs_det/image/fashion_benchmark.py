@@ -25,8 +25,8 @@ from .datasets import build_dataset, find_fashion_mnist
 from .evaluate import resolve_scorers
 from .feature_store import FeatureStore
 from .models import LOCAL_MODELS, preprocessing, save_state_dict
-from .pipeline import ModelSpec, SetSpec, run_benchmark
-from .report import format_table
+from .pipeline import ModelSpec, SetSpec, run_image_benchmark
+from .report import format_benchmark_table
 from .threads import torch_threads
 from .train import accuracy, train_classifier
 
@@ -97,7 +97,7 @@ def _run(output_dir, size, seed, scorers, options, photos, fashion_root, progres
     model_spec = ModelSpec("small_cnn", weights, num_classes=10, image_size=28)
     ood = {"digits": SetSpec("digits", cfg["digits"], seed),
            "textures": SetSpec("textures", seed=seed, n_generated=cfg["textures"])}
-    result = run_benchmark(model_spec, SetSpec(f"{fashion}@train", cfg["train"], seed),
+    result = run_image_benchmark(model_spec, SetSpec(f"{fashion}@train", cfg["train"], seed),
                            SetSpec(f"{fashion}@test", cfg["test"], seed), ood, work_dir=work,
                            output_dir=output_dir, scorers=scorers, options=preset_options(size, scorers, options),
                            id_name="fashion-mnist", progress=progress, log=log)
@@ -122,4 +122,4 @@ def _run(output_dir, size, seed, scorers, options, photos, fashion_root, progres
     atomic_write_json(os.path.join(output_dir, "summary.json"), summary, indent=2)
     log(f"Fashion-MNIST test accuracy of the classifier: {100 * summary['test_accuracy']:.2f}%")
     log("wall time per step (s): " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
-    return {"result": result, "summary": summary, "photos": photo, "table": format_table(result)}
+    return {"result": result, "summary": summary, "photos": photo, "table": format_benchmark_table(result)}

@@ -10,7 +10,7 @@ from PIL import Image
 
 from .bundled import natural_photos
 from .models import find_mobilenet_v2_weights
-from .pipeline import ModelSpec, SetSpec, load_model, run_benchmark
+from .pipeline import ModelSpec, SetSpec, load_classifier, run_image_benchmark
 
 __all__ = ["mobilenet_photo_check", "classify_photos", "TINY_FDE"]
 
@@ -33,11 +33,11 @@ def classify_photos(model, transform, top: int = 5) -> dict:
 def mobilenet_photo_check(output_dir: str, n_train: int = 48, n_test: int = 24, seed: int = 0,
                           progress: bool = True, log=print) -> dict:
     spec = ModelSpec("mobilenet_v2", find_mobilenet_v2_weights(), num_classes=1000)
-    model, prep = load_model(spec)
+    model, prep = load_classifier(spec)
     top5 = classify_photos(model, prep.transform)
     for name, preds in top5.items():
         log(f"MobileNetV2 on {name}: " + ", ".join(f"{c} {p:.2f}" for c, p in preds[:3]))
-    result = run_benchmark(spec, SetSpec("photos", seed=seed + 1, n_generated=n_train),
+    result = run_image_benchmark(spec, SetSpec("photos", seed=seed + 1, n_generated=n_train),
                            SetSpec("photos", seed=seed + 2, n_generated=n_test),
                            {"textures": SetSpec("textures", seed=seed + 3, n_generated=n_test)},
                            work_dir=os.path.join(output_dir, "work"), output_dir=output_dir,

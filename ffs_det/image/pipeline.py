@@ -20,10 +20,10 @@ from .evaluate import evaluate_scorers, resolve_scorers
 from .extract import extract_to_store
 from .feature_store import FeatureStore
 from .models import LOCAL_MODELS, Preprocessing, build_classifier, preprocessing
-from .report import format_table, write_report
+from .report import format_benchmark_table, write_benchmark_report
 from .results import BenchmarkResult
 
-__all__ = ["ModelSpec", "SetSpec", "load_model", "extract_set", "evaluate_stores", "run_benchmark"]
+__all__ = ["ModelSpec", "SetSpec", "load_classifier", "extract_set", "evaluate_stores", "run_image_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class SetSpec:
     n_generated: int = 2000
 
 
-def load_model(spec: ModelSpec):
+def load_classifier(spec: ModelSpec):
     """``(classifier in eval mode, Preprocessing)``."""
     weights = os.path.abspath(spec.weights) if spec.weights else None
     return build_classifier(spec.name, weights, spec.num_classes), preprocessing(spec.name, spec.resolved_image_size())
@@ -125,7 +125,7 @@ def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_
     model = prep = datasets = None
     model_spec, _ = _specs_from_store(train)
     if rebuild_inputs and model_spec is not None and _needs(scorers, options, "model"):
-        model, prep = load_model(model_spec)
+        model, prep = load_classifier(model_spec)
         if _needs(scorers, options, "inputs"):
             datasets = {}
             for name, store in {id_name: test, **ood_stores}.items():
@@ -137,11 +137,11 @@ def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_
                               device=device, progress=progress, log=log)
     result.info.update({"id_train": id_train, "id_test": id_test, "ood": dict(ood)})
     if output_dir:
-        write_report(result, output_dir, plots=plots)
+        write_benchmark_report(result, output_dir, plots=plots)
     return result
 
 
-def run_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSpec, ood: Mapping[str, SetSpec],
+def run_image_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSpec, ood: Mapping[str, SetSpec],
                   work_dir: str, output_dir: Optional[str] = None, scorers=None, options=None,
                   id_name: str = "id", batch_size: int = 256, num_workers: int = 0, device: str = "cpu",
                   reuse: bool = True, progress: bool = True, plots: bool = True, log=print) -> BenchmarkResult:
@@ -149,7 +149,7 @@ def run_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSpec, oo
     if id_name == "id_train" or id_name in ood:
         raise ValueError(f"ID set name {id_name!r} clashes with 'id_train' or an OOD set name")
     t0 = time.perf_counter()
-    model, prep = load_model(model_spec)
+    model, prep = load_classifier(model_spec)
     stores, datasets = {}, {}
     for name, set_spec in {"id_train": id_train, id_name: id_test, **ood}.items():
         stores[name] = extract_set(model, prep, model_spec, set_spec, os.path.join(work_dir, "features", name),
@@ -165,6 +165,6 @@ def run_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSpec, oo
                         "ood": {k: asdict(v) for k, v in ood.items()},
                         "seconds": {"extract": round(t1 - t0, 2), "evaluate": round(time.perf_counter() - t1, 2)}})
     if output_dir:
-        write_report(result, output_dir, plots=plots)
-    log(format_table(result))
+        write_benchmark_report(result, output_dir, plots=plots)
+    log(format_benchmark_table(result))
     return result

@@ -10,11 +10,11 @@ from typing import Dict
 import numpy as np
 
 from ..atomic_io import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..density.report import Comparison, csv_text, format_table as comparison_table, hist_png, roc_png, \
+from ..density.report import Comparison, comparison_csv, comparison_table, hist_png, roc_png, \
     safe_name
 from .results import BenchmarkResult
 
-__all__ = ["format_table", "write_report", "comparison_of"]
+__all__ = ["format_benchmark_table", "write_benchmark_report", "comparison_of"]
 
 
 def comparison_of(result: BenchmarkResult) -> Comparison:
@@ -25,7 +25,7 @@ def comparison_of(result: BenchmarkResult) -> Comparison:
                       {name: res.metrics for name, res in ok.items()})
 
 
-def format_table(result: BenchmarkResult) -> str:
+def format_benchmark_table(result: BenchmarkResult) -> str:
     """Fixed-width table, one row per (scorer, OOD set), and the scorers that did not run."""
     notes = [f"  {name}: {res.status}: {res.message}" for name, res in result.scorers.items() if res.status != "ok"]
     table = comparison_table(comparison_of(result), f"ID: {result.id_name}   (FPR95: lower is better; AUROC, "
@@ -36,7 +36,7 @@ def format_table(result: BenchmarkResult) -> str:
 def _csv(result: BenchmarkResult) -> str:
     extra = {name: {"status": res.status, "fit_seconds": f"{res.fit_seconds:.3f}",
                     "score_seconds": f"{res.score_seconds:.3f}"} for name, res in result.scorers.items()}
-    return csv_text(comparison_of(result), "scorer", extra, ["status", "fit_seconds", "score_seconds"])
+    return comparison_csv(comparison_of(result), "scorer", extra, ["status", "fit_seconds", "score_seconds"])
 
 
 def _plots(result: BenchmarkResult) -> Dict[str, bytes]:
@@ -55,7 +55,7 @@ def _plots(result: BenchmarkResult) -> Dict[str, bytes]:
     return files
 
 
-def write_report(result: BenchmarkResult, output_dir: str, plots: bool = True) -> Dict[str, str]:
+def write_benchmark_report(result: BenchmarkResult, output_dir: str, plots: bool = True) -> Dict[str, str]:
     """Write ``results.json``, ``results.csv``, ``table.txt``, ``scores.npz`` and (with ``plots``)
     ``roc_<ood set>.png`` and ``hist_<scorer>.png`` into ``output_dir``; returns ``{kind: path}``."""
     os.makedirs(output_dir, exist_ok=True)
@@ -63,7 +63,7 @@ def write_report(result: BenchmarkResult, output_dir: str, plots: bool = True) -
              "table": os.path.join(output_dir, "table.txt"), "scores": os.path.join(output_dir, "scores.npz")}
     atomic_write_json(paths["json"], result.to_json(), indent=2)
     atomic_write_text(paths["csv"], _csv(result))
-    atomic_write_text(paths["table"], format_table(result))
+    atomic_write_text(paths["table"], format_benchmark_table(result))
     arrays = {f"{name}__{s}": v for name, res in result.ok().items() for s, v in res.scores.items()}
     with atomic_open(paths["scores"], "wb") as f:
         np.savez(f, **arrays)
