@@ -6,7 +6,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE)]
+sys.path.insert(0, os.path.dirname(HERE))  # detector_utils
 
 import torch  # noqa: E402
 from detectron2.engine import launch  # noqa: E402

@@ -9,8 +9,8 @@ import pytest
 from ffs_det.evaluation.box_scores import add_box_scores
 from ffs_det.evaluation.ood_report import evaluate_ood
 from ffs_det.evaluation.records import load_records, save_records
+from repo_paths import REPO_ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K, D = 3, 16
 
 

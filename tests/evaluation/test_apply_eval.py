@@ -16,8 +16,7 @@ from ffs_det.evaluation.detections import match_to_ground_truth
 from ffs_det.evaluation.records import load_records
 
 from detector_utils import tiny_opts, write_tiny_coco
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO_ROOT as REPO
 
 
 def _tool(name):

@@ -12,8 +12,8 @@ import pytest
 
 from ffs_det.density.metrics import ood_metrics, optimal_f1_threshold
 from ffs_det.evaluation.records import load_records, save_records
+from repo_paths import REPO_ROOT as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3
 
 

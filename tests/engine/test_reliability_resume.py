@@ -21,8 +21,8 @@ from ffs_det.engine.setup import build_cfg
 from ffs_det.engine.trainer import trim_metrics
 
 from detector_utils import register_tiny_coco
+from repo_paths import REPO_ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_ITER = 20
 
 

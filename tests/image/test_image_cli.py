@@ -12,8 +12,8 @@ from ffs_det.image.cli import main, parse_named, parse_scorer_options
 from ffs_det.image.feature_store import FeatureStore
 from ffs_det.image.models import save_state_dict
 from ffs_det.image.small_cnn import SmallCNN
+from repo_paths import REPO_ROOT as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCORERS = "msp,energy,react,odin,fde"
 OPTS = ["--opt", "fde.epochs=2", "--opt", "fde.hidden=32", "--opt", "odin.temperature=100"]
 

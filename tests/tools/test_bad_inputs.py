@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from ffs_det.evaluation.ood_report import run_report
 from ffs_det.evaluation.records import load_records, save_records
+from repo_paths import REPO_ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -224,7 +224,6 @@ def test_eval_ood_cli_bad_inputs(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from detector_utils import write_tiny_coco
 
     root = tmp_path_factory.mktemp("cli")

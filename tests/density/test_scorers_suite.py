@@ -7,7 +7,7 @@ from scipy.stats import spearmanr
 
 from ffs_det.density import FeatureFlow
 from ffs_det.density.metrics import ood_metrics
-from ffs_det.density.scorers import SCORERS, build_scorer, fit_and_score
+from ffs_det.density.scorers import build_scorer, fit_and_score
 from ffs_det.density.scorers.lid import encoder_jacobian
 from ffs_det.density.scorers.likelihood_ratio import mutate
 

@@ -12,8 +12,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from ffs_det.data.shapes import ID_CLASSES, IMAGE_SIZE, OOD_CLASSES, generate_world, render_scene
+from repo_paths import REPO_ROOT as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {"train": 8, "val": 4, "ood": 4}
 
 

@@ -18,8 +18,7 @@ from ffs_det.data.classes import BDD_CLASSES, VIS21_CLASSES, VOC_CLASSES
 
 # after ffs_det.data, which sets up detectron2
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO_ROOT as ROOT
 
 
 def script(name):

@@ -4,8 +4,7 @@ import math
 import os
 import subprocess
 import sys
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO_ROOT as REPO
 
 
 def _finite_positive(x):

@@ -17,6 +17,7 @@ from ffs_det.engine import Trainer
 from ffs_det.engine.setup import build_cfg, setup_cfg
 
 from detector_utils import register_tiny_coco, tiny_opts
+from repo_paths import REPO_ROOT
 
 TRAINING_ONLY = ("roi_heads.synthesizer.", "roi_heads.energy_margin.")
 
@@ -154,7 +155,7 @@ def test_importing_the_package_or_its_config_is_enough_to_build_the_model(import
             "    print(type(build_model(cfg).roi_heads).__name__)\n"
             "else:\n"
             "    print('FFSROIHeads')\n")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = REPO_ROOT
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-2000:]
