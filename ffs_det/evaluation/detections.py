@@ -71,6 +71,8 @@ class RecordsEvaluator(DatasetEvaluator):
                 "energy": inst.energy.numpy().astype(np.float32),
                 "logits": inst.logits.numpy().astype(np.float32),
             }
+            if inst.has("flow_loglik"):
+                chunk["flow_loglik"] = inst.flow_loglik.numpy().astype(np.float32)
             if inst.has("features"):
                 chunk["features"] = inst.features.numpy().astype(np.float32)
             self._chunks.append(chunk)

@@ -2,18 +2,19 @@
 
 Arrays (N detections, K inlier classes):
 
-==============  ========  ===========  =========================================================
-key             dtype     shape        meaning
-==============  ========  ===========  =========================================================
-``image_id``    int64     (N,)         dataset image id
-``boxes``       float32   (N, 4)       XYXY, absolute pixels
-``pred_class``  int64     (N,)         predicted class in ``[0, K)``
-``score``       float32   (N,)         detection score: softmax probability of ``pred_class``
-``energy``      float32   (N,)         logsumexp of the K inlier logits (higher = more ID)
-``logits``      float32   (N, K + 1)   class logits, last column = background
-``features``    float32   (N, D)       optional: box features
-``gt_matched``  bool      (N,)         optional: matched a ground-truth box of its class (IoU >= 0.5)
-==============  ========  ===========  =========================================================
+===============  ========  ===========  =========================================================
+key              dtype     shape        meaning
+===============  ========  ===========  =========================================================
+``image_id``     int64     (N,)         dataset image id
+``boxes``        float32   (N, 4)       XYXY, absolute pixels
+``pred_class``   int64     (N,)         predicted class in ``[0, K)``
+``score``        float32   (N,)         detection score: softmax probability of ``pred_class``
+``energy``       float32   (N,)         logsumexp of the K inlier logits (higher = more ID)
+``logits``       float32   (N, K + 1)   class logits, last column = background
+``features``     float32   (N, D)       optional: box features
+``gt_matched``   bool      (N,)         optional: matched a ground-truth box of its class (IoU >= 0.5)
+``flow_loglik``  float32   (N,)         FFS models: log-density (nats) of the box under the trained flow
+===============  ========  ===========  =========================================================
 
 Any other array is allowed if its first dimension is N (e.g. a box-level scorer's output). ``meta`` is a
 JSON object stored as a string: ``dataset``, ``model``, ``num_classes`` (K), ``class_names`` (K names),
@@ -48,7 +49,7 @@ REQUIRED = {
     "energy": (np.float32, 1),
     "logits": (np.float32, 2),
 }
-OPTIONAL = {"features": (np.float32, 2), "gt_matched": (np.bool_, 1)}
+OPTIONAL = {"features": (np.float32, 2), "gt_matched": (np.bool_, 1), "flow_loglik": (np.float32, 1)}
 REQUIRED_META = ("dataset", "model", "num_classes", "class_names", "config")
 _FINITE = ("boxes", "score", "energy")
 

@@ -19,7 +19,9 @@ Training, on top of the usual box classification/regression losses:
 
 With ``SYNTHESIS: "none"`` the head is plain Faster R-CNN. Inference is detectron2's: each output
 ``Instances`` also carries ``logits`` (all K+1 class logits of the box) and ``energy`` (log-sum-exp of the
-K inlier-class logits; higher = more in-distribution), and optionally ``features`` (the box feature).
+K inlier-class logits; higher = more in-distribution), with the flow synthesis ``flow_loglik`` (the log-density
+of the box's feature in ``FFS.FEATURE_SPACE`` under the trained flow and its standardisation, in nats:
+another OOD score, higher = more in-distribution), and optionally ``features`` (the box feature).
 """
 import logging
 from typing import Dict, List
@@ -179,7 +181,7 @@ class FFSROIHeads(StandardROIHeads):
 
         if not self.training:
             instances, kept = self.box_predictor.inference(predictions, proposals)
-            self._attach_outputs(instances, kept, predictions[0], box_features, proposals)
+            self._attach_outputs(instances, kept, predictions[0], box_features, space_features, proposals)
             return instances
 
         losses = self.box_predictor.losses(predictions, proposals)
@@ -262,11 +264,15 @@ class FFSROIHeads(StandardROIHeads):
             losses[name] = value.new_zeros(())
         return losses
 
-    def _attach_outputs(self, instances, kept, logits, box_features, proposals):
+    def _attach_outputs(self, instances, kept, logits, box_features, space_features, proposals):
         num_per_image = [len(p) for p in proposals]
-        for inst, keep, logits_i, feats_i in zip(instances, kept, logits.split(num_per_image),
-                                                 box_features.split(num_per_image)):
+        with_flow = self.synthesizer.kind == "flow"
+        for inst, keep, logits_i, feats_i, space_i in zip(instances, kept, logits.split(num_per_image),
+                                                          box_features.split(num_per_image),
+                                                          space_features.split(num_per_image)):
             inst.logits = logits_i[keep]
             inst.energy = torch.logsumexp(inst.logits[:, :-1], dim=1)
+            if with_flow:  # the trained flow's log-density of the kept boxes (FFS.FEATURE_SPACE), in nats
+                inst.flow_loglik = self.synthesizer.log_prob(space_i[keep])
             if self.output_box_features:
                 inst.features = feats_i[keep]

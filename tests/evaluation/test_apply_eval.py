@@ -95,6 +95,14 @@ def test_apply_net_then_eval_ood(trained, capsys):
         assert 0.0 <= got[key] <= 1.0
         assert got[key] == pytest.approx(direct[key], abs=1e-12)
     assert (got["n_id"], got["n_ood"]) == (n, len(ood_arrays["score"]))
+    # an FFS model's records carry the flow's log-density per detection, usable as the OOD score
+    assert arrays["flow_loglik"].shape == (n,) and np.isfinite(arrays["flow_loglik"]).all()
+    assert _tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
+                                   str(out / "e2e_ood" / "records.npz"), "--thres", "0.0", "--score-key",
+                                   "flow_loglik", "--output-dir", str(root / "report_flow")]) == 0
+    flow = json.loads((root / "report_flow" / "metrics.json").read_text())[name]
+    assert flow["auroc"] == pytest.approx(ood_metrics(arrays["flow_loglik"], ood_arrays["flow_loglik"])["auroc"],
+                                          abs=1e-12)
 
 
 def test_ground_truth_matching_is_greedy_by_score_and_class_aware():

@@ -119,6 +119,22 @@ def test_checkpoint_loads_into_default_predictor(tiny_set, tmp_path):
     # detection score = softmax probability of the predicted class, from the same logits
     probs = torch.softmax(inst.logits, dim=1)
     torch.testing.assert_close(inst.scores, probs[torch.arange(len(inst)), inst.pred_classes])
+    # FFS detections carry the flow's log-density of their box feature; in the output feature space the box
+    # features are what the flow models, so it is the synthesizer's log_prob of the features themselves
+    assert inst.flow_loglik.shape == (len(inst),) and torch.isfinite(inst.flow_loglik).all()
+    cfg3 = cfg2.clone()
+    cfg3.FFS.FEATURE_SPACE, cfg3.FFS.OUTPUT_BOX_FEATURES = "output", True
+    predictor3 = DefaultPredictor(cfg3)
+    inst3 = predictor3(image)["instances"]
+    with torch.no_grad():
+        expected = predictor3.model.roi_heads.synthesizer.log_prob(inst3.features)
+    assert len(inst3) > 0 and inst3.flow_loglik.abs().max() > 0
+    torch.testing.assert_close(inst3.flow_loglik, expected)
+    # the flow's own log_prob with the standardisation's Jacobian (nats of the unstandardised features)
+    synth = predictor3.model.roi_heads.synthesizer
+    u = (inst3.features - synth.running_mean) / synth._scale()
+    with torch.no_grad():
+        torch.testing.assert_close(inst3.flow_loglik, synth.flow.log_prob(u) - synth._scale().log().sum())
 
 
 def test_two_process_cpu_launch_keeps_ranks_in_sync(tiny_set, tmp_path):
