@@ -100,7 +100,7 @@ def _apply(config: str, out: str, opts: List[str], fresh: bool):
     from .evaluation.apply import apply_model, load_model
 
     cfg = build_cfg(config, opts + ["OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
-                                    "FFS.OUTPUT_BOX_FEATURES", "True"],
+                                    "FFS.OUTPUT_BOX_FEATURES", "True", "FFS.OUTPUT_FLOW_LOGLIK", "True"],
                     extra_files=["Inference/standard_nms.yaml"])
     cfg.freeze()
     results, model = {}, None

@@ -36,6 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", default="", help="default: <OUTPUT_DIR>/inference")
     parser.add_argument("--save-features", action="store_true",
                         help="also store each detection's box feature (for box-level density scorers)")
+    parser.add_argument("--flow-loglik", action="store_true",
+                        help="FFS models: also store each detection's log-density under the trained flow "
+                             "(records key flow_loglik, for eval_ood --score-key flow_loglik)")
     add_dataset_args(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
@@ -45,7 +48,8 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
     setup_logger(name="ffs_det")
-    opts = list(args.opts) + (["FFS.OUTPUT_BOX_FEATURES", "True"] if args.save_features else [])
+    opts = list(args.opts) + (["FFS.OUTPUT_BOX_FEATURES", "True"] if args.save_features else []) + (
+        ["FFS.OUTPUT_FLOW_LOGLIK", "True"] if args.flow_loglik else [])
     try:
         cfg = build_cfg(args.config_file, opts, extra_files=[args.inference_config])
         apply_dataset_args(args)

@@ -19,7 +19,8 @@ Training, on top of the usual box classification/regression losses:
 
 With ``SYNTHESIS: "none"`` the head is plain Faster R-CNN. Inference is detectron2's: each output
 ``Instances`` also carries ``logits`` (all K+1 class logits of the box) and ``energy`` (log-sum-exp of the
-K inlier-class logits; higher = more in-distribution), with the flow synthesis ``flow_loglik`` (the log-density
+K inlier-class logits; higher = more in-distribution), with the flow synthesis and ``FFS.OUTPUT_FLOW_LOGLIK``
+``flow_loglik`` (the log-density
 of the box's feature in ``FFS.FEATURE_SPACE`` under the trained flow and its standardisation, in nats:
 another OOD score, higher = more in-distribution), and optionally ``features`` (the box feature).
 """
@@ -53,7 +54,7 @@ class FFSROIHeads(StandardROIHeads):
     def __init__(self, *, synthesizer: OutlierSynthesizer, energy_margin: EnergyMargin = None,
                  start_iter: int = 0, energy_loss_weight: float = 0.1, nll_weight: float = 1e-4,
                  feature_space: str = "output", outlier_map: str = "none", output_box_features: bool = False,
-                 hardest_outliers: int = 0, nonfinite: str = "raise", log_period: int = 20, **kwargs):
+                 output_flow_loglik: bool = False, hardest_outliers: int = 0, nonfinite: str = "raise", log_period: int = 20, **kwargs):
         """
         Args (besides StandardROIHeads'):
             synthesizer: the outlier-synthesis strategy (:mod:`ffs_det.density.synthesis`); it observes
@@ -66,6 +67,7 @@ class FFSROIHeads(StandardROIHeads):
                 final ReLU, which then maps synthetic outliers into the support of the real features).
             outlier_map: "none" or "sigmoid", applied to synthetic outliers before the classifier.
             output_box_features: attach each detection's box feature to the output Instances.
+            output_flow_loglik: with flow synthesis, attach each detection's log-density under the flow.
             hardest_outliers: if > 0, the margin trains on this many of the synthesised outliers, those with
                 the highest energy; 0: on all of them.
             nonfinite: "raise" or "skip" for a non-finite flow NLL or margin loss.
@@ -91,6 +93,7 @@ class FFSROIHeads(StandardROIHeads):
         self.feature_space = feature_space
         self.outlier_map = outlier_map
         self.output_box_features = output_box_features
+        self.output_flow_loglik = output_flow_loglik
         if hardest_outliers < 0:
             raise ValueError(f"FFS.HARDEST_OUTLIERS must be >= 0, got {hardest_outliers}")
         self.hardest_outliers = int(hardest_outliers)
@@ -130,6 +133,7 @@ class FFSROIHeads(StandardROIHeads):
             feature_space=f.FEATURE_SPACE,
             outlier_map=f.OUTLIER_MAP,
             output_box_features=f.OUTPUT_BOX_FEATURES,
+            output_flow_loglik=f.OUTPUT_FLOW_LOGLIK,
             hardest_outliers=f.HARDEST_OUTLIERS,
             nonfinite=f.NONFINITE,
             log_period=f.LOG_PERIOD,
@@ -266,7 +270,7 @@ class FFSROIHeads(StandardROIHeads):
 
     def _attach_outputs(self, instances, kept, logits, box_features, space_features, proposals):
         num_per_image = [len(p) for p in proposals]
-        with_flow = self.synthesizer.kind == "flow"
+        with_flow = self.output_flow_loglik and self.synthesizer.kind == "flow"
         for inst, keep, logits_i, feats_i, space_i in zip(instances, kept, logits.split(num_per_image),
                                                           box_features.split(num_per_image),
                                                           space_features.split(num_per_image)):

@@ -45,7 +45,8 @@ def trained(tmp_path_factory):
 def test_apply_net_then_eval_ood(trained, capsys):
     root, register, weights = trained
     out = root / "inference"
-    assert _tool("apply_net").main(["--config-file", "Shapes/ffs_mobilenet.yaml", "--test-dataset", "e2e_id",
+    assert _tool("apply_net").main(["--config-file", "Shapes/ffs_mobilenet.yaml", "--flow-loglik",
+                                    "--test-dataset", "e2e_id",
                              "--test-dataset", "e2e_ood", "--inference-config", "Inference/standard_nms.yaml",
                              "--output-dir", str(out), *register, "MODEL.WEIGHTS", weights,
                              "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "INPUT.MIN_SIZE_TEST", "128",

@@ -121,6 +121,9 @@ def test_checkpoint_loads_into_default_predictor(tiny_set, tmp_path):
     torch.testing.assert_close(inst.scores, probs[torch.arange(len(inst)), inst.pred_classes])
     # FFS detections carry the flow's log-density of their box feature; in the output feature space the box
     # features are what the flow models, so it is the synthesizer's log_prob of the features themselves
+    assert not inst.has("flow_loglik")  # opt-in: it costs a flow pass per detection
+    cfg2.FFS.OUTPUT_FLOW_LOGLIK = True
+    inst = DefaultPredictor(cfg2)(image)["instances"]
     assert inst.flow_loglik.shape == (len(inst),) and torch.isfinite(inst.flow_loglik).all()
     cfg3 = cfg2.clone()
     cfg3.FFS.FEATURE_SPACE, cfg3.FFS.OUTPUT_BOX_FEATURES = "output", True
