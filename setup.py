@@ -26,7 +26,9 @@ setup(
     ],
     extras_require={
         # detectron2 itself is installed separately (see README): it is not on PyPI.
-        "test": ["pytest>=7", "hypothesis", "pytorch-ood==0.4.0"],
-        "bench": ["normflows", "psutil"],
+        "test": ["pytest>=7", "hypothesis", "pytorch-ood==0.4.0", "faiss-cpu"],
+        "bench": ["normflows", "psutil", "faiss-cpu"],
+        # the KNN scorer uses faiss when it is installed (scikit-learn otherwise)
+        "faiss": ["faiss-cpu"],
     },
 )

@@ -18,12 +18,14 @@ SIZES = {
                   metric_scores=200_000, metric_warmup=1, metric_repeats=2,
                   flow_features="synthetic", flow_kwargs=dict(max_steps=30, max_seconds=10.0, eval_every=10,
                                                               feature_kwargs=dict(n_train=1024, n_test=512)),
-                  memory_sizes=(256, 1024), memory_fit_steps=3),
+                  memory_sizes=(256, 1024), memory_fit_steps=3,
+                  knn=dict(n_train=2000, n_query=200, dim=256, k=50, warmup=0, repeats=1)),
     "full": dict(train_images=4, train_warmup=2, train_repeats=10, infer_images=8, infer_warmup=1,
                  infer_repeats=7, synth_warmup=3, synth_repeats=21, paper_warmup=1, paper_repeats=5,
                  metric_scores=2_000_000, metric_warmup=1, metric_repeats=5,
                  flow_features="digits_cnn", flow_kwargs=dict(max_steps=400, max_seconds=60.0, eval_every=10),
-                 memory_sizes=(1000, 8000, 32000), memory_fit_steps=20),
+                 memory_sizes=(1000, 8000, 32000), memory_fit_steps=20,
+                 knn=dict(n_train=100_000, n_query=10_000, dim=256, k=50, warmup=0, repeats=3)),
 }
 
 # ratio name -> (where it is in the results, comparison, target)
@@ -66,6 +68,7 @@ def run_benchmark(quick: bool = False, device: str = "cpu", threads: Optional[in
     """Run every measurement; returns the results dict (also the JSON written by the CLI)."""
     from .detector import MODES, build_models, detector_cfg, shapes_inputs, time_inference, time_training_steps
     from .flow_fit import fit_race
+    from .knn import time_knn
     from .memory import measure_memory
     from .metrics import time_metrics
     from .synthesis import PAPER_SETTINGS, settings_from_cfgs, time_synthesis
@@ -115,6 +118,10 @@ def run_benchmark(quick: bool = False, device: str = "cpu", threads: Optional[in
     section("flow_fit", f"flow fit race on {size['flow_features']} features (ours vs FDE-style Glow)")
     results["flow_fit"] = fit_race(size["flow_features"], seed=seed, device=device, **size["flow_kwargs"])
 
+    section("knn", f"knn scorer: faiss vs scikit-learn index, {size['knn']['n_train']:,} x {size['knn']['dim']} "
+                   f"features, {size['knn']['n_query']:,} queries")
+    results["knn"] = time_knn(seed=seed, **size["knn"])
+
     section("memory", f"memory: extraction + fit at n = {list(size['memory_sizes'])}")
     results["memory"] = measure_memory(size["memory_sizes"], size["memory_fit_steps"], seed)
 
@@ -153,6 +160,11 @@ def format_measurements(r: Dict) -> str:
     rows.append((f"ood_metrics ({mt['n_scores']:,} scores)", _ms(mt["ours"]["median_s"]), "6 metrics, one sort"))
     rows.append(("sklearn AUROC+AUPR-In+AUPR-Out", _ms(mt["sklearn"]["median_s"]),
                  f"max |diff| {mt['max_abs_difference']:.1e}"))
+    kn = r["knn"]
+    for b in ("faiss", "sklearn"):
+        rows.append((f"knn fit+score, {b} index", _ms(kn[b]["median_s"]),
+                     f"{kn['n_train']:,} x {kn['dim']} bank, {kn['n_query']:,} queries, k={kn['k']}"
+                     + (f", max |score diff| {kn['max_abs_difference']:.1e}" if b == "sklearn" else "")))
     ff = r["flow_fit"]
     for m in ("ours", "fde_glow"):
         f = ff[m]

@@ -49,5 +49,7 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
         expected = None if t["value"] is None else (t["value"] <= float(target) if op == "<=" else
                                                     t["value"] >= float(target))
         assert t["met"] is expected, (name, t)  # the verdict follows from the value and the target
-    assert set(r["section_seconds"]) == {"training_step", "inference", "synthesis", "metrics", "flow_fit", "memory"}
+    assert set(r["section_seconds"]) == {"training_step", "inference", "synthesis", "metrics", "flow_fit", "knn",
+                                        "memory"}
+    assert r["knn"]["max_abs_difference"] < 1e-4 and _finite_positive(r["knn"]["faiss"]["median_s"])
     assert r["load_average_before"] is None or len(r["load_average_before"]) == 3

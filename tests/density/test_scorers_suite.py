@@ -177,8 +177,9 @@ def test_likelihood_ratio_perturbation_and_identical_flows():
 def test_knn_gmm_details(bench):
     x = bench["x_train"]
     assert np.allclose(build_scorer("knn", k=1).fit(x).score(x[:30]), 0.0, atol=1e-7)
-    sub = build_scorer("knn", k=5, train_fraction=0.1).fit(x)
+    sub = build_scorer("knn", k=5, train_fraction=0.1, backend="sklearn").fit(x)
     assert sub.index_.n_samples_fit_ == 120
+    assert build_scorer("knn", k=5, train_fraction=0.1, backend="faiss").fit(x).index_.ntotal == 120
     # feature maps (N, C, H, W) are average pooled
     maps = np.repeat(x[:, :, None, None], 4, axis=2).repeat(3, axis=3)
     np.testing.assert_allclose(build_scorer("knn", k=3).fit(maps).score(maps[:10]),
@@ -282,3 +283,15 @@ def test_scorers_on_reduced_fashion_mnist_benchmark(tmp_path):
         auroc = {k: m["auroc"] for k, m in res.metrics.items()}
         print(f"fashion-mnist {name}: AUROC " + ", ".join(f"{k}={v:.3f}" for k, v in auroc.items()))
         assert set(auroc) == {"digits", "textures"} and all(v > 0.5 for v in auroc.values()), (name, auroc)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_knn_faiss_and_sklearn_agree(bench, normalize):
+    """The faiss index (float32, exact) gives the scikit-learn index's k-th neighbour distances."""
+    x, t = bench["x_train"], np.concatenate([bench["x_test"], bench["ood"]["mixed"]])
+    ours = {b: build_scorer("knn", k=10, normalize=normalize, backend=b).fit(x) for b in ("faiss", "sklearn")}
+    assert ours["faiss"].backend_ == "faiss" and ours["sklearn"].backend_ == "sklearn"
+    assert build_scorer("knn").fit(x).backend_ == "faiss"  # the default when faiss is installed
+    a, b = ours["faiss"].score(t), ours["sklearn"].score(t)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    assert spearmanr(a, b).statistic > 0.9999
