@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = {"vanilla": "Shapes/vanilla_mobilenet.yaml", "vos": "Shapes/vos_mobilenet.yaml",
            "ffs": "Shapes/ffs_mobilenet.yaml"}
-ID_SET, OOD_SET = "shapes_val", "shapes_ood"
+ID_SET, OOD_SET, TRAIN_SET = "shapes_val", "shapes_ood", "shapes_train"
 ROW_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "threshold", "n_id", "n_ood")
 # the metrics of the summary: (row key, header, scale to percent, lower is better)
 SUMMARY_METRICS = (("fpr95", "FPR95 ↓", 100.0, True), ("auroc", "AUROC ↑", 100.0, False),
@@ -51,7 +51,7 @@ NUM_PROJECTED_OUTLIERS = 300
 
 # what a job writes besides its log (demo_job.log, open while the job runs)
 _JOB_OUTPUTS = ("train_info.json", "row.json", "features_pca.png", "config.yaml", "metrics.json", "last_checkpoint",
-                "log.txt", "inference", "ood", "kept_scores.npz")
+                "log.txt", "inference", "ood", "kept_scores.npz", "box_scores.npz")
 
 
 def _clear_job(out: str) -> None:
@@ -104,7 +104,7 @@ def _apply(config: str, out: str, opts: List[str], fresh: bool):
                     extra_files=["Inference/standard_nms.yaml"])
     cfg.freeze()
     results, model = {}, None
-    for dataset in (ID_SET, OOD_SET):
+    for dataset in (ID_SET, OOD_SET, TRAIN_SET):  # the training set's box features fit the post-hoc scorers
         target = os.path.join(out, "inference", dataset)
         if not fresh and _records_of(target, cfg.MODEL.WEIGHTS):
             with open(os.path.join(target, "metrics.json")) as f:
@@ -178,14 +178,33 @@ def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), f
     np.savez(buf, id=kept["id_scores"], ood=kept["ood_scores"])  # the kept detections' scores, for the ROC
     atomic_write_bytes(os.path.join(out, "kept_scores.npz"), buf.getvalue())
     support = _projection(model, cfg, out, report, method, seed)
+    scores = _box_scores(out, report["threshold"])
     bbox = applied[ID_SET].get("bbox", {})
     row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS},
            "ap50": bbox.get("AP50", float("nan")), "ap": bbox.get("AP", float("nan")),
            "train_seconds": info["train_seconds"], "seconds_per_iter": info["seconds_per_iter"],
            "iterations": info["iterations"], "job_seconds": round(time.perf_counter() - start, 1),
-           "support": support}
+           "support": support, "scores": scores}
     atomic_write_json(os.path.join(out, "row.json"), row, indent=2)
     return row
+
+
+def _box_scores(out: str, threshold: float) -> Dict:
+    """Every score on the kept detections (:func:`ffs_det.evaluation.box_scores.compare_box_scores`): the
+    metrics per score, and the kept scores saved for the ROC of every (method, score)."""
+    from .evaluation.box_scores import compare_box_scores
+
+    rec = lambda name: os.path.join(out, "inference", name, "records.npz")  # noqa: E731
+    try:
+        comparison, info = compare_box_scores(rec(TRAIN_SET), rec(ID_SET), [rec(OOD_SET)], thres=threshold)
+    except ValueError as e:  # too few training boxes (a barely trained model): the energy row stands alone
+        logger.warning("box-level scores not computed: %s", e)
+        return {"error": str(e)}
+    buf = io.BytesIO()
+    np.savez(buf, **{f"{score}__{name}": v for score, sets in comparison.scores.items() for name, v in sets.items()})
+    atomic_write_bytes(os.path.join(out, "box_scores.npz"), buf.getvalue())
+    return dict(info, metrics={score: {k: m[OOD_SET][k] for k in ("fpr95", "auroc", "aupr_in", "n_id", "n_ood")}
+                               for score, m in comparison.metrics.items()})
 
 
 def _job_in_worker(method: str, seed: int, output_dir: str, opts: List[str], fresh: bool, threads: int) -> Dict:
@@ -233,6 +252,62 @@ def summarize(rows: List[Dict], baseline: str = "vanilla") -> Dict:
                                "seeds_better": better, "seeds": len(common)}
             out["paired"][m] = paired
     return out
+
+
+SCORE_METRICS = (("fpr95", "FPR95 ↓", True), ("auroc", "AUROC ↑", False), ("aupr_in", "AUPR-In ↑", False))
+
+
+def summarize_scores(rows: List[Dict]) -> Dict:
+    """Per (method, score): mean ± std over seeds of FPR95 / AUROC / AUPR-In (%) on the same kept
+    detections; and per method, on how many seeds each fused score beats each of its parts."""
+    out = {"scores": {}, "fused": {}}
+    for m in dict.fromkeys(r["method"] for r in sorted(rows, key=lambda r: list(METHODS).index(r["method"])
+                                                       if r["method"] in METHODS else len(METHODS))):
+        mine = sorted((r for r in rows if r["method"] == m and "metrics" in r.get("scores", {})),
+                      key=lambda r: r["seed"])
+        if not mine:
+            continue
+        # the scores every seed has (a scorer that could not be fitted on one seed is left out)
+        names = [n for n in mine[0]["scores"]["metrics"] if all(n in r["scores"]["metrics"] for r in mine)]
+        out["scores"][m] = {}
+        for name in names:
+            vals = {k: np.array([100 * r["scores"]["metrics"][name][k] for r in mine]) for k, _, _ in SCORE_METRICS}
+            out["scores"][m][name] = {k: {"mean": float(v.mean()), "std": _std(v), "per_seed": v.tolist()}
+                                      for k, v in vals.items()}
+        for fused in (n for n in names if "+" in n):
+            parts = fused.split("+")
+            beats = {}
+            for k, _, lower_better in SCORE_METRICS:
+                f = np.array([r["scores"]["metrics"][fused][k] for r in mine])
+                for part in parts:
+                    p = np.array([r["scores"]["metrics"][part][k] for r in mine])
+                    beats[f"{k} vs {part}"] = int((f < p).sum() if lower_better else (f > p).sum())
+            out["fused"].setdefault(m, {})[fused] = {"seeds": len(mine), "beats": beats}
+    return out
+
+
+def format_scores(rows: List[Dict]) -> str:
+    """Markdown: every score of every method on the same kept detections, and the fused scores vs their parts."""
+    s = summarize_scores(rows)
+    if not s["scores"]:
+        return ""
+    lines = ["Every score on the same kept detections (mean ± std over seeds, %; post-hoc scorers fitted on the "
+             "ID training set's box features):", "",
+             "| method | score | " + " | ".join(h for _, h, _ in SCORE_METRICS) + " |", "|---|---|---|---|---|"]
+    for m, per in s["scores"].items():
+        for name, d in per.items():
+            lines.append(f"| {m} | {name} | " + " | ".join(_pm(d[k]) for k, _, _ in SCORE_METRICS) + " |")
+    if s["fused"]:
+        lines += ["", "Fused scores (z-scores calibrated on ID training detections, no OOD data): seeds on which the "
+                  "fused score beats each part:", "", "| method | fused | " +
+                  " | ".join(f"{h} vs {p}" for _, h, _ in SCORE_METRICS for p in ("energy", "density")) + " |",
+                  "|---|---|" + "---|" * 2 * len(SCORE_METRICS)]
+        for m, per in s["fused"].items():
+            for fused, d in per.items():
+                parts = fused.split("+")
+                lines.append(f"| {m} | {fused} | " + " | ".join(
+                    f"{d['beats'][f'{k} vs {p}']}/{d['seeds']}" for k, _, _ in SCORE_METRICS for p in parts) + " |")
+    return "\n".join(lines)
 
 
 def _pm(d: Dict) -> str:
@@ -323,7 +398,11 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
         raise DemoJobsFailed(f"every job failed: {'; '.join(failed)}")
     print("[3/3] summary", flush=True)
     summary = summarize(rows)
+    summary["box_scores"] = summarize_scores(rows)
     table = format_summary(rows, summary)
+    scores_table = format_scores(rows)
+    if scores_table:
+        table += "\n\n" + scores_table
     wall = round(time.perf_counter() - start, 1)
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     atomic_write_json(os.path.join(output_dir, "summary.json"),
@@ -331,6 +410,8 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
                        "opts": opts, "world_seed": world_seed, "counts": counts}, indent=2)
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
     atomic_write_bytes(os.path.join(output_dir, f"roc_{OOD_SET}.png"), _roc(output_dir, rows))
+    if any("metrics" in r.get("scores", {}) for r in rows):
+        atomic_write_bytes(os.path.join(output_dir, f"roc_scores_{OOD_SET}.png"), _roc_scores(output_dir, rows))
     result = {"rows": rows, "summary": summary, "table": table, "wall_seconds": wall, "machine": machine}
     if failed:
         raise DemoJobsFailed(f"{len(failed)} of {len(todo)} jobs failed: {'; '.join(failed)}; the summary holds "
@@ -348,6 +429,21 @@ def _roc(output_dir: str, rows: List[Dict]) -> bytes:
             curves[f"{r['method']} seed {r['seed']}"] = (z["id"], z["ood"])
     return roc_png(curves, f"ROC, energy: {ID_SET} vs {OOD_SET}", xlabel="FPR (OOD detections kept)",
                    ylabel="TPR (ID detections kept)")
+
+
+def _roc_scores(output_dir: str, rows: List[Dict]) -> bytes:
+    """One ROC plot of every (method, score) of the first seed on the OOD set."""
+    from .density.report import roc_png
+
+    seed = min(r["seed"] for r in rows)
+    curves = {}
+    for r in sorted((r for r in rows if r["seed"] == seed and "metrics" in r.get("scores", {})),
+                    key=lambda r: list(METHODS).index(r["method"])):
+        with np.load(os.path.join(output_dir, r["method"], f"seed{seed}", "box_scores.npz")) as z:
+            for name in r["scores"]["metrics"]:
+                curves[f"{r['method']}: {name}"] = (z[f"{name}__{ID_SET}"], z[f"{name}__{OOD_SET}"])
+    return roc_png(curves, f"ROC of every score, seed {seed}: {ID_SET} vs {OOD_SET}",
+                   xlabel="FPR (OOD detections kept)", ylabel="TPR (ID detections kept)")
 
 
 class DemoJobsFailed(RuntimeError):

@@ -80,6 +80,12 @@ def test_tiny_demo_two_methods_two_seeds_two_processes(tmp_path):
         with np.load(out / r["method"] / f"seed{r['seed']}" / "kept_scores.npz") as z:
             m = ood_metrics(z["id"], z["ood"])
         assert (m["fpr95"], m["auroc"], m["n_id"], m["n_ood"]) == (r["fpr95"], r["auroc"], r["n_id"], r["n_ood"])
+        # every score on the same kept detections; energy's row is the one above
+        scores = r["scores"]["metrics"]
+        assert scores["energy"]["fpr95"] == r["fpr95"] and scores["energy"]["n_ood"] == r["n_ood"]
+        assert {"fde", "mahalanobis", "gmm"} <= set(scores) and ("flow_loglik" in scores) == (r["method"] == "ffs")
+        assert all(s["n_id"] == r["n_id"] for s in scores.values())
+    assert (out / "roc_scores_shapes_ood.png").is_file() and "Every score on the same kept detections" in md
     # a second run reuses every job (same settings); a changed override retrains
     before = os.path.getmtime(out / "ffs" / "seed0" / "model_final.pth")
     again = run_demo(str(out), ["ffs"], seeds=[0], jobs=1, opts=TINY, counts={"train": 6, "val": 4, "ood": 4})

@@ -8,8 +8,9 @@ on the training boxes (those matched to a ground-truth box when the records say 
 more array, named after the scorer, for ``tools/eval_ood.py --score-key <name>``. Input files are never
 modified.
 """
+import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -17,7 +18,9 @@ from ..atomic_io import child_folder
 from ..density.scorers import fit_and_score
 from .records import load_records, save_records
 
-__all__ = ["add_box_scores"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["add_box_scores", "compare_box_scores", "fuse_scores", "POSTHOC_SCORERS"]
 
 
 def _features(arrays, meta, path):
@@ -67,3 +70,101 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
                                             "fitted_on": int(keep.sum())}})
         written.append(save_records(os.path.join(child_folder(output_dir, name), "records.npz"), arrays, meta))
     return written
+
+
+# the box-level scorers compared with the detector's energy by default
+POSTHOC_SCORERS = ("fde", "mahalanobis", "knn", "gmm")
+# every CALIBRATION_EVERY-th training image (by image id) calibrates the fused scores; the rest fit the scorers
+CALIBRATION_EVERY = 5
+
+
+def _calibration_split(image_ids: np.ndarray, keep: np.ndarray):
+    """``(fit, calibration)`` masks of the kept training detections: the detections of every
+    :data:`CALIBRATION_EVERY`-th image (in image-id order) calibrate, the others fit; with too few images,
+    every :data:`CALIBRATION_EVERY`-th detection (the last one, with fewer detections than that)."""
+    images = np.unique(image_ids[keep])
+    calib = keep & np.isin(image_ids, images[CALIBRATION_EVERY - 1::CALIBRATION_EVERY])
+    if not calib.any() or not (keep & ~calib).any():
+        rows = np.flatnonzero(keep)
+        calib = np.zeros_like(keep)
+        calib[rows[CALIBRATION_EVERY - 1::CALIBRATION_EVERY] if len(rows) >= CALIBRATION_EVERY else rows[-1:]] = True
+    return keep & ~calib, calib
+
+
+def _zscore(calibration: np.ndarray):
+    mean, std = float(np.mean(calibration)), float(np.std(calibration))
+    return lambda v: (v - mean) / max(std, 1e-12)
+
+
+def fuse_scores(calibration: Dict[str, np.ndarray], scores: Dict[str, np.ndarray]) -> np.ndarray:
+    """The sum of each part's z-score, each standardised with the mean and standard deviation of its values
+    on ID calibration detections ``calibration[part]``: a fused score fitted on in-distribution data only
+    (its arguments hold no OOD input)."""
+    if set(calibration) != set(scores) or len(scores) < 2:
+        raise ValueError(f"fuse_scores needs the same two or more parts in calibration and scores, got "
+                         f"{sorted(calibration)} and {sorted(scores)}")
+    return sum(_zscore(np.asarray(calibration[k], np.float64))(np.asarray(v, np.float64)) for k, v in scores.items())
+
+
+def compare_box_scores(train_records: str, id_records: str, ood_records: Sequence[str],
+                       scorers: Sequence[str] = POSTHOC_SCORERS, fuse: Sequence[str] = ("fde",),
+                       thres: Optional[float] = None, min_score: float = 0.5,
+                       options: Optional[Dict[str, dict]] = None):
+    """Energy, the records' ``flow_loglik`` (FFS models), post-hoc box-level scorers and fused scores, on the
+    same kept detections: returns ``(comparison, info)`` with a
+    :class:`~ffs_det.density.report.Comparison` of ``{score: {set: kept scores}}``.
+
+    The detection threshold is the eval_ood one (optimal F1 on the ID records, or ``thres``). Each scorer
+    is fitted on the box features (``apply_net --save-features``) of the training detections matched to
+    ground truth (else ``score >= min_score``; labels = predicted classes), except those of every
+    :data:`CALIBRATION_EVERY`-th training image, which calibrate the fused scores: ``energy+<score>`` for
+    each ``<score>`` in ``fuse`` (:func:`fuse_scores`). Nothing here sees an OOD label; OOD records are only
+    scored.
+    """
+    from ..density.report import compare
+    from .ood_report import RecordSet, evaluate_ood
+
+    options = options or {}
+    unknown = sorted(set(fuse) - set(scorers) - {"flow_loglik"})
+    if unknown:
+        raise ValueError(f"fuse: {unknown} are not among the scores ({', '.join(scorers)}, flow_loglik)")
+    report = evaluate_ood(id_records, ood_records, thres)  # the checks of eval_ood, and the energy scores
+    threshold = report["threshold"]
+    train = RecordSet.load(train_records)
+    feats = _features(train.arrays, train.meta, train_records)
+    keep = train.arrays["gt_matched"] if "gt_matched" in train.arrays else train.arrays["score"] >= min_score
+    if not keep.any():  # e.g. a barely trained model: the detections eval_ood would keep
+        keep = train.arrays["score"] >= threshold
+    fit, calib = _calibration_split(train.arrays["image_id"], keep)
+    if fit.sum() < 2 or not calib.any():
+        raise ValueError(f"records {train_records}: {int(fit.sum())} training detections to fit on and "
+                         f"{int(calib.sum())} to calibrate on; need at least 2 and 1")
+    sets = {report["id"]["dataset"]: report["id"]["records"],
+            **{name: s["records"] for name, s in report["sets"].items()}}
+    kept = {name: rs.arrays["score"] >= threshold for name, rs in sets.items()}
+    scores = {"energy": {name: rs.arrays["energy"][kept[name]].astype(np.float64) for name, rs in sets.items()}}
+    calibration = {"energy": train.arrays["energy"][calib].astype(np.float64)}
+    if all("flow_loglik" in rs.arrays for rs in [train, *sets.values()]):
+        scores["flow_loglik"] = {name: rs.arrays["flow_loglik"][kept[name]].astype(np.float64)
+                                 for name, rs in sets.items()}
+        calibration["flow_loglik"] = train.arrays["flow_loglik"][calib].astype(np.float64)
+    failed = {}
+    for scorer in scorers:
+        test = {name: _features(rs.arrays, rs.meta, rs.path)[kept[name]] for name, rs in sets.items()}
+        try:
+            out = fit_and_score(scorer, feats[fit], train.arrays["pred_class"][fit],
+                                {"__calibration__": feats[calib], **test}, **options.get(scorer, {}))
+        except ValueError as e:  # e.g. knn's k above the number of training boxes: the other scores go on
+            failed[scorer] = str(e)
+            logger.warning("box score %s not computed: %s", scorer, e)
+            continue
+        calibration[scorer] = out.pop("__calibration__")
+        scores[scorer] = out
+    for part in fuse:
+        if part in scores:
+            scores[f"energy+{part}"] = {name: fuse_scores({k: calibration[k] for k in ("energy", part)},
+                                                          {k: scores[k][name] for k in ("energy", part)})
+                                        for name in sets}
+    info = {"threshold": threshold, "fit_on": int(fit.sum()), "calibrated_on": int(calib.sum()),
+            "id": report["id"]["dataset"], "failed": failed}
+    return compare(scores, report["id"]["dataset"]), info

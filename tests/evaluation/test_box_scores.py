@@ -1,12 +1,13 @@
 """Box-level density scores added to detection records, then evaluated like the detector's energy."""
 import hashlib
 import importlib.util
+import inspect
 import os
 
 import numpy as np
 import pytest
 
-from ffs_det.evaluation.box_scores import add_box_scores
+from ffs_det.evaluation.box_scores import add_box_scores, compare_box_scores, fuse_scores
 from ffs_det.evaluation.ood_report import evaluate_ood
 from ffs_det.evaluation.records import load_records, save_records
 from repo_paths import REPO_ROOT as REPO
@@ -86,3 +87,36 @@ def test_cli_writes_and_reports_errors(record_files, tmp_path, capsys):
                       "--output-dir", str(tmp_path / "cli3")]) == 2
     assert capsys.readouterr().err.startswith("error: scorer 'knn': unknown option(s) K; it takes k, ")
     assert not (tmp_path / "cli3").exists()
+
+
+def test_compare_box_scores_on_the_same_kept_detections(record_files, tmp_path):
+    train, id_path, ood_path = record_files
+    comparison, info = compare_box_scores(train, id_path, [ood_path], scorers=("mahalanobis", "knn", "fde"),
+                                          fuse=("mahalanobis",), thres=0.6,
+                                          options={"knn": {"k": 5}, "fde": {"epochs": 2, "hidden": 32}})
+    assert list(comparison.scores) == ["energy", "mahalanobis", "knn", "fde", "energy+mahalanobis"]
+    assert info["fit_on"] + info["calibrated_on"] == 300 and info["calibrated_on"] == 60  # every 5th image
+    id_arrays, _ = load_records(id_path)
+    kept = id_arrays["score"] >= 0.6
+    for name, sets in comparison.scores.items():  # every score on the detections eval_ood keeps
+        assert sets["id"].shape == (int(kept.sum()),), name
+    np.testing.assert_array_equal(comparison.scores["energy"]["id"], id_arrays["energy"][kept])
+    report = evaluate_ood(id_path, [ood_path], thres=0.6)
+    assert comparison.metrics["energy"]["ood"]["auroc"] == report["sets"]["ood"]["metrics"]["auroc"]
+    # the density scores see the OOD shift the (random) energy does not
+    assert comparison.metrics["mahalanobis"]["ood"]["auroc"] > 0.95 > comparison.metrics["energy"]["ood"]["auroc"]
+
+
+def test_fused_score_sees_no_ood_data(record_files, tmp_path):
+    """The fused score is calibrated on ID training detections only: its ID scores do not depend on the OOD
+    set, and fuse_scores takes no OOD input."""
+    assert list(inspect.signature(fuse_scores).parameters) == ["calibration", "scores"]
+    train, id_path, ood_path = record_files
+    other = _records(tmp_path / "ood2.npz", "ood", 120, -7.0, np.random.default_rng(5), matched=False)
+    runs = [compare_box_scores(train, id_path, [p], scorers=("mahalanobis",), fuse=("mahalanobis",), thres=0.6)[0]
+            for p in (ood_path, other)]
+    np.testing.assert_array_equal(runs[0].scores["energy+mahalanobis"]["id"], runs[1].scores["energy+mahalanobis"]["id"])
+    cal = {"a": np.array([0.0, 2.0]), "b": np.array([10.0, 10.0, 30.0, 30.0])}
+    np.testing.assert_allclose(fuse_scores(cal, {"a": np.array([1.0]), "b": np.array([40.0])}), [0.0 + 2.0])
+    with pytest.raises(ValueError, match="same two or more parts"):
+        fuse_scores({"a": cal["a"]}, {"a": np.array([1.0])})
