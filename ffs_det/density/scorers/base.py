@@ -103,8 +103,7 @@ class LogitScorer(Scorer):
     """A scorer of the classifier's logits: :meth:`score_logits` needs no fitting. ``fit(head=...)`` keeps
     the final linear layer so that :meth:`score` takes features (``logits = X W^T + b``)."""
 
-    kind = "logits"
-    uses_head = "optional"
+    kind = "logits"  # uses_head "none": stored logits need no head (fit_scorer passes one anyway)
 
     def fit(self, X=None, y=None, *, head=None) -> "LogitScorer":
         self.check_params()
