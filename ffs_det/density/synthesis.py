@@ -20,10 +20,12 @@ Strategies:
   the unstandardised features.
 * ``"gaussian"`` (VOS, Du et al., ICLR 2022): class-conditional Gaussians with one shared covariance,
   estimated from per-class FIFO queues of ``queue_size`` features; ``sample_from`` draws per class, keep
-  the ``select`` lowest-density ones per class. Nothing until every queue is full.
+  the ``select`` lowest-density ones per class. Nothing until every queue is full. The covariance is
+  accumulated in float64 and floored when it is not positive definite (:func:`shared_covariance_factor`).
 * ``"none"``: no outliers (plain training).
 """
 import contextlib
+import logging
 import math
 from typing import Dict, Optional
 
@@ -33,7 +35,9 @@ from torch import nn
 from .flow import FeatureFlow, standard_normal_log_prob
 
 __all__ = ["OutlierSynthesizer", "NoSynthesis", "FlowTailSynthesizer", "GaussianTailSynthesizer",
-           "build_synthesizer", "SYNTHESIS_KINDS"]
+           "build_synthesizer", "shared_covariance_factor", "SYNTHESIS_KINDS"]
+
+logger = logging.getLogger(__name__)
 
 SYNTHESIS_KINDS = ("flow", "gaussian", "none")
 
@@ -206,6 +210,7 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
         # buffers, so queues are saved in checkpoints and a resumed run continues with them
         self.register_buffer("queue", torch.zeros(num_classes, queue_size, dim))
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
+        self._warned_floor = False
 
     def observe(self, features, labels):
         if features.dim() != 2 or features.shape[1] != self.dim:
@@ -243,12 +248,15 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
         return (means[:, None] + e @ chol.T).reshape(-1, self.dim)
 
     def _fit(self):
-        """Class means ``(C, D)`` and the Cholesky factor of the shared covariance, from the queues."""
-        means = self.queue.mean(dim=1)  # (C, D)
-        centered = (self.queue - means[:, None]).reshape(-1, self.dim)
-        cov = centered.T @ centered / centered.shape[0]
-        cov += self.eps * torch.eye(self.dim, device=cov.device, dtype=cov.dtype)
-        return means, torch.linalg.cholesky(cov)
+        """Class means ``(C, D)`` and a lower-triangular factor ``L`` of the shared covariance (``L L^T``),
+        from the queues, in the queue's dtype; see :func:`shared_covariance_factor`."""
+        means, chol, floored = shared_covariance_factor(self.queue, self.eps)
+        if floored and not self._warned_floor:
+            logger.warning("VOS: the shared covariance of the %d x %d queued features is not positive definite "
+                           "(rank-deficient queues?); its eigenvalues were floored (logged once)",
+                           self.num_classes * self.queue_size, self.dim)
+            self._warned_floor = True
+        return means.to(self.queue.dtype), chol.to(self.queue.dtype)
 
     @torch.no_grad()
     def log_prob(self, features: torch.Tensor) -> torch.Tensor:
@@ -279,6 +287,37 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
         directions = torch.randn(self.num_classes, self.select, self.dim, device=device, dtype=dtype)
         directions = directions / directions.norm(dim=2, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
         return directions * tail.sqrt()[..., None]
+
+
+def shared_covariance_factor(queue: torch.Tensor, eps: float, floor: float = 1e-6):
+    """Class means and a lower Cholesky factor of the shared covariance of per-class features ``queue (C, Q, D)``.
+
+    Means and covariance ``(1/(C Q)) sum_c sum_i (x_ci - mu_c)(x_ci - mu_c)^T + eps I`` are accumulated in
+    float64. When that matrix is still not positive definite (``eps`` too small for rank-deficient queues: fewer
+    features than dimensions, duplicated rows, or an ill-conditioned float32 queue), its eigenvalues are floored
+    at ``max(eps, floor * largest eigenvalue)`` and the Cholesky factor of the floored matrix is returned.
+    Returns ``(means (C, D), chol (D, D), floored)``, float64.
+    """
+    x = queue.detach().to(torch.float64)
+    means = x.mean(dim=1)
+    centered = (x - means[:, None]).reshape(-1, x.shape[-1])
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=torch.float64)
+    cov = centered.T @ centered / centered.shape[0] + float(eps) * eye
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info) == 0:
+        return means, chol, False
+    if not torch.isfinite(x).all():
+        raise ValueError("VOS: the queued features contain NaN or infinite values")
+    vals, vecs = torch.linalg.eigh((cov + cov.T) / 2)
+    vals = vals.clamp_min(max(float(eps), floor * float(vals[-1].clamp_min(0)), torch.finfo(torch.float64).tiny))
+    floored_cov = (vecs * vals) @ vecs.T
+    chol, info = torch.linalg.cholesky_ex((floored_cov + floored_cov.T) / 2)
+    if int(info) != 0:  # rounding in the reconstruction: a (non-triangular) square root would break log_prob
+        chol, info = torch.linalg.cholesky_ex((floored_cov + floored_cov.T) / 2 + float(vals[0]) * eye)
+    if int(info) != 0:
+        raise ValueError(f"VOS: could not factor the shared covariance even after flooring its eigenvalues "
+                         f"(largest {float(vals[-1]):.3g}); the queued features may be non-finite")
+    return means, chol, True
 
 
 def build_synthesizer(kind: str, dim: int, num_classes: int = 1, *, flow: Optional[FeatureFlow] = None,

@@ -5,7 +5,7 @@ import torch
 
 from ffs_det.density.flow import FeatureFlow
 from ffs_det.density.synthesis import (SYNTHESIS_KINDS, FlowTailSynthesizer, GaussianTailSynthesizer,
-                                       NoSynthesis, build_synthesizer)
+                                       NoSynthesis, build_synthesizer, shared_covariance_factor)
 
 
 def random_flow(dim, coupling="glow", seed=0, std=0.15):
@@ -392,3 +392,74 @@ def test_seeded_synthesis_draws_from_its_own_stream(kind):
     unseeded = make(None)
     unseeded.sample()
     assert not torch.equal(torch.get_rng_state(), state)
+
+
+# ------------------------------------------------------------------------- VOS covariance, rank-deficient
+
+def rank_deficient_queue(num_classes, queue_size, dim, duplicate=False, scale=30.0, seed=0):
+    """Queues of ``num_classes * queue_size`` features in ``dim`` dimensions, fewer rows than dimensions,
+    on a low-dimensional subspace at the scale of detector box features (optionally with repeated rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.randn(16, dim, generator=gen)
+    coords = torch.randn(num_classes, queue_size, 16, generator=gen) * scale
+    queue = coords @ basis + torch.randn(num_classes, 1, dim, generator=gen) * scale
+    if duplicate:
+        queue[:, queue_size // 2:] = queue[:, :queue_size - queue_size // 2]
+    return queue
+
+
+def filled_gaussian_synth(queue, eps):
+    num_classes, queue_size, dim = queue.shape
+    synth = GaussianTailSynthesizer(dim, num_classes, queue_size=queue_size, sample_from=500, select=3, eps=eps,
+                                    seed=0)
+    for c in range(num_classes):
+        synth.observe(queue[c], torch.full((queue_size,), c))
+    assert synth.ready
+    return synth
+
+
+@pytest.mark.parametrize("dim", [1024, 2048])
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_gaussian_rank_deficient_queues_floor_the_covariance_and_warn_once(dim, duplicate, caplog):
+    queue = rank_deficient_queue(2, 40, dim, duplicate=duplicate)
+    synth = filled_gaussian_synth(queue, eps=0.0)  # rank <= 16 + 2 of dim: singular without a floor
+    with caplog.at_level("WARNING", logger="ffs_det.density.synthesis"):
+        samples = synth.sample()
+        logp = synth.log_prob(queue[0, :5])
+        synth.sample()
+    assert samples.shape == (2 * 3, dim) and samples.dtype == torch.float32
+    assert torch.isfinite(samples).all() and torch.isfinite(logp).all()
+    warnings = [r for r in caplog.records if "floored" in r.getMessage()]
+    assert len(warnings) == 1
+    # the factor is of a positive definite matrix within the floor of the sample covariance
+    means, chol, floored = shared_covariance_factor(queue, 0.0)
+    assert floored
+    x = queue.double()
+    centered = (x - x.mean(dim=1, keepdim=True)).reshape(-1, dim)
+    cov = centered.T @ centered / centered.shape[0]
+    rebuilt = chol @ chol.T
+    top = float(torch.linalg.eigvalsh(cov)[-1])
+    assert torch.allclose(rebuilt, cov, atol=3e-6 * top)
+    assert float(torch.linalg.eigvalsh(rebuilt)[0]) >= 0.5e-6 * top
+
+
+def test_gaussian_covariance_is_accumulated_in_float64():
+    # 2048-d features at box-feature scale, fewer rows than dimensions: the default eps makes the matrix
+    # positive definite, which float64 sees; the factor reproduces cov + eps I to float64 precision
+    queue = rank_deficient_queue(4, 100, 2048, scale=100.0)
+    means, chol, floored = shared_covariance_factor(queue, 1e-4)
+    assert not floored and chol.dtype == torch.float64
+    x = queue.double()
+    centered = (x - x.mean(dim=1, keepdim=True)).reshape(-1, 2048)
+    cov = centered.T @ centered / centered.shape[0] + 1e-4 * torch.eye(2048, dtype=torch.float64)
+    assert torch.allclose(chol @ chol.T, cov, rtol=0, atol=1e-9 * float(cov.diagonal().max()))
+    assert torch.allclose(means, x.mean(dim=1))
+    synth = filled_gaussian_synth(queue, eps=1e-4)
+    assert torch.isfinite(synth.sample()).all()
+
+
+def test_gaussian_covariance_of_non_finite_queues_is_one_clear_error():
+    queue = rank_deficient_queue(2, 10, 64)
+    queue[1, 3, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        shared_covariance_factor(queue, 0.0)
