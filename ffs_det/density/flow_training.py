@@ -5,13 +5,14 @@ scorer, the flow-based scorers (residual flow, likelihood ratio, LID) and the be
 :class:`~ffs_det.modeling.roi_heads.FFSROIHeads`.)
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .flow import FeatureFlow
+from .streaming import FeatureRows
 
 __all__ = ["FlowConfig", "minibatches", "train_flow", "fit_flow", "flow_log_prob", "finite_or_floor"]
 
@@ -58,23 +59,27 @@ def minibatches(n: int, batch_size: int, epochs: Optional[int], max_steps: Optio
         epoch += 1
 
 
-def train_flow(model: nn.Module, x: torch.Tensor, config: FlowConfig,
+def train_flow(model: nn.Module, x: Union[torch.Tensor, FeatureRows], config: FlowConfig,
                on_step: Optional[Callable[[int, torch.Tensor], bool]] = None) -> List[Dict[str, float]]:
     """Adam on ``model.nll`` over minibatches of ``x (N, D)`` (float32 on ``config.device``); any module with
-    an ``nll(batch)`` method trains this way. ``on_step(step, loss)`` runs after each optimizer step and stops
-    training by returning True. Returns the mean training NLL of each epoch, ``[{"epoch", "nll"}]``."""
+    an ``nll(batch)`` method trains this way. ``x`` is a tensor (moved to the device once) or
+    :class:`~ffs_det.density.streaming.FeatureRows` (each minibatch read from its source: memory independent
+    of ``N`` but for the shuffled order, 8 bytes a row). ``on_step(step, loss)`` runs after each optimizer step
+    and stops training by returning True. Returns the mean training NLL of each epoch, ``[{"epoch", "nll"}]``."""
     if config.nonfinite not in ("raise", "continue"):
         raise ValueError(f"nonfinite must be 'raise' or 'continue', got {config.nonfinite!r}")
-    data = x.to(config.device, torch.float32)
+    streamed = isinstance(x, FeatureRows)
+    data = x if streamed else x.to(config.device, torch.float32)
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     model.train()
     history, total, seen, step, current = [], 0.0, 0, 0, 0
-    for epoch, idx in minibatches(data.shape[0], config.batch_size, config.epochs, config.max_steps, gen):
+    for epoch, idx in minibatches(len(data), config.batch_size, config.epochs, config.max_steps, gen):
         if epoch != current:
             history.append({"epoch": current + 1, "nll": total / seen})
             total, seen, current = 0.0, 0, epoch
-        loss = model.nll(data[idx])
+        batch = data.take(idx).to(config.device, torch.float32) if streamed else data[idx]
+        loss = model.nll(batch)
         if config.nonfinite == "raise" and not torch.isfinite(loss):
             raise ValueError(f"the flow's training loss became {loss.item()} in epoch {epoch + 1}; lower lr "
                              f"(now {config.lr}) or clamp, or change the feature normalisation")
@@ -93,19 +98,23 @@ def train_flow(model: nn.Module, x: torch.Tensor, config: FlowConfig,
     return history
 
 
-def fit_flow(x: torch.Tensor, config: FlowConfig) -> FeatureFlow:
-    """A :class:`FeatureFlow` trained by :func:`train_flow` on ``x (N, D)``, in eval mode. ``epochs == 0``
-    returns the untrained flow (a permutation with a standard-normal density)."""
-    flow = config.build(x.shape[1])
+def fit_flow(x: Union[torch.Tensor, FeatureRows], config: FlowConfig) -> FeatureFlow:
+    """A :class:`FeatureFlow` trained by :func:`train_flow` on ``x (N, D)`` (a tensor or
+    :class:`~ffs_det.density.streaming.FeatureRows`), in eval mode. ``epochs == 0`` returns the untrained flow
+    (a permutation with a standard-normal density)."""
+    flow = config.build(x.dim if isinstance(x, FeatureRows) else x.shape[1])
     if config.epochs != 0:
         train_flow(flow, x, config)
     return flow.eval()
 
 
 @torch.no_grad()
-def flow_log_prob(flow: FeatureFlow, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """``flow.log_prob`` of the rows of ``x`` in batches, as a float64 CPU tensor ``(N,)``."""
+def flow_log_prob(flow: FeatureFlow, x: Union[torch.Tensor, FeatureRows], batch_size: int = 4096) -> torch.Tensor:
+    """``flow.log_prob`` of the rows of ``x`` (a tensor or FeatureRows) in batches, as a float64 CPU tensor
+    ``(N,)``."""
     device = next(flow.parameters()).device
+    if isinstance(x, FeatureRows):
+        return torch.cat([flow_log_prob(flow, block, batch_size) for _, block in x.blocks()])
     out = [flow.log_prob(x[i:i + batch_size].to(device, torch.float32)).double().cpu()
            for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)

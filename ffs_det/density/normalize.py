@@ -4,6 +4,8 @@ import math
 
 import torch
 
+from .streaming import FeatureRows, column_mean_std
+
 __all__ = ["l2_normalize", "Standardizer", "FeatureNormalizer", "NORMALIZATIONS"]
 
 NORMALIZATIONS = ("l2", "l2_standardize", "standardize", "none")
@@ -21,9 +23,14 @@ class Standardizer:
     def __init__(self, eps: float = 1e-8):
         self.eps = eps
 
-    def fit(self, x: torch.Tensor) -> "Standardizer":
-        self.mean_ = x.mean(dim=0)
-        self.std_ = x.std(dim=0).clamp(min=self.eps) if x.shape[0] > 1 else torch.ones_like(self.mean_)
+    def fit(self, x) -> "Standardizer":
+        """``x``: a tensor ``(N, D)`` or :class:`~ffs_det.density.streaming.FeatureRows` (two passes)."""
+        if isinstance(x, FeatureRows):
+            self.mean_, std = column_mean_std(x)
+            self.std_ = std.clamp(min=self.eps) if len(x) > 1 else torch.ones_like(self.mean_)
+        else:
+            self.mean_ = x.mean(dim=0)
+            self.std_ = x.std(dim=0).clamp(min=self.eps) if x.shape[0] > 1 else torch.ones_like(self.mean_)
         self.log_det = float(-self.std_.log().sum())
         return self
 
@@ -42,9 +49,10 @@ class FeatureNormalizer:
         self.kind = kind
         self.standardizer = Standardizer(eps=1e-6) if "standardize" in kind else None
 
-    def fit(self, x: torch.Tensor) -> "FeatureNormalizer":
+    def fit(self, x) -> "FeatureNormalizer":
+        """``x``: a tensor ``(N, D)`` or :class:`~ffs_det.density.streaming.FeatureRows`."""
         if self.standardizer is not None:
-            self.standardizer.fit(self._l2(x))
+            self.standardizer.fit(x.map(self._l2) if isinstance(x, FeatureRows) else self._l2(x))
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

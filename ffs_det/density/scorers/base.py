@@ -12,8 +12,9 @@ A scorer follows scikit-learn's estimator conventions:
 
 Class attributes say what a scorer needs, so that one driver (:mod:`.apply`) can feed every scorer:
 ``kind`` (``"features"``; ``"logits"``: :class:`LogitScorer`; ``"inputs"``: :class:`InputScorer`),
-``uses_labels``, ``uses_head`` (``"none"``, ``"optional"``, ``"required"``) and ``layered`` (``X`` may be
-``{layer: (N, D_l)}``).
+``uses_labels``, ``uses_head`` (``"none"``, ``"optional"``, ``"required"``), ``layered`` (``X`` may be
+``{layer: (N, D_l)}``) and ``streams`` (``fit`` also takes ``X`` and ``y`` as row sources of
+:mod:`~ffs_det.density.streaming`, e.g. a feature store's arrays on disk, with memory independent of ``N``).
 """
 import inspect
 from typing import Callable, Dict, Type
@@ -74,6 +75,7 @@ class Scorer:
     uses_labels: bool = False
     uses_head: str = "none"
     layered: bool = False
+    streams: bool = False
 
     def check_params(self) -> None:
         """Raise a ValueError naming a bad option (subclasses check theirs)."""

@@ -11,6 +11,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..streaming import (FeatureRows, as_feature_rows, class_counts, default_block_rows, label_blocks, read_labels,
+                         sample_indices)
+
 __all__ = ["Gaussians", "fit_class_gaussians"]
 
 
@@ -77,16 +80,30 @@ def _cholesky(cov: torch.Tensor, ridge: float, what: str) -> torch.Tensor:
     return chol
 
 
-def fit_class_gaussians(x: torch.Tensor, labels: np.ndarray, covariance: str = "tied", ridge: float = 1e-6,
-                        n_components: int = 1, seed: int = 0) -> Gaussians:
+def _aligned_blocks(rows: FeatureRows, y, n: int):
+    """``(features block, labels block)`` over the same rows."""
+    block_rows = rows.block_rows or default_block_rows(rows.raw_dim)
+    rows = FeatureRows(rows.source, rows.name, rows.transform, block_rows)
+    for (_, xb), (_, yb) in zip(rows.blocks(), label_blocks(y, n, block_rows)):
+        yield xb, yb
+
+
+def fit_class_gaussians(x, labels, covariance: str = "tied", ridge: float = 1e-6, n_components: int = 1,
+                        seed: int = 0, mixture_rows: Optional[int] = 100_000) -> Gaussians:
     """Maximum-likelihood Gaussians per class of ``x (N, D)``.
+
+    ``x`` is a float64 tensor or :class:`~ffs_det.density.streaming.FeatureRows` (read block by block),
+    ``labels`` an ``(N,)`` array or a row source; ``None``: one class. With one component per class the fit
+    takes two passes over the blocks (class means, then the scatter about them, in float64), so memory is
+    ``O(K D^2)`` whatever ``N``.
 
     Args:
         covariance: ``"tied"`` — one covariance ``(1/N) sum_c sum_{i in c} (x_i - mu_c)(x_i - mu_c)^T``
             shared by all classes (LDA / Mahalanobis); ``"full"`` — one covariance per class.
         ridge: added to the diagonal of every covariance.
         n_components: components per class; above 1 each class is fitted by scikit-learn's
-            ``GaussianMixture`` (full covariances, ``reg_covar=ridge``).
+            ``GaussianMixture`` (full covariances, ``reg_covar=ridge``) in memory, on a random subset of
+            ``mixture_rows`` rows when there are more (None: all rows).
     Mixing weights are the class frequencies (times the within-class weights).
     """
     if covariance not in ("tied", "full"):
@@ -95,34 +112,53 @@ def fit_class_gaussians(x: torch.Tensor, labels: np.ndarray, covariance: str = "
         raise ValueError(f"n_components must be >= 1, got {n_components}")
     if n_components > 1 and covariance != "full":
         raise ValueError("n_components > 1 needs covariance='full'")
-    classes, counts = np.unique(labels, return_counts=True)
-    n, d = x.shape
-    means, chols, log_w, comp_class = [], [], [], []
-    scatter = torch.zeros(d, d, dtype=torch.float64)
-    for c, n_c in zip(classes, counts):
-        xc = x[torch.as_tensor(labels == c)]
-        if n_components == 1:
-            mu = xc.mean(dim=0)
-            r = xc - mu
-            means.append(mu)
-            log_w.append(math.log(n_c / n))
-            comp_class.append(c)
-            if covariance == "tied":
-                scatter += r.T @ r
-            else:
-                chols.append(_cholesky(r.T @ r / n_c, ridge, f"class {c}"))
+    rows = as_feature_rows(x)
+    n = len(rows)
+    if n_components > 1:
+        return _fit_mixtures(rows, labels, n, ridge, n_components, seed, mixture_rows)
+    classes, counts = class_counts(labels, n)
+    d = rows.dim
+    sums = torch.zeros(len(classes), d, dtype=torch.float64)
+    for xb, yb in _aligned_blocks(rows, labels, n):
+        sums.index_add_(0, torch.as_tensor(np.searchsorted(classes, yb)), xb)
+    means = sums / torch.as_tensor(counts, dtype=torch.float64)[:, None]
+    scatter = torch.zeros(1 if covariance == "tied" else len(classes), d, d, dtype=torch.float64)
+    for xb, yb in _aligned_blocks(rows, labels, n):
+        k = torch.as_tensor(np.searchsorted(classes, yb))
+        r = xb - means[k]
+        if covariance == "tied":
+            scatter[0] += r.T @ r
         else:
-            if n_c < n_components:
-                raise ValueError(f"class {c} has {n_c} samples, fewer than n_components={n_components}")
-            from sklearn.mixture import GaussianMixture
-            gm = GaussianMixture(n_components, covariance_type="full", reg_covar=ridge, random_state=seed)
-            gm.fit(xc.numpy())
-            for j in range(n_components):
-                means.append(torch.as_tensor(gm.means_[j]))
-                chols.append(_cholesky(torch.as_tensor(gm.covariances_[j]), 0.0, f"class {c}, component {j}"))
-                log_w.append(math.log(n_c / n) + math.log(gm.weights_[j]))
-                comp_class.append(c)
+            for j in k.unique().tolist():
+                rj = r[k == j]
+                scatter[j] += rj.T @ rj
     if covariance == "tied":
-        chols = [_cholesky(scatter / n, ridge, "the classes (tied)")]
+        chols = [_cholesky(scatter[0] / n, ridge, "the classes (tied)")]
+    else:
+        chols = [_cholesky(scatter[j] / int(n_c), ridge, f"class {c}")
+                 for j, (c, n_c) in enumerate(zip(classes, counts))]
+    log_w = torch.as_tensor(np.log(counts / n), dtype=torch.float64)
+    return Gaussians(means, torch.stack(chols), log_w, classes)
+
+
+def _fit_mixtures(rows: FeatureRows, labels, n: int, ridge: float, n_components: int, seed: int,
+                  mixture_rows: Optional[int]) -> Gaussians:
+    from sklearn.mixture import GaussianMixture
+
+    keep = np.arange(n) if mixture_rows is None else sample_indices(n, int(mixture_rows), seed)
+    x = rows.take(keep) if len(keep) < n else rows.read(0, n)
+    y = read_labels(labels, n)[keep]
+    classes, counts = np.unique(y, return_counts=True)
+    means, chols, log_w, comp_class = [], [], [], []
+    for c, n_c in zip(classes, counts):
+        if n_c < n_components:
+            raise ValueError(f"class {c} has {n_c} samples, fewer than n_components={n_components}")
+        gm = GaussianMixture(n_components, covariance_type="full", reg_covar=ridge, random_state=seed)
+        gm.fit(x[torch.as_tensor(y == c)].numpy())
+        for j in range(n_components):
+            means.append(torch.as_tensor(gm.means_[j]))
+            chols.append(_cholesky(torch.as_tensor(gm.covariances_[j]), 0.0, f"class {c}, component {j}"))
+            log_w.append(math.log(n_c / len(y)) + math.log(gm.weights_[j]))
+            comp_class.append(c)
     return Gaussians(torch.stack(means), torch.stack(chols), torch.tensor(log_w, dtype=torch.float64),
                      np.asarray(comp_class))

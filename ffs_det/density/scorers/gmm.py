@@ -8,15 +8,18 @@ mixture likelihood.
 
 Feature maps ``(N, C, H, W)`` are global-average pooled; with ``normalize=True`` rows are scaled to unit
 norm. Each class ``c`` gets ``n_components`` Gaussians (closed-form maximum likelihood for one component,
-scikit-learn's ``GaussianMixture`` for more), weighted by the class frequency ``pi_c``. Score, higher =
+scikit-learn's ``GaussianMixture`` for more, on at most ``mixture_rows`` random rows), weighted by the class frequency ``pi_c``. Score, higher =
 more in-distribution: the mixture log-density ``log sum_c pi_c p(z | c)`` in nats. Without ``y`` at fit
 all samples form one class.
 """
+from typing import Optional
+
 import numpy as np
 import torch
 
 from ..inputs import as_features, as_labels
 from ..normalize import l2_normalize
+from ..streaming import FeatureRows, Rows, as_feature_rows
 from .base import Scorer, register_scorer
 from .gaussians import fit_class_gaussians
 
@@ -28,25 +31,40 @@ class GMMScorer(Scorer):
     """Fitted attribute: ``gaussians_`` (the class-conditional mixture)."""
 
     uses_labels = True
+    streams = True
 
     def __init__(self, normalize: bool = True, covariance: str = "full", n_components: int = 1,
-                 ridge: float = 1e-6, seed: int = 0):
+                 ridge: float = 1e-6, seed: int = 0, mixture_rows: Optional[int] = 100_000):
         self.normalize = normalize
         self.covariance = covariance
         self.n_components = n_components
         self.ridge = ridge
         self.seed = seed
+        self.mixture_rows = mixture_rows
+
+    def check_params(self) -> None:
+        if self.mixture_rows is not None and int(self.mixture_rows) < 1:
+            raise ValueError(f"mixture_rows must be None or >= 1, got {self.mixture_rows}")
 
     def prepare(self, X, name: str = "features", dim=None) -> torch.Tensor:
         """The pooled (and normalised) float64 features the mixture lives on."""
         x = as_features(X, name, dim)
         return l2_normalize(x) if self.normalize else x
 
+    def prepare_rows(self, X) -> FeatureRows:
+        """:meth:`prepare` applied block by block to features in memory or a row source."""
+        rows = as_feature_rows(X)
+        return rows.map(l2_normalize) if self.normalize else rows
+
     def fit(self, X, y=None, *, head=None) -> "GMMScorer":
-        z = self.prepare(X)
-        labels = np.zeros(z.shape[0], np.int64) if y is None else as_labels(y, z.shape[0])
+        """``X`` in memory or a row source: one component per class takes two passes over the blocks;
+        more components fit in memory on at most ``mixture_rows`` random rows."""
+        self.check_params()
+        z = self.prepare_rows(X)
+        labels = y if (y is None or isinstance(y, Rows)) else as_labels(y, len(z))
         self.gaussians_ = fit_class_gaussians(z, labels, covariance=self.covariance, ridge=float(self.ridge),
-                                              n_components=int(self.n_components), seed=int(self.seed))
+                                              n_components=int(self.n_components), seed=int(self.seed),
+                                              mixture_rows=self.mixture_rows)
         return self
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,8 @@ from torch import nn
 
 from ..flow_training import minibatches
 from ..inputs import as_features, as_labels, linear_head
+from ..normalize import l2_normalize
+from ..streaming import FeatureRows, Rows, as_feature_rows, column_mean_std, is_streamed
 from .base import Scorer, register_scorer
 from .gaussians import fit_class_gaussians
 from .gmm import GMMScorer
@@ -56,7 +58,7 @@ class _GMMPrior:
         self.proposal = self.gmm.gaussians_
 
     def prepare(self, x):
-        return self.gmm.prepare(x)
+        return x.map(l2_normalize) if isinstance(x, FeatureRows) else self.gmm.prepare(x)
 
     def energy(self, z):
         return -self.gmm.log_prob(z)
@@ -90,22 +92,32 @@ class _Residual(nn.Module):
         return self.net((z - self.mean) / self.std).squeeze(1)
 
 
+def _mean_std(z, fn=None):
+    """Mean and (unbiased) standard deviation over rows of ``z`` (or of ``fn(z)``), a tensor or FeatureRows."""
+    if isinstance(z, FeatureRows):
+        return column_mean_std(z, fn)
+    v = z if fn is None else fn(z)
+    return v.mean(dim=0), v.std(dim=0)
+
+
 class _HybridEnergy:
     """One prior with its learned residual: ``E(z) = E_theta(z)/T + E_prior(z)/T_prior``."""
 
     def __init__(self, prior, z, cfg: dict, gen: torch.Generator):
+        """``z``: the prepared fit features, a tensor or FeatureRows (statistics then take passes over blocks)."""
         self.prior = prior
         self.cfg = cfg
-        std = z.std(dim=0).clamp(min=1e-8)
-        with torch.no_grad():
-            e_prior = prior.energy(z)
+        mean, std = _mean_std(z)
+        std = std.clamp(min=1e-8)
         t_prior = cfg["prior_temperature"]
-        self.t_prior = float(e_prior.std().clamp(min=1e-8)) if t_prior == "auto" else float(t_prior)
-        self.residual = _Residual(z.mean(dim=0), std, cfg["hidden"]).double()
+        with torch.no_grad():
+            self.t_prior = float(_mean_std(z, prior.energy)[1].clamp(min=1e-8)) if t_prior == "auto" else \
+                float(t_prior)
+        self.residual = _Residual(mean, std, cfg["hidden"]).double()
         self._train(z, std, gen)
         with torch.no_grad():
-            e = self.energy(z)
-        self.mean, self.scale = float(e.mean()), float(e.std().clamp(min=1e-8))
+            e_mean, e_std = _mean_std(z, self.energy)
+        self.mean, self.scale = float(e_mean), float(e_std.clamp(min=1e-8))
 
     def energy(self, z):
         return self.residual(z) / self.cfg["temperature"] + self.prior.energy(z) / self.t_prior
@@ -124,8 +136,8 @@ class _HybridEnergy:
     def _train(self, z, std, gen):
         cfg = self.cfg
         opt = torch.optim.Adam(self.residual.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        for _, idx in minibatches(z.shape[0], cfg["batch_size"], cfg["epochs"], cfg["max_steps"], gen):
-            pos = z[idx]
+        for _, idx in minibatches(len(z), cfg["batch_size"], cfg["epochs"], cfg["max_steps"], gen):
+            pos = z.take(idx) if isinstance(z, FeatureRows) else z[idx]
             neg = self._negatives(pos.shape[0], std, gen)
             r_pos, r_neg = self.residual(pos), self.residual(neg)
             if cfg["negatives"] == "prior":  # self-normalised importance weights p_model / q
@@ -148,6 +160,7 @@ class HEATScorer(Scorer):
 
     uses_labels = True
     uses_head = "optional"
+    streams = True
 
     def __init__(self, priors: Union[str, Sequence[str]] = "auto", hidden: int = 128, temperature: float = 1.0,
                  prior_temperature="auto", epochs: int = 50, max_steps: int = 2000, batch_size: int = 256,
@@ -176,9 +189,12 @@ class HEATScorer(Scorer):
             raise ValueError(f"prior_temperature must be 'auto' or > 0, got {self.prior_temperature}")
 
     def fit(self, X, y=None, *, head=None) -> "HEATScorer":
+        """``X`` in memory or a row source: the priors, statistics and positives are then read block by
+        block / minibatch by minibatch, so memory does not grow with ``N``."""
         self.check_params()
-        x = as_features(X)
-        labels = as_labels(y, x.shape[0])
+        x = as_feature_rows(X) if is_streamed(X) else as_features(X)
+        labels = y if isinstance(y, Rows) else as_labels(y, len(x))
+        dim = x.dim if isinstance(x, FeatureRows) else x.shape[1]
         priors = self._priors()
         if priors == "auto":
             priors = PRIORS if head is not None else ("gmm",)
@@ -186,8 +202,8 @@ class HEATScorer(Scorer):
             if head is None:
                 raise ValueError("heat (prior 'energy'): fit needs the classifier's final linear layer (head=...)")
             head = linear_head(head)
-            if head.in_features != x.shape[1]:
-                raise ValueError(f"weight has width {head.in_features}, features have {x.shape[1]}")
+            if head.in_features != dim:
+                raise ValueError(f"weight has width {head.in_features}, features have {dim}")
         cfg = dict(hidden=int(self.hidden), temperature=float(self.temperature),
                    prior_temperature=self.prior_temperature, epochs=int(self.epochs), max_steps=int(self.max_steps),
                    batch_size=int(self.batch_size), lr=self.lr, weight_decay=self.weight_decay, reg=float(self.reg),
@@ -203,7 +219,7 @@ class HEATScorer(Scorer):
                 else:
                     prior = _EnergyLogitPrior(x, labels, head, ridge=float(self.ridge))
                 energies[name] = _HybridEnergy(prior, prior.prepare(x), cfg, gen)
-        self.dim_, self.energies_ = x.shape[1], energies
+        self.dim_, self.energies_ = dim, energies
         return self
 
     @torch.no_grad()

@@ -31,6 +31,7 @@ from ..flow import FeatureFlow
 from ..flow_training import FlowConfig, finite_or_floor, fit_flow, flow_log_prob
 from ..inputs import as_features
 from ..normalize import Standardizer
+from ..streaming import as_feature_rows, is_streamed, sample_indices
 from .base import Scorer, register_scorer
 
 __all__ = ["LIDScorer", "encoder_jacobian", "flow_lid"]
@@ -63,6 +64,8 @@ class LIDScorer(Scorer):
     """Fitted attributes: ``flow_``, ``standardizer_`` (None with a given flow), ``dim_`` and ``stats_``
     (mean and standard deviation of both components on the calibration rows)."""
 
+    streams = True
+
     def __init__(self, sigma: float = 0.1, combine: str = "dual", flow: Optional[FeatureFlow] = None,
                  coupling: str = "glow", blocks: int = 4, hidden: int = 256, clamp: float = 2.0, epochs: int = 30,
                  max_steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, calibration_rows: int = 2000,
@@ -79,23 +82,30 @@ class LIDScorer(Scorer):
             raise ValueError(f"combine must be 'dual', 'likelihood' or 'lid', got {self.combine!r}")
 
     def fit(self, X, y=None, *, head=None) -> "LIDScorer":
+        """``X`` in memory or a row source (the flow trains on minibatches read from it; the calibration
+        rows are read at the end)."""
         self.check_params()
-        x = as_features(X)
+        x = as_feature_rows(X)
+        dim = x.dim
         if self.flow is not None:
-            if self.flow.dim != x.shape[1]:
-                raise ValueError(f"the given flow has dim {self.flow.dim}, features have {x.shape[1]}")
+            if self.flow.dim != dim:
+                raise ValueError(f"the given flow has dim {self.flow.dim}, features have {dim}")
             self.standardizer_, self.flow_ = None, self.flow.eval()
         else:
             config = FlowConfig(coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
                                 epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
                                 lr=self.lr, seed=int(self.seed), device=self.device)
-            self.standardizer_ = Standardizer().fit(x)
-            self.flow_ = fit_flow(self.standardizer_(x), config)
-        self.dim_ = x.shape[1]
-        if x.shape[0] > self.calibration_rows:  # the Jacobians are the costly part: calibrate on a subset
-            keep = np.random.default_rng(int(self.seed)).permutation(x.shape[0])[:int(self.calibration_rows)]
-            x = x[torch.as_tensor(np.sort(keep))]
-        ll, lid = self.components(x)
+            if is_streamed(X):
+                self.standardizer_ = Standardizer().fit(x)
+                self.flow_ = fit_flow(x.map(self.standardizer_), config)
+            else:
+                full = x.read(0, len(x))
+                self.standardizer_ = Standardizer().fit(full)
+                self.flow_ = fit_flow(self.standardizer_(full), config)
+        self.dim_ = dim
+        # the Jacobians are the costly part: calibrate on a subset
+        keep = sample_indices(len(x), int(self.calibration_rows), int(self.seed))
+        ll, lid = self.components(x.take(keep))
         self.stats_ = {"loglik": (ll.mean(), ll.std() + 1e-12), "lid": (lid.mean(), lid.std() + 1e-12)}
         return self
 

@@ -22,6 +22,7 @@ import torch
 from ..flow_training import FlowConfig, finite_or_floor, fit_flow, flow_log_prob
 from ..inputs import as_features
 from ..normalize import Standardizer
+from ..streaming import as_feature_rows, is_streamed
 from .base import Scorer, register_scorer
 
 __all__ = ["LikelihoodRatioScorer", "mutate"]
@@ -39,6 +40,8 @@ def mutate(x: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Te
 class LikelihoodRatioScorer(Scorer):
     """Fitted attributes: ``standardizer_``, ``foreground_`` and ``background_`` (the two flows)."""
 
+    streams = True
+
     def __init__(self, mutation_rate: float = 0.2, background_weight_decay: float = 1e-4,
                  coupling: str = "glow", blocks: int = 4, hidden: int = 256, clamp: float = 2.0,
                  epochs: int = 30, max_steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
@@ -53,16 +56,28 @@ class LikelihoodRatioScorer(Scorer):
             raise ValueError(f"mutation_rate must be in (0, 1], got {self.mutation_rate}")
 
     def fit(self, X, y=None, *, head=None) -> "LikelihoodRatioScorer":
+        """``X`` in memory, or a row source: then the flows train on minibatches read from it, and each
+        background minibatch is perturbed afresh with donors drawn from the same minibatch (a sample of each
+        coordinate's marginal), instead of one perturbed copy of the whole set."""
         self.check_params()
-        x = as_features(X)
-        self.standardizer_ = Standardizer().fit(x)
-        xs = self.standardizer_(x)
-        perturbed = mutate(xs, float(self.mutation_rate), torch.Generator().manual_seed(int(self.seed)))
         config = FlowConfig(coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
                             epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr,
                             seed=int(self.seed), device=self.device)
+        background = replace(config, weight_decay=float(self.background_weight_decay))
+        gen = torch.Generator().manual_seed(int(self.seed))
+        if is_streamed(X):
+            x = as_feature_rows(X)
+            self.standardizer_ = Standardizer().fit(x)
+            xs = x.map(self.standardizer_)
+            self.foreground_ = fit_flow(xs, config)
+            self.background_ = fit_flow(xs.map(lambda b: mutate(b, float(self.mutation_rate), gen)), background)
+            return self
+        x = as_features(X)
+        self.standardizer_ = Standardizer().fit(x)
+        xs = self.standardizer_(x)
+        perturbed = mutate(xs, float(self.mutation_rate), gen)
         self.foreground_ = fit_flow(xs, config)
-        self.background_ = fit_flow(perturbed, replace(config, weight_decay=float(self.background_weight_decay)))
+        self.background_ = fit_flow(perturbed, background)
         return self
 
     def log_likelihoods(self, X):

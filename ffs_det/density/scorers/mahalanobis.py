@@ -15,6 +15,7 @@ gradients through the network; see ODIN for that family).
 import numpy as np
 
 from ..inputs import as_features, as_labels
+from ..streaming import Rows, as_feature_rows
 from .base import Scorer, register_scorer
 from .gaussians import fit_class_gaussians
 
@@ -26,14 +27,17 @@ class MahalanobisScorer(Scorer):
     """Fitted attribute: ``gaussians_`` (class means and the tied covariance's Cholesky factor)."""
 
     uses_labels = True
+    streams = True
 
     def __init__(self, ridge: float = 1e-6):
         self.ridge = ridge
 
     def fit(self, X, y=None, *, head=None) -> "MahalanobisScorer":
-        x = as_features(X)
-        self.gaussians_ = fit_class_gaussians(x, as_labels(y, x.shape[0]), covariance="tied",
-                                              ridge=float(self.ridge))
+        """``X`` in memory or a row source (:mod:`~ffs_det.density.streaming`: two passes, O(K D + D^2)
+        memory); ``y`` likewise."""
+        x = as_feature_rows(X)
+        labels = y if isinstance(y, Rows) else as_labels(y, len(x))
+        self.gaussians_ = fit_class_gaussians(x, labels, covariance="tied", ridge=float(self.ridge))
         return self
 
     def score(self, X) -> np.ndarray:

@@ -1,11 +1,14 @@
 """ReAct (Sun et al., NeurIPS 2021): clip penultimate activations, then score energy.
 
 ``fit(X, head=...)`` takes the clip value ``c`` as a percentile of all in-distribution training activations
-and keeps the classifier's final linear layer; ``score(X)`` returns ``T * logsumexp((min(x, c) W^T + b) / T)``.
+(from a row source: the same value, by :func:`~ffs_det.density.streaming.percentile`, in memory independent
+of ``N``) and keeps the classifier's final linear layer; ``score(X)`` returns
+``T * logsumexp((min(x, c) W^T + b) / T)``.
 """
 import numpy as np
 
 from ..inputs import as_features, linear_head
+from ..streaming import as_feature_rows, is_streamed, percentile
 from .base import Scorer, register_scorer
 from .logits import check_temperature, negative_energy
 
@@ -17,6 +20,7 @@ class ReActScorer(Scorer):
     """Energy of the logits recomputed from clipped penultimate features."""
 
     uses_head = "required"
+    streams = True
 
     def __init__(self, percentile: float = 90.0, temperature: float = 1.0):
         self.percentile = percentile
@@ -31,12 +35,16 @@ class ReActScorer(Scorer):
         self.check_params()
         if head is None:
             raise ValueError("react: fit needs the classifier's final linear layer (head=...)")
-        x = as_features(X)
+        x = as_feature_rows(X) if is_streamed(X) else as_features(X)
+        dim = x.dim if is_streamed(X) else x.shape[1]
         self.head_ = linear_head(head)
-        if self.head_.in_features != x.shape[1]:
-            raise ValueError(f"features have {x.shape[1]} dimensions but the final linear layer expects "
+        if self.head_.in_features != dim:
+            raise ValueError(f"features have {dim} dimensions but the final linear layer expects "
                              f"{self.head_.in_features}")
-        self.threshold_ = float(np.percentile(x.numpy().reshape(-1), float(self.percentile)))
+        if is_streamed(X):
+            self.threshold_ = percentile(x, float(self.percentile))
+        else:
+            self.threshold_ = float(np.percentile(x.numpy().reshape(-1), float(self.percentile)))
         return self
 
     def score(self, X) -> np.ndarray:

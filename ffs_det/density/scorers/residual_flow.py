@@ -23,6 +23,7 @@ validation features (:func:`~ffs_det.density.scorers.layer_combiner.proxy_outlie
 used: the score is the layer score (the sum of the layer scores).
 """
 from dataclasses import replace
+from functools import partial
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -30,23 +31,31 @@ import torch
 
 from ..flow_training import FlowConfig, finite_or_floor, fit_flow, flow_log_prob
 from ..inputs import as_labels, as_layers
+from ..streaming import FeatureRows, as_feature_rows, is_streamed, read_labels
 from .base import Scorer, register_scorer
 from .gaussians import fit_class_gaussians
 from .layer_combiner import PROXIES, LayerCombiner, proxy_outliers
 
 __all__ = ["ResidualFlowScorer"]
 
+STREAM_VAL_ROWS = 50_000  # validation rows read into memory for the layer combination of a streamed fit
+
 
 class _LayerModel:
-    """The tied Gaussians and per-class flows of one layer."""
+    """The tied Gaussians and per-class flows of one layer; ``x`` a tensor or FeatureRows (then each class's
+    flow trains on whitened minibatches read from the source)."""
 
-    def __init__(self, x: torch.Tensor, labels: np.ndarray, ridge: float, config: FlowConfig):
+    def __init__(self, x, labels: np.ndarray, ridge: float, config: FlowConfig):
         self.gaussians = fit_class_gaussians(x, labels, covariance="tied", ridge=ridge)
         self.half_log_det = 0.5 * float(self.gaussians.log_det()[0])
         self.flows = []
+        streamed = isinstance(x, FeatureRows)
         for k, c in enumerate(self.gaussians.component_class):
-            u = self.gaussians.whiten(x[torch.as_tensor(labels == c)], k)
-            cfg = config if u.shape[0] >= 2 else replace(config, epochs=0)  # one sample: the Gaussian
+            if streamed:
+                u = x.subset(np.flatnonzero(labels == c)).map(partial(self.gaussians.whiten, k=k))
+            else:
+                u = self.gaussians.whiten(x[torch.as_tensor(labels == c)], k)
+            cfg = config if len(u) >= 2 else replace(config, epochs=0)  # one sample: the Gaussian
             self.flows.append(fit_flow(u, cfg))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +72,7 @@ class ResidualFlowScorer(Scorer):
 
     uses_labels = True
     layered = True
+    streams = True
 
     def __init__(self, layers: Optional[Sequence[str]] = None, ridge: float = 1e-6, coupling: str = "glow",
                  blocks: int = 2, hidden: int = 128, clamp: float = 2.0, epochs: int = 20,
@@ -88,19 +98,27 @@ class ResidualFlowScorer(Scorer):
         """``X_val``: ID validation features for the layer combination (default: a held-out split of ``X``);
         ``X_val_ood``: validation outliers (default: proxies made from the ID validation features)."""
         self.check_params()
-        feats = as_layers(X, "features", None if self.layers is None else list(self.layers))
+        streamed = is_streamed(X) or (isinstance(X, dict) and any(is_streamed(v) for v in X.values()))
+        if streamed:
+            feats = _row_layers(X, None if self.layers is None else list(self.layers))
+            n = len(next(iter(feats.values())))
+            labels = read_labels(as_labels(None, n) if y is None else y, n)
+        else:
+            feats = as_layers(X, "features", None if self.layers is None else list(self.layers))
+            labels = as_labels(y, next(iter(feats.values())).shape[0])
         layers = list(feats)
-        labels = as_labels(y, next(iter(feats.values())).shape[0])
         use_combiner = self.combine == "logistic" and len(layers) > 1
         if use_combiner and X_val is None:
             feats, labels, val = self._split(feats, labels)
+            if streamed:  # the layer combination is fitted in memory, on at most STREAM_VAL_ROWS rows
+                val = {k: v.read(0, min(len(v), STREAM_VAL_ROWS)) for k, v in val.items()}
         elif use_combiner:
             val = as_layers(X_val, "X_val", layers)
         config = FlowConfig(coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
                             epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr,
                             weight_decay=self.weight_decay, seed=int(self.seed), device=self.device)
         self.models_ = {name: _LayerModel(x, labels, float(self.ridge), config) for name, x in feats.items()}
-        self.dims_ = {name: x.shape[1] for name, x in feats.items()}
+        self.dims_ = {name: (x.dim if streamed else x.shape[1]) for name, x in feats.items()}
         self.combiner_ = None
         if use_combiner:
             if X_val_ood is not None:
@@ -137,5 +155,23 @@ class ResidualFlowScorer(Scorer):
         if fit_idx.numel() == 0 or set(np.unique(y[perm[n_val:]])) != set(np.unique(y)):
             raise ValueError("the validation split leaves a class without fit samples; lower val_fraction or "
                              "pass X_val")
+        if any(isinstance(v, FeatureRows) for v in feats.values()):
+            fit_rows, val_rows = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+            return ({k: v.subset(fit_rows) for k, v in feats.items()}, y[fit_rows],
+                    {k: v.subset(val_rows) for k, v in feats.items()})
         return ({k: v[fit_idx] for k, v in feats.items()}, y[perm[n_val:]],
                 {k: v[val_idx] for k, v in feats.items()})
+
+
+def _row_layers(X, layers: Optional[Sequence[str]]) -> Dict[str, FeatureRows]:
+    """``{layer: FeatureRows}`` with one N, from a row source or a dict of them (in-memory arrays allowed)."""
+    X = X if isinstance(X, dict) else {"features": X}
+    names = list(X) if layers is None else list(layers)
+    missing = [k for k in names if k not in X]
+    if missing:
+        raise ValueError(f"features lack layer(s) {missing}; they have {list(X)}")
+    out = {k: as_feature_rows(X[k], f"features[{k!r}]") for k in names}
+    sizes = {k: len(v) for k, v in out.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"features: every layer needs the same number of rows, got {sizes}")
+    return out

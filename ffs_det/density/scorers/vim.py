@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..inputs import as_features, linear_head
+from ..streaming import as_feature_rows
 from .base import Scorer, register_scorer
 
 __all__ = ["ViMScorer"]
@@ -29,6 +30,7 @@ class ViMScorer(Scorer):
     """Fitted attributes: ``head_``, ``origin_``, ``residual_basis_``, ``d_`` and ``alpha_``."""
 
     uses_head = "required"
+    streams = True
 
     def __init__(self, d: Optional[int] = None):
         self.d = d
@@ -38,22 +40,30 @@ class ViMScorer(Scorer):
             raise ValueError(f"d must be >= 1, got {self.d}")
 
     def fit(self, X, y=None, *, head=None) -> "ViMScorer":
+        """``X`` in memory or a row source: two passes over its blocks, ``O(D^2)`` memory."""
         self.check_params()
         if head is None:
             raise ValueError("vim: fit needs the classifier's final linear layer (head=...)")
-        x = as_features(X)
+        x = as_feature_rows(X)
         head = linear_head(head)
-        if head.in_features != x.shape[1]:
-            raise ValueError(f"weight has width {head.in_features}, features have {x.shape[1]}")
-        d = x.shape[1] // 2 if self.d is None else int(self.d)
-        if not 1 <= d < x.shape[1]:
-            raise ValueError(f"vim: d={d} must be below the feature width {x.shape[1]}")
+        dim = x.dim
+        if head.in_features != dim:
+            raise ValueError(f"weight has width {head.in_features}, features have {dim}")
+        d = dim // 2 if self.d is None else int(self.d)
+        if not 1 <= d < dim:
+            raise ValueError(f"vim: d={d} must be below the feature width {dim}")
         origin = -torch.linalg.pinv(head.weight) @ head.bias
-        centred = x - origin
-        _, vecs = torch.linalg.eigh(centred.T @ centred / x.shape[0])  # ascending eigenvalues
-        basis = vecs[:, : x.shape[1] - d]
-        residual_norm = (centred @ basis).norm(dim=1)
-        self.alpha_ = float(head.logits(x).max(dim=1).values.mean() / residual_norm.mean())
+        second = torch.zeros(dim, dim, dtype=torch.float64)
+        for _, block in x.blocks():
+            centred = block - origin
+            second += centred.T @ centred
+        _, vecs = torch.linalg.eigh(second / len(x))  # ascending eigenvalues
+        basis = vecs[:, : dim - d]
+        max_logit, residual = 0.0, 0.0
+        for _, block in x.blocks():
+            max_logit += float(head.logits(block).max(dim=1).values.sum())
+            residual += float(((block - origin) @ basis).norm(dim=1).sum())
+        self.alpha_ = max_logit / residual
         self.head_, self.origin_, self.residual_basis_, self.d_ = head, origin, basis, d
         return self
 
