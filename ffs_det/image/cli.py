@@ -14,7 +14,8 @@ import os
 from typing import Dict, List, Optional
 
 from ..exit_status import FAILED, INPUT_ERRORS, OK, error
-from .pipeline import ModelSpec, SetSpec, evaluate_stores, extract_set, load_classifier, run_image_benchmark
+from .pipeline import (ModelSpec, SetSpec, evaluate_stores, extract_set, load_classifier, parse_shard,
+                       run_image_benchmark)
 from .report import format_benchmark_table
 from .threads import torch_threads
 
@@ -72,6 +73,9 @@ def _scorer_args(p):
                    help="scorer option, e.g. fde.epochs=5 (repeatable)")
     p.add_argument("--output-dir", required=True, help="where results.json/csv, table.txt and plots go")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--stream", choices=("auto", "always", "never"), default="auto",
+                   help="fit scorers from the ID-train store on disk block by block (memory independent of its "
+                        "size); auto (default): when its features as float64 exceed 2 GiB")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-generated", type=int, default=2000, help="texture/photo crops to generate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="re-extract even when an identical store exists")
+    p.add_argument("--shard", metavar="I/N",
+                   help="extract only the I-th of N consecutive parts of the set into OUT/shard-I-of-N, so that "
+                        "N processes (e.g. one per GPU) fill OUT together; 'auto' takes I/N from torchrun's "
+                        "RANK/WORLD_SIZE. OUT reads as one store once every shard is written")
     _run_args(p)
 
     p = sub.add_parser("evaluate", help="fit and evaluate scorers on feature stores")
@@ -136,10 +144,14 @@ def _dispatch(a) -> int:
     progress = not a.no_progress
     if a.command == "extract":
         spec = _model_spec(a)
+        shard = parse_shard(a.shard)
+        device = a.device
+        if shard is not None and a.shard == "auto" and device == "cuda" and "LOCAL_RANK" in os.environ:
+            device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
         model, prep = load_classifier(spec)
         store = extract_set(model, prep, spec, SetSpec(a.data, a.max_samples, a.seed, a.n_generated), a.out,
-                            batch_size=a.batch_size, num_workers=a.workers, device=a.device,
-                            reuse=not a.overwrite, progress=progress)
+                            batch_size=a.batch_size, num_workers=a.workers, device=device,
+                            reuse=not a.overwrite, progress=progress, shard=shard)
         print(store)
         return OK
     if a.command == "fashion-benchmark":
@@ -154,7 +166,7 @@ def _dispatch(a) -> int:
     if a.command == "evaluate":
         result = evaluate_stores(a.id_train, a.id_test, ood, a.output_dir, scorers=a.scorers, options=options,
                                  id_name=a.id_name, rebuild_inputs=not a.no_rebuild, batch_size=a.batch_size,
-                                 device=a.device, progress=progress, plots=not a.no_plots)
+                                 device=a.device, progress=progress, plots=not a.no_plots, stream=a.stream)
         print(format_benchmark_table(result))
     else:
         sets = {k: SetSpec(v, a.max_ood, a.seed, a.n_generated) for k, v in ood.items()}
@@ -163,7 +175,7 @@ def _dispatch(a) -> int:
                                work_dir=a.work_dir or os.path.join(a.output_dir, "work"), output_dir=a.output_dir,
                                scorers=a.scorers, options=options, id_name=a.id_name, batch_size=a.batch_size,
                                num_workers=a.workers, device=a.device, reuse=not a.overwrite, progress=progress,
-                               plots=not a.no_plots)
+                               plots=not a.no_plots, stream=a.stream)
     print(f"report written to {a.output_dir}")
     return FAILED if result.failed() else OK
 

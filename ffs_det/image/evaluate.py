@@ -16,7 +16,7 @@ from ..density.scorers import fit_scorer, make_scorer, score_samples
 from .feature_store import FeatureStore
 from .results import BenchmarkResult, ScorerResult
 
-__all__ = ["evaluate_scorers", "resolve_scorers"]
+__all__ = ["evaluate_scorers", "resolve_scorers", "streams_fit", "STREAMS"]
 
 
 def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]] = None,
@@ -52,10 +52,26 @@ def _skip_reason(cls, model, datasets, set_names) -> str:
     return ""
 
 
-def _rows(cls, store: FeatureStore, rows: slice = slice(None)) -> dict:
+def _rows(cls, store: FeatureStore, start: int, stop: int) -> dict:
     # logit scorers read the stored logits; the others the features
     key = "logits" if cls.kind == "logits" else "features"
-    return {key: np.array(store[key][rows])}
+    return {key: store.read(key, start, stop)}
+
+
+STREAMS = ("auto", "always", "never")
+STREAM_AUTO_BYTES = 2 << 30  # "auto" streams a fit whose float64 training features would exceed 2 GiB
+
+
+def streams_fit(cls, store: FeatureStore, stream: str = "auto") -> bool:
+    """Whether scorer class ``cls`` is fitted from ``store`` block by block (``store.rows``) rather than from
+    an in-memory copy: ``"always"``/``"never"``, or ``"auto"``: when ``cls.streams`` and the float64 features
+    exceed :data:`STREAM_AUTO_BYTES`. (Streamed and in-memory fits agree to rounding, but for scorers that
+    draw random minibatches or subsets; see docs/scorers.md.)"""
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+    if not getattr(cls, "streams", False) or stream == "never":
+        return False
+    return stream == "always" or 8 * len(store) * store.dim("features") > STREAM_AUTO_BYTES
 
 
 def _score_set(scorer, cls, store: FeatureStore, model, dataset: Optional[Dataset], batch_size: int,
@@ -68,7 +84,7 @@ def _score_set(scorer, cls, store: FeatureStore, model, dataset: Optional[Datase
             parts.append(score_samples(scorer, {"model": model, "inputs": batch[0].to(device)}, store.path))
     else:
         for start in range(0, len(store), chunk_size):
-            parts.append(score_samples(scorer, _rows(cls, store, slice(start, start + chunk_size)), store.path))
+            parts.append(score_samples(scorer, _rows(cls, store, start, start + chunk_size), store.path))
     scores = np.concatenate(parts) if parts else np.zeros(0)
     if scores.shape != (len(store),):
         raise ValueError(f"{cls.name} returned {scores.shape[0]} scores for {len(store)} samples of {store.path}")
@@ -79,7 +95,7 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
                      scorers=None, options: Optional[Mapping[str, dict]] = None, model: Optional[nn.Module] = None,
                      datasets: Optional[Mapping[str, Dataset]] = None, id_name: str = "id",
                      batch_size: int = 256, chunk_size: int = 65536, device: str = "cpu",
-                     progress: bool = True, log=print) -> BenchmarkResult:
+                     progress: bool = True, log=print, stream: str = "auto") -> BenchmarkResult:
     """Fit each scorer on ``id_train`` and compute :func:`~ffs_det.density.metrics.ood_metrics` of
     ``id_test`` against every set in ``ood``.
 
@@ -87,9 +103,12 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
     scorers the whole model) and ``datasets`` maps set names (``id_name`` and the OOD names) to the datasets the
     stores were extracted from, in the same order, for scorers that need raw inputs. A scorer whose needs
     are not met is reported as skipped; one that raises is reported as an error and the others go on.
+    ``stream`` says when a scorer is fitted from ``id_train`` on disk, block by block (:func:`streams_fit`).
     """
     if not ood:
         raise ValueError("evaluate_scorers needs at least one OOD set")
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
     if id_name in ood:
         raise ValueError(f"OOD set name {id_name!r} clashes with the ID set's name")
     dims = {s.path: s.dim("features") for s in [id_train, id_test, *ood.values()]}
@@ -114,10 +133,15 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
             t0 = time.perf_counter()
             scorer, fit_options = make_scorer(name, kwargs)
             train = {}
-            if cls.kind == "features":
-                train["X"] = np.array(id_train["features"])
+            if cls.kind == "features" and streams_fit(cls, id_train, stream):
+                log(f"[{name}] fitting from {id_train.path} block by block")
+                train["X"] = id_train.rows("features")
                 if cls.uses_labels:
-                    train["y"] = np.array(id_train["labels"])
+                    train["y"] = id_train.rows("labels")
+            elif cls.kind == "features":
+                train["X"] = id_train.load("features")
+                if cls.uses_labels:
+                    train["y"] = id_train.load("labels")
             fit_scorer(scorer, head=head if cls.uses_head != "none" else None, **train, **fit_options)
             t1 = time.perf_counter()
             for set_name, store in sets.items():

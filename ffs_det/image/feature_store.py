@@ -10,18 +10,21 @@ Layout of a store folder::
 The writer preallocates each ``.npy`` as a memory map in a temporary folder and fills it chunk by chunk,
 so a set larger than memory streams to disk; the folder is renamed into place only when all ``N`` rows
 are written. The reader opens the arrays as read-only memory maps with ``allow_pickle=False`` and checks
-every file against the metadata.
+every file against the metadata. A store extracted by several processes is a folder of complete stores
+``shard-00000-of-00004/`` ... ``shard-00003-of-00004/`` (consecutive rows of the dataset each), read as one.
 """
 import json
 import os
+import re
 import tokenize
-from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..atomic_io import atomic_dir
+from ..density.streaming import ConcatRows, NpyRows, Rows
 
-__all__ = ["FeatureStore", "FeatureStoreWriter", "FORMAT", "VERSION"]
+__all__ = ["FeatureStore", "FeatureStoreWriter", "FORMAT", "VERSION", "shard_name", "shard_dirs"]
 
 FORMAT = "ffs_det.feature_store"
 VERSION = 1
@@ -118,36 +121,57 @@ def _to_numpy(value) -> np.ndarray:
 
 
 class FeatureStore:
-    """A read-only view of a store folder; arrays are memory-mapped (``store["features"]``)."""
+    """A read-only view of a store folder: ``store["features"]`` is a memory map of the array,
+    ``store.rows("features")`` a row source that fitting reads block by block (:mod:`ffs_det.density.streaming`).
+
+    A folder holding ``shard-I-of-N`` stores (written by ``extract --shard I/N``) is read as one store, the
+    shards in order; every shard must be complete. ``store[name]`` of a sharded store is an in-memory
+    concatenation; :meth:`rows` and :meth:`chunks` read it without one.
+    """
 
     def __init__(self, path: str):
         self.path = path
-        meta_path = os.path.join(path, META)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"feature store {path} does not exist (create it with the 'extract' step)")
-        if not os.path.isfile(meta_path):
-            raise FileNotFoundError(f"{meta_path} is missing: {path} is not a complete feature store")
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{meta_path}: corrupted metadata ({e})") from None
-        found = meta.get("format") if isinstance(meta, dict) else None
-        if found != FORMAT:
-            raise ValueError(f"{meta_path}: not a feature store (format {found!r}, expected {FORMAT!r})")
-        if meta.get("version") != VERSION:
-            raise ValueError(f"{meta_path}: store version {meta.get('version')!r}, this code reads {VERSION}")
-        length, arrays = meta.get("length"), meta.get("arrays")
-        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
-            raise ValueError(f"{meta_path}: 'length' must be a non-negative integer, got {length!r}")
-        if not isinstance(arrays, dict) or not arrays:
-            raise ValueError(f"{meta_path}: 'arrays' must be a non-empty object, got {arrays!r}")
+        self.shards: List["FeatureStore"] = []
+        if not os.path.isfile(os.path.join(path, META)) and shard_dirs(path):
+            self._open_shards()
+            return
+        meta = read_meta(path)
         self.meta = meta
-        self.length = length
+        self.length = meta["length"]
         self.info = meta.get("info", {})
         self._arrays: Dict[str, np.ndarray] = {}
         for name, spec in meta["arrays"].items():
             self._arrays[name] = self._open(name, spec)
+
+    def _open_shards(self) -> None:
+        found = shard_dirs(self.path)
+        counts = sorted({n for _, n in found})
+        if len(counts) != 1:
+            raise ValueError(f"feature store {self.path} mixes shards of different counts {counts}")
+        n = counts[0]
+        have = {i for i, _ in found}
+        missing = [i for i in range(n) if i not in have or not os.path.isfile(
+            os.path.join(self.path, shard_name(i, n), META))]
+        if missing:
+            raise FileNotFoundError(f"feature store {self.path} is sharded {n} ways but shard(s) {missing} are "
+                                    f"missing or incomplete (still extracting?)")
+        self.shards = [FeatureStore(os.path.join(self.path, shard_name(i, n))) for i in range(n)]
+        first = self.shards[0]
+        for i, part in enumerate(self.shards[1:], 1):
+            a, b = first._layout(), part._layout()
+            if a != b:
+                raise ValueError(f"{part.path}: arrays {b} differ from shard 0's {a}")
+            if _unsharded_info(part.info) != _unsharded_info(first.info):
+                raise ValueError(f"{part.path}: extracted with other settings than shard 0 "
+                                 f"({_unsharded_info(part.info)} vs {_unsharded_info(first.info)})")
+        self.length = sum(len(p) for p in self.shards)
+        self.info = _unsharded_info(first.info)
+        self.meta = {"format": FORMAT, "version": VERSION, "length": self.length, "shards": n, "info": self.info}
+
+    def _layout(self) -> dict:
+        return {name: (self.rows(name).dtype.str, list(self.rows(name).shape[1:])) for name in self.names()}
 
     def _open(self, name: str, spec: dict) -> np.ndarray:
         meta_path = os.path.join(self.path, META)
@@ -173,37 +197,99 @@ class FeatureStore:
             raise ValueError(f"{file}: {arr.shape[0]} rows, the store has {self.length}")
         return arr
 
+    def _check_name(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(f"feature store {self.path} has no array {name!r} (it has {self.names()})")
+
     def __contains__(self, name: str) -> bool:
-        return name in self._arrays
+        return name in (self.shards[0] if self.shards else self._arrays)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._arrays:
-            raise KeyError(f"feature store {self.path} has no array {name!r} (it has {sorted(self._arrays)})")
+        self._check_name(name)
+        if self.shards:
+            return np.concatenate([p[name] for p in self.shards])
         return self._arrays[name]
+
+    def rows(self, name: str) -> Rows:
+        """One array as a row source read on demand (``pread``, no memory map): what streaming fits take,
+        e.g. ``scorer.fit(store.rows("features"), store.rows("labels"))``."""
+        self._check_name(name)
+        if self.shards:
+            return ConcatRows([p.rows(name) for p in self.shards])
+        return NpyRows(self._arrays[name].filename)
 
     def __len__(self) -> int:
         return self.length
 
     def names(self):
-        return sorted(self._arrays)
+        return self.shards[0].names() if self.shards else sorted(self._arrays)
 
     def dim(self, name: str) -> int:
         """Width of a 2-D array (e.g. the feature dimension)."""
-        arr = self[name]
-        if arr.ndim != 2:
-            raise ValueError(f"{self.path}: {name} is not 2-D (shape {arr.shape})")
-        return arr.shape[1]
+        shape = self.rows(name).shape
+        if len(shape) != 2:
+            raise ValueError(f"{self.path}: {name} is not 2-D (shape {shape})")
+        return shape[1]
 
     def chunks(self, name: str, size: int = 65536) -> Iterator[np.ndarray]:
         """In-memory copies of consecutive row blocks of one array."""
-        arr = self[name]
-        for start in range(0, self.length, size):
-            yield np.array(arr[start:start + size])
+        for _, block in self.rows(name).blocks(size):
+            yield block
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """An in-memory copy of rows ``start:stop`` of one array."""
+        return self.rows(name).read(start, stop)
 
     def load(self, name: str) -> np.ndarray:
         """An in-memory copy of a whole array."""
         return np.array(self[name])
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{k}={list(v.shape)}" for k, v in self._arrays.items())
-        return f"FeatureStore({self.path!r}, {shapes})"
+        shapes = ", ".join(f"{k}={list(self.rows(k).shape)}" for k in self.names())
+        sharded = f", {len(self.shards)} shards" if self.shards else ""
+        return f"FeatureStore({self.path!r}, {shapes}{sharded})"
+
+
+def shard_name(index: int, count: int) -> str:
+    """Folder of shard ``index`` of ``count`` inside a sharded store."""
+    return f"shard-{index:05d}-of-{count:05d}"
+
+
+def shard_dirs(path: str) -> List[Tuple[int, int]]:
+    """``(index, count)`` of the shard folders (complete or not) in ``path``."""
+    out = []
+    for entry in os.listdir(path):
+        m = _SHARD.fullmatch(entry)
+        if m and os.path.isdir(os.path.join(path, entry)):
+            out.append((int(m.group(1)), int(m.group(2))))
+    return sorted(out)
+
+
+_SHARD = re.compile(r"shard-(\d{5})-of-(\d{5})")
+
+
+def _unsharded_info(info: dict) -> dict:
+    return {k: v for k, v in (info or {}).items() if k != "shard"}
+
+
+def read_meta(path: str) -> dict:
+    """The checked ``meta.json`` of an unsharded store folder."""
+    meta_path = os.path.join(path, META)
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"{meta_path} is missing: {path} is not a complete feature store")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path}: corrupted metadata ({e})") from None
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != FORMAT:
+        raise ValueError(f"{meta_path}: not a feature store (format {found!r}, expected {FORMAT!r})")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{meta_path}: store version {meta.get('version')!r}, this code reads {VERSION}")
+    length, arrays = meta.get("length"), meta.get("arrays")
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        raise ValueError(f"{meta_path}: 'length' must be a non-negative integer, got {length!r}")
+    if not isinstance(arrays, dict) or not arrays:
+        raise ValueError(f"{meta_path}: 'arrays' must be a non-empty object, got {arrays!r}")
+    return meta

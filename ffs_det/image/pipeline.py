@@ -8,9 +8,9 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..atomic_io import file_sha256
 from ..density import scorers as registry
@@ -18,12 +18,12 @@ from ..density import scorers as registry
 from .datasets import build_dataset, parse_spec
 from .evaluate import evaluate_scorers, resolve_scorers
 from .extract import extract_to_store
-from .feature_store import FeatureStore
+from .feature_store import FeatureStore, shard_name
 from .models import LOCAL_MODELS, Preprocessing, build_classifier, preprocessing
 from .report import format_benchmark_table, write_benchmark_report
 from .results import BenchmarkResult
 
-__all__ = ["ModelSpec", "SetSpec", "load_classifier", "extract_set", "evaluate_stores", "run_image_benchmark"]
+__all__ = ["ModelSpec", "SetSpec", "load_classifier", "extract_set", "parse_shard", "shard_rows", "evaluate_stores", "run_image_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,46 @@ def _info(model_spec: ModelSpec, set_spec: SetSpec) -> dict:
     return json.loads(json.dumps({"model": model, "weights_sha256": digest, "dataset": asdict(set_spec)}))
 
 
+def parse_shard(value: str, env=None) -> Optional[Tuple[int, int]]:
+    """``"I/N"`` -> ``(I, N)``; ``"auto"`` -> ``(RANK, WORLD_SIZE)`` as torchrun sets them (None when unset:
+    one process); ``None`` -> None."""
+    if value is None:
+        return None
+    env = os.environ if env is None else env
+    if value == "auto":
+        if "WORLD_SIZE" not in env:
+            return None
+        value = f"{env.get('RANK', '0')}/{env['WORLD_SIZE']}"
+    index, sep, count = str(value).partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i = n = -1
+    if not sep or n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard must be I/N with 0 <= I < N (or 'auto'), got {value!r}")
+    return i, n
+
+
+def shard_rows(n: int, shard: Tuple[int, int]) -> range:
+    """The consecutive rows of a set of ``n`` that shard ``(I, N)`` extracts."""
+    i, count = shard
+    return range(n * i // count, n * (i + 1) // count)
+
+
 def extract_set(model, prep: Preprocessing, model_spec: ModelSpec, set_spec: SetSpec, path: str,
                 batch_size: int = 256, num_workers: int = 0, device: str = "cpu", reuse: bool = True,
-                progress: bool = True, log=print) -> FeatureStore:
+                progress: bool = True, log=print, shard: Optional[Tuple[int, int]] = None) -> FeatureStore:
     """The feature store of one set at ``path``: re-used when it exists with the same model and dataset
-    settings (and ``reuse``), else extracted."""
+    settings (and ``reuse``), else extracted. With ``shard=(I, N)`` only the I-th of N consecutive parts of
+    the set is extracted, into ``path/shard-I-of-N`` (N processes fill ``path``, which then reads as one
+    store); the shard's store is returned."""
     parse_spec(set_spec.spec)
     info = _info(model_spec, set_spec)
+    if shard is not None:
+        if os.path.isfile(os.path.join(path, "meta.json")):
+            raise ValueError(f"{path} holds an unsharded feature store; remove it before extracting shards into it")
+        path = os.path.join(path, shard_name(*shard))
+        info["shard"] = list(shard)
     if reuse and os.path.isfile(os.path.join(path, "meta.json")):
         try:
             store = FeatureStore(path)
@@ -85,8 +118,12 @@ def extract_set(model, prep: Preprocessing, model_spec: ModelSpec, set_spec: Set
         except (ValueError, FileNotFoundError) as e:
             log(f"re-extracting {path} ({e})")
     dataset = _dataset(model_spec, set_spec, prep)
+    desc = set_spec.spec
+    if shard is not None:
+        dataset = Subset(dataset, shard_rows(len(dataset), shard))
+        desc = f"{set_spec.spec} [shard {shard[0]}/{shard[1]}]"
     return extract_to_store(model, dataset, path, batch_size=batch_size, num_workers=num_workers, device=device,
-                            info=info, progress=progress, desc=f"{set_spec.spec}")
+                            info=info, progress=progress, desc=desc)
 
 
 def _specs_from_store(store: FeatureStore):
@@ -117,7 +154,7 @@ def _default_options(options, prep: Optional[Preprocessing]) -> Dict[str, dict]:
 def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_dir: Optional[str] = None,
                     scorers=None, options=None, id_name: str = "id", rebuild_inputs: bool = True,
                     batch_size: int = 256, device: str = "cpu", progress: bool = True, plots: bool = True,
-                    log=print) -> BenchmarkResult:
+                    log=print, stream: str = "auto") -> BenchmarkResult:
     """Evaluate scorers on stores given by path. When a chosen scorer needs the classifier or raw images
     and ``rebuild_inputs``, they are rebuilt from the stores' metadata."""
     train, test = FeatureStore(id_train), FeatureStore(id_test)
@@ -134,7 +171,7 @@ def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_
                     datasets[name] = _dataset(model_spec, s_spec, prep)
     result = evaluate_scorers(train, test, ood_stores, scorers=scorers, options=_default_options(options, prep),
                               model=model, datasets=datasets, id_name=id_name, batch_size=batch_size,
-                              device=device, progress=progress, log=log)
+                              device=device, progress=progress, log=log, stream=stream)
     result.info.update({"id_train": id_train, "id_test": id_test, "ood": dict(ood)})
     if output_dir:
         write_benchmark_report(result, output_dir, plots=plots)
@@ -144,7 +181,8 @@ def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_
 def run_image_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSpec, ood: Mapping[str, SetSpec],
                   work_dir: str, output_dir: Optional[str] = None, scorers=None, options=None,
                   id_name: str = "id", batch_size: int = 256, num_workers: int = 0, device: str = "cpu",
-                  reuse: bool = True, progress: bool = True, plots: bool = True, log=print) -> BenchmarkResult:
+                  reuse: bool = True, progress: bool = True, plots: bool = True, log=print,
+                  stream: str = "auto") -> BenchmarkResult:
     """Extract (or re-use) the stores of every set under ``work_dir``, evaluate, report, print the table."""
     if id_name == "id_train" or id_name in ood:
         raise ValueError(f"ID set name {id_name!r} clashes with 'id_train' or an OOD set name")
@@ -160,7 +198,8 @@ def run_image_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSp
     t1 = time.perf_counter()
     result = evaluate_scorers(stores["id_train"], stores[id_name], {k: stores[k] for k in ood}, scorers=scorers,
                               options=_default_options(options, prep), model=model, datasets=datasets,
-                              id_name=id_name, batch_size=batch_size, device=device, progress=progress, log=log)
+                              id_name=id_name, batch_size=batch_size, device=device, progress=progress, log=log,
+                              stream=stream)
     result.info.update({"model": asdict(model_spec), "id_train": asdict(id_train), "id_test": asdict(id_test),
                         "ood": {k: asdict(v) for k, v in ood.items()},
                         "seconds": {"extract": round(t1 - t0, 2), "evaluate": round(time.perf_counter() - t1, 2)}})

@@ -81,3 +81,58 @@ def test_script_runs():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "image_ood.py"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "fashion-benchmark" in proc.stdout
+
+
+def test_sharded_extraction_reads_as_one_store(tmp_path, weights):
+    """Two processes extract one shard each; the folder reads as the store one process would write, and a
+    streamed fit on it equals the in-memory fit on the unsharded store."""
+    args = ["--model", "small_cnn", "--weights", weights, "--data", "digits", "--max-samples", "301", "--seed", "3",
+            "--no-progress", "--batch-size", "64"]
+    sharded, single = str(tmp_path / "sharded"), str(tmp_path / "single")
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "image_ood.py"), "--threads", "1",
+                               "extract", *args, "--out", sharded, "--shard", f"{i}/2"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert sorted(os.listdir(sharded)) == ["shard-00000-of-00002", "shard-00001-of-00002"]
+    assert main(["--threads", "1", "extract", *args, "--out", single]) == 0
+    a, b = FeatureStore(sharded), FeatureStore(single)
+    assert len(a) == 301 and len(a.shards) == 2 and [len(s) for s in a.shards] == [150, 151]
+    assert a.info == b.info and a.names() == b.names() and a.dim("features") == 128
+    for name in b.names():
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6)
+        np.testing.assert_allclose(np.concatenate(list(a.chunks(name, 100))), b[name], rtol=1e-6)
+        np.testing.assert_allclose(a.rows(name).take([300, 0, 149, 150]), b[name][[300, 0, 149, 150]], rtol=1e-6)
+    # evaluate from the sharded store, streamed, against the single store in memory
+    tex = str(tmp_path / "tex")
+    assert main(["--threads", "1", "extract", "--model", "small_cnn", "--weights", weights, "--data", "textures",
+                 "--n-generated", "40", "--out", tex, "--no-progress"]) == 0
+    scores = {}
+    for train, stream in [(sharded, "always"), (single, "never")]:
+        out = str(tmp_path / f"eval-{stream}")
+        assert main(["--threads", "1", "evaluate", "--id-train", train, "--id-test", single, "--ood", f"tex={tex}",
+                     "--scorers", "mahalanobis,knn", "--opt", "knn.k=5", "--output-dir", out, "--no-plots",
+                     "--no-progress", "--stream", stream]) == 0
+        scores[stream] = np.load(os.path.join(out, "scores.npz"))
+    for key in ["mahalanobis__tex", "mahalanobis__id", "knn__tex"]:
+        np.testing.assert_allclose(scores["always"][key], scores["never"][key], rtol=1e-6, atol=1e-6)
+    # a missing shard is named; an unsharded store is not overwritten by shards
+    import shutil
+    shutil.rmtree(os.path.join(sharded, "shard-00001-of-00002"))
+    with pytest.raises(FileNotFoundError, match=r"sharded 2 ways but shard\(s\) \[1\] are missing"):
+        FeatureStore(sharded)
+    assert main(["--threads", "1", "extract", *args, "--out", single, "--shard", "0/2"]) == 2
+
+
+def test_parse_shard():
+    from ffs_det.image.pipeline import parse_shard, shard_rows
+    assert parse_shard(None) is None and parse_shard("1/4") == (1, 4)
+    assert parse_shard("auto", env={}) is None
+    assert parse_shard("auto", env={"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
+    for bad in ["4/4", "-1/2", "1", "a/b", "0/0"]:
+        with pytest.raises(ValueError, match="--shard must be I/N"):
+            parse_shard(bad)
+    parts = [shard_rows(10, (i, 3)) for i in range(3)]
+    assert [list(p) for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
