@@ -4,6 +4,7 @@
     python tools/benchmark.py --quick --output benchmark.json     # seconds
     python tools/benchmark.py --output benchmark.json             # minutes (the numbers in docs/benchmark.md)
     python tools/benchmark.py --device cuda                       # on a GPU
+    python tools/benchmark.py --sections fit_memory,extraction    # some sections only
 """
 import argparse
 import logging
@@ -18,6 +19,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write the results as JSON to this file")
+    parser.add_argument("--sections", default=None,
+                        help="comma-separated sections to run (default: all): training_step, inference, synthesis, "
+                             "metrics, flow_fit, knn, memory, fit_memory, extraction")
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -26,8 +30,10 @@ def main(argv=None):
     from ffs_det.benchmark import format_measurements, run_benchmark, write_json
 
     try:
+        sections = [x.strip() for x in args.sections.split(",") if x.strip()] if args.sections else None
         results = run_benchmark(quick=args.quick, device=args.device, threads=args.threads, seed=args.seed,
-                                log=lambda m: print(f"[benchmark] {m}", file=sys.stderr, flush=True))
+                                log=lambda m: print(f"[benchmark] {m}", file=sys.stderr, flush=True),
+                                sections=sections)
     except ValueError as e:
         parser.error(str(e))
     print(format_measurements(results))

@@ -23,19 +23,32 @@ from ..data.shapes import ID_CLASSES, render_scene
 from ..engine.setup import build_cfg
 from .timing import interleaved, paired_ratio, summarize
 
-__all__ = ["MODES", "detector_cfg", "shapes_inputs", "build_models", "time_training_steps", "time_inference"]
+__all__ = ["MODES", "PAPER_HEAD_OPTS", "detector_cfg", "shapes_inputs", "build_models", "time_training_steps", "time_inference"]
 
 # benchmark name -> config file
 MODES = {"plain": "Shapes/vanilla_mobilenet.yaml", "vos": "Shapes/vos_mobilenet.yaml",
          "ffs": "Shapes/ffs_mobilenet.yaml"}
 
 
-def detector_cfg(mode: str, device: str = "cpu", images_per_batch: int = None):
-    """The config of ``mode``; the MobileNetV2 trunk is randomly initialised (no weight file is read —
-    the step time does not depend on the weight values)."""
+# The papers' (VOC) head sizes on top of the shapes configs: 1024-d box features, 20 classes, 512 sampled
+# RoIs per image; VOS queues of 1000 per class and 10000 draws per class; FFS's 2-block GLOW flow with
+# 2048-wide subnets (configs/VOC/*_regnetx.yaml). Images, backbone and RPN stay the shapes world's.
+PAPER_HEAD_OPTS = {
+    "all": ["MODEL.ROI_BOX_HEAD.FC_DIM", "1024", "MODEL.ROI_HEADS.NUM_CLASSES", "20",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "512"],
+    "plain": [],
+    "vos": ["FFS.QUEUE_SIZE", "1000", "FFS.SAMPLE_FROM", "10000"],
+    "ffs": ["FFS.SAMPLE_FROM", "200", "FFS.FLOW.BLOCKS", "2", "FFS.FLOW.HIDDEN", "2048"],
+}
+
+
+def detector_cfg(mode: str, device: str = "cpu", images_per_batch: int = None, extra_opts=()):
+    """The config of ``mode`` (plus ``extra_opts``, detectron2 ``KEY VALUE`` pairs); the MobileNetV2 trunk
+    is randomly initialised (no weight file is read — the step time does not depend on the weight values)."""
     opts = ["MODEL.DEVICE", device, "MODEL.MOBILENET.WEIGHTS", "", "MODEL.WEIGHTS", ""]
     if images_per_batch:
         opts += ["SOLVER.IMS_PER_BATCH", str(images_per_batch)]
+    opts += list(extra_opts)
     cfg = build_cfg(MODES[mode], opts, cpu_fallback=False)
     cfg.freeze()
     return cfg
@@ -101,6 +114,8 @@ def time_training_steps(models: Dict[str, torch.nn.Module], cfgs, batch: Sequenc
     times = interleaved({mode: (lambda m=mode: step(m)) for mode in models}, warmup, repeats, device)
     out = {mode: dict(summarize(t), losses=losses_seen[mode]) for mode, t in times.items()}
     out["ratios"] = {f"{mode}/plain": paired_ratio(times[mode], times["plain"]) for mode in models if mode != "plain"}
+    out["ratio_rounds"] = {f"{mode}/plain": [a / b for a, b in zip(times[mode], times["plain"])]
+                           for mode in models if mode != "plain"}
     out["images_per_batch"] = len(batch)
     return out
 
@@ -133,4 +148,5 @@ def time_inference(models: Dict[str, torch.nn.Module], images: Sequence[Dict], w
     # images/s ratio = inverse time ratio
     names = [m for m in models if m != "plain"]
     out["ratios"] = {f"{m}/plain": paired_ratio(times["plain"], times[m]) for m in names}
+    out["ratio_rounds"] = {f"{m}/plain": [a / b for a, b in zip(times["plain"], times[m])] for m in names}
     return out

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-__all__ = ["Timer", "summarize", "interleaved", "paired_ratio", "sync"]
+__all__ = ["Timer", "summarize", "interleaved", "paired_ratio", "ratio_spread", "sync"]
 
 
 def sync(device) -> None:
@@ -69,3 +69,9 @@ def interleaved(contenders: Dict[str, Callable[[], object]], warmup: int, repeat
 def paired_ratio(numerator: List[float], denominator: List[float]) -> float:
     """Median over rounds of ``numerator[i] / denominator[i]``."""
     return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def ratio_spread(ratios: List[float]) -> Dict[str, float]:
+    """Median, inter-quartile range, min and max of per-round ratios, and the number of rounds."""
+    s = summarize(list(ratios))
+    return {"median": s["median_s"], "iqr": s["iqr_s"], "min": s["min_s"], "max": s["max_s"], "rounds": s["repeats"]}
