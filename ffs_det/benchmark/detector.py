@@ -46,6 +46,9 @@ def detector_cfg(mode: str, device: str = "cpu", images_per_batch: int = None, e
     """The config of ``mode`` (plus ``extra_opts``, detectron2 ``KEY VALUE`` pairs); the MobileNetV2 trunk
     is randomly initialised (no weight file is read — the step time does not depend on the weight values)."""
     opts = ["MODEL.DEVICE", device, "MODEL.MOBILENET.WEIGHTS", "", "MODEL.WEIGHTS", ""]
+    # learning rates 0: the timed steps repeat one batch, which can drive a moving flow to a non-finite NLL;
+    # with the weights held fixed every step costs the same work (the optimizer still runs its update)
+    opts += ["SOLVER.BASE_LR", "0.0", "FFS.FLOW.BASE_LR", "0.0"]
     if images_per_batch:
         opts += ["SOLVER.IMS_PER_BATCH", str(images_per_batch)]
     opts += list(extra_opts)
