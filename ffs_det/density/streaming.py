@@ -282,6 +282,8 @@ def label_blocks(y, n: int, rows: int, name: str = "labels") -> Iterator[Tuple[i
 
 def read_labels(y, n: int, name: str = "labels") -> np.ndarray:
     """All ``n`` labels (in memory or a row source) as one int64 array (8 bytes a row); ``None`` -> zeros."""
+    if isinstance(y, np.ndarray) and y.dtype == np.int64 and y.shape == (n,):
+        return y
     return np.concatenate([b for _, b in label_blocks(y, n, 1 << 20, name)]) if n else np.zeros(0, np.int64)
 
 

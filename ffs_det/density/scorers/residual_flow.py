@@ -31,7 +31,7 @@ import torch
 
 from ..flow_training import FlowConfig, finite_or_floor, fit_flow, flow_log_prob
 from ..inputs import as_labels, as_layers
-from ..streaming import FeatureRows, as_feature_rows, is_streamed, read_labels
+from ..streaming import ArrayRows, FeatureRows, as_feature_rows, is_streamed, read_labels
 from .base import Scorer, register_scorer
 from .gaussians import fit_class_gaussians
 from .layer_combiner import PROXIES, LayerCombiner, proxy_outliers
@@ -46,7 +46,9 @@ class _LayerModel:
     flow trains on whitened minibatches read from the source)."""
 
     def __init__(self, x, labels: np.ndarray, ridge: float, config: FlowConfig):
-        self.gaussians = fit_class_gaussians(x, labels, covariance="tied", ridge=ridge)
+        # streamed: the labels as a row source, read block by block (no whole-array copies per pass)
+        self.gaussians = fit_class_gaussians(x, ArrayRows(labels) if isinstance(x, FeatureRows) else labels,
+                                             covariance="tied", ridge=ridge)
         self.half_log_det = 0.5 * float(self.gaussians.log_det()[0])
         self.flows = []
         streamed = isinstance(x, FeatureRows)
