@@ -171,7 +171,8 @@ class FeatureStore:
         self.meta = {"format": FORMAT, "version": VERSION, "length": self.length, "shards": n, "info": self.info}
 
     def _layout(self) -> dict:
-        return {name: (self.rows(name).dtype.str, list(self.rows(name).shape[1:])) for name in self.names()}
+        rows = {name: self.rows(name) for name in self.names()}
+        return {name: (r.dtype.str, list(r.shape[1:])) for name, r in rows.items()}
 
     def _open(self, name: str, spec: dict) -> np.ndarray:
         meta_path = os.path.join(self.path, META)

@@ -8,8 +8,8 @@ mixture likelihood.
 
 Feature maps ``(N, C, H, W)`` are global-average pooled; with ``normalize=True`` rows are scaled to unit
 norm. Each class ``c`` gets ``n_components`` Gaussians (closed-form maximum likelihood for one component,
-scikit-learn's ``GaussianMixture`` for more, on at most ``mixture_rows`` random rows), weighted by the class frequency ``pi_c``. Score, higher =
-more in-distribution: the mixture log-density ``log sum_c pi_c p(z | c)`` in nats. Without ``y`` at fit
+scikit-learn's ``GaussianMixture`` for more, on at most ``mixture_rows`` random rows), weighted by the class
+frequency ``pi_c``. Score, higher = more in-distribution: the mixture log-density ``log sum_c pi_c p(z | c)`` in nats. Without ``y`` at fit
 all samples form one class.
 """
 from typing import Optional
@@ -17,9 +17,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..inputs import as_features, as_labels
+from ..inputs import as_features
 from ..normalize import l2_normalize
-from ..streaming import FeatureRows, Rows, as_feature_rows
+from ..streaming import FeatureRows, as_feature_rows
 from .base import Scorer, register_scorer
 from .gaussians import fit_class_gaussians
 
@@ -61,8 +61,8 @@ class GMMScorer(Scorer):
         more components fit in memory on at most ``mixture_rows`` random rows."""
         self.check_params()
         z = self.prepare_rows(X)
-        labels = y if (y is None or isinstance(y, Rows)) else as_labels(y, len(z))
-        self.gaussians_ = fit_class_gaussians(z, labels, covariance=self.covariance, ridge=float(self.ridge),
+        # labels in memory, a row source or None (one class): fit_class_gaussians checks them as it reads them
+        self.gaussians_ = fit_class_gaussians(z, y, covariance=self.covariance, ridge=float(self.ridge),
                                               n_components=int(self.n_components), seed=int(self.seed),
                                               mixture_rows=self.mixture_rows)
         return self

@@ -41,7 +41,6 @@ from torch import nn
 
 from ..flow_training import minibatches
 from ..inputs import as_features, as_labels, linear_head
-from ..normalize import l2_normalize
 from ..streaming import FeatureRows, Rows, as_feature_rows, column_mean_std, is_streamed
 from .base import Scorer, register_scorer
 from .gaussians import fit_class_gaussians
@@ -58,7 +57,7 @@ class _GMMPrior:
         self.proposal = self.gmm.gaussians_
 
     def prepare(self, x):
-        return x.map(l2_normalize) if isinstance(x, FeatureRows) else self.gmm.prepare(x)
+        return self.gmm.prepare_rows(x) if isinstance(x, FeatureRows) else self.gmm.prepare(x)
 
     def energy(self, z):
         return -self.gmm.log_prob(z)
