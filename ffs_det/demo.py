@@ -7,7 +7,7 @@ Steps (each job's outputs are reused from a previous run with the same settings,
 2. for every method and training seed, one job in ``<out>/<method>/seed<k>/``: train
    ``configs/Shapes/<method>_mobilenet.yaml`` with ``SEED k`` exactly as ``tools/train_net.py`` does (through
    detectron2's ``default_setup``, so the same seed gives the same model), run it on ``shapes_val`` (ID) and
-   ``shapes_ood`` (``inference/<dataset>/``), evaluate with the VOS/FFS protocol (``ood/``) and draw where its
+   ``shapes_ood`` (``inference/<dataset>/``), evaluate with the papers' protocol (``ood/``, :mod:`ffs_det.evaluation.ood_report`) and draw where its
    synthetic outliers lie (``features_pca.png``). ``jobs`` jobs run at once, each in its own process;
 3. one summary: per-seed rows, mean ± std per method, and the paired comparison against vanilla (per-seed
    difference, its mean, and how many seeds agree in sign) -> ``<out>/summary.md`` and ``<out>/summary.json``,
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 METHODS = {"vanilla": "Shapes/vanilla_mobilenet.yaml", "vos": "Shapes/vos_mobilenet.yaml",
            "ffs": "Shapes/ffs_mobilenet.yaml"}
 ID_SET, OOD_SET, TRAIN_SET = "shapes_val", "shapes_ood", "shapes_train"
-ROW_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "threshold", "n_id", "n_ood")
+ROW_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "threshold", "n_id", "n_ood", "protocol")
 # the metrics of the summary: (row key, header, scale to percent, lower is better)
 SUMMARY_METRICS = (("fpr95", "FPR95 ↓", 100.0, True), ("auroc", "AUROC ↑", 100.0, False),
                    ("aupr_in", "AUPR-In ↑", 100.0, False), ("ap50", "ID AP50 ↑", 1.0, False),
@@ -127,10 +127,12 @@ def _records_of(folder: str, weights: str) -> bool:
         meta = load_records(os.path.join(folder, "records.npz"))[1]
     except ValueError:
         return False
+    if "num_gt" in meta and "papers_threshold" not in meta:  # annotated records from before the papers' protocol
+        return False
     return meta.get("weights_sha256") == file_sha256(weights)
 
 
-def _projection(model, cfg, out: str, report: Dict, method: str, seed: int) -> Dict:
+def _projection(model, cfg, out: str, evaluation, method: str, seed: int) -> Dict:
     """features_pca.png and the support statistics of ID, OOD and synthetic features."""
     from .evaluation.apply import load_model
     from .evaluation.projection import feature_summary, projection_png
@@ -142,11 +144,10 @@ def _projection(model, cfg, out: str, report: Dict, method: str, seed: int) -> D
         synthetic = model.roi_heads.synthesize_outliers(NUM_PROJECTED_OUTLIERS).cpu().numpy()
     finally:
         torch.random.set_rng_state(gen_state)
-    thr = report["threshold"]
     kept = {}
-    for role, rs in (("id", report["id"]["records"]), ("ood", next(iter(report["sets"].values()))["records"])):
-        keep = rs.arrays["score"] >= thr
-        kept[role] = rs.arrays["features"][keep] if "features" in rs.arrays else np.zeros((0, 0))
+    for role, name in (("id", ID_SET), ("ood", OOD_SET)):
+        has = "features" in evaluation.sets[name].arrays
+        kept[role] = evaluation.kept_values("features", name) if has else np.zeros((0, 0))
     if len(kept["id"]) >= 3:
         png = projection_png(kept["id"], kept["ood"], synthetic,
                              title=f"{method}, seed {seed}: box features (PCA on ID)")
@@ -170,15 +171,14 @@ def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), f
     start = time.perf_counter()
     info = _train(config, out, opts, fresh, {"method": method, "config": config, "seed": seed, "opts": opts})
     applied, model, cfg = _apply(config, out, opts, fresh)
-    report, _ = run_report(os.path.join(out, "inference", ID_SET, "records.npz"),
-                           [os.path.join(out, "inference", OOD_SET, "records.npz")], os.path.join(out, "ood"))
-    kept = next(iter(report["sets"].values()))
-    metrics = kept["metrics"]
-    buf = io.BytesIO()
-    np.savez(buf, id=kept["id_scores"], ood=kept["ood_scores"])  # the kept detections' scores, for the ROC
+    evaluation, _ = run_report(os.path.join(out, "inference", ID_SET, "records.npz"),
+                               [os.path.join(out, "inference", OOD_SET, "records.npz")], os.path.join(out, "ood"))
+    metrics = evaluation.metrics(OOD_SET)
+    buf = io.BytesIO()  # the kept detections' scores, for the ROC
+    np.savez(buf, id=evaluation.kept_values("energy", ID_SET), ood=evaluation.kept_values("energy", OOD_SET))
     atomic_write_bytes(os.path.join(out, "kept_scores.npz"), buf.getvalue())
-    support = _projection(model, cfg, out, report, method, seed)
-    scores = _box_scores(out, report["threshold"])
+    support = _projection(model, cfg, out, evaluation, method, seed)
+    scores = _box_scores(out, evaluation)
     bbox = applied[ID_SET].get("bbox", {})
     row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS},
            "ap50": bbox.get("AP50", float("nan")), "ap": bbox.get("AP", float("nan")),
@@ -189,14 +189,15 @@ def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), f
     return row
 
 
-def _box_scores(out: str, threshold: float) -> Dict:
-    """Every score on the kept detections (:func:`ffs_det.evaluation.box_scores.compare_box_scores`): the
-    metrics per score, and the kept scores saved for the ROC of every (method, score)."""
+def _box_scores(out: str, evaluation) -> Dict:
+    """Every score on the kept detections of ``evaluation`` (the job's eval_ood result;
+    :func:`ffs_det.evaluation.box_scores.compare_box_scores`): the metrics per score, and the kept scores saved
+    for the ROC of every (method, score)."""
     from .evaluation.box_scores import compare_box_scores
 
     rec = lambda name: os.path.join(out, "inference", name, "records.npz")  # noqa: E731
     try:
-        comparison, info = compare_box_scores(rec(TRAIN_SET), rec(ID_SET), [rec(OOD_SET)], thres=threshold)
+        comparison, info = compare_box_scores(rec(TRAIN_SET), rec(ID_SET), [rec(OOD_SET)], evaluation=evaluation)
     except ValueError as e:  # too few training boxes (a barely trained model): the energy row stands alone
         logger.warning("box-level scores not computed: %s", e)
         return {"error": str(e)}
@@ -318,7 +319,9 @@ def format_summary(rows: List[Dict], summary: Optional[Dict] = None, baseline: s
     """Markdown: the mean ± std table, the paired comparison against ``baseline`` and the per-seed rows."""
     summary = summary or summarize(rows, baseline)
     head = "| method | seeds | " + " | ".join(h for _, h, _, _ in SUMMARY_METRICS) + " |"
-    lines = ["Mean ± std over training seeds (%, ID AP: COCO box AP on the ID test set):", "", head,
+    protocols = sorted({str(r.get("protocol", "global-f1")) for r in rows})
+    lines = [f"Mean ± std over training seeds (%; OOD metrics under the {'/'.join(protocols)} protocol of eval_ood; "
+             "ID AP: COCO box AP on the ID test set):", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for m, s in summary["methods"].items():
         lines.append(f"| {m} | {','.join(map(str, s['seeds']))} | "

@@ -3,12 +3,18 @@
 Convention: a score is higher for samples that look more in-distribution (ID). ID is the positive class
 for AUROC and AUPR-In; AUPR-Out treats OOD as positive with the score negated.
 
-FPR95 comes in the two conventions found in the literature:
+FPR95 is the fraction of OOD samples with score >= t at a threshold t that keeps about 95% of ID samples
+(ID score >= t). Where exactly t sits is the ``fpr_point``:
 
-* ``fpr95`` (VOS / FFS / Outlier Exposure): take the highest threshold ``t`` that keeps at least 95% of ID
-  samples (ID score >= t); report the fraction of OOD samples with score >= t.
-* ``fpr95_ood_positive`` (OpenOOD): take the threshold that catches at least 95% of OOD samples
-  (OOD score <= t); report the fraction of ID samples with score <= t.
+* ``"first"``: the highest t that keeps at least 95% of ID samples (TPR >= 0.95; OpenOOD, scikit-learn's
+  ``roc_curve`` read at the first TPR >= 0.95).
+* ``"closest"``: the t whose TPR is closest to 0.95, above or below it (the released VOS/FFS evaluation,
+  ``fpr_and_fdr_at_recall`` in deeplearning-wisc/vos ``metric_utils.py``, inherited from Outlier Exposure's
+  code); among equally close points, the lower threshold (the higher TPR), as that code's scan from the
+  highest TPR down picks.
+
+``fpr95_ood_positive`` (OpenOOD's other view) takes the threshold that catches at least 95% of OOD samples
+(OOD score <= t) and reports the fraction of ID samples with score <= t.
 
 All of them are computed from one sort of the pooled scores, with tied scores grouped exactly as
 scikit-learn's ``roc_curve`` / ``average_precision_score`` do, so AUROC and AUPR equal sklearn's values.
@@ -19,9 +25,10 @@ import numpy as np
 
 from .inputs import as_scores
 
-__all__ = ["ood_metrics", "roc_curve_points", "optimal_f1_threshold"]
+__all__ = ["ood_metrics", "roc_curve_points", "optimal_f1_threshold", "FPR_POINTS"]
 
 TPR_LEVEL = 0.95
+FPR_POINTS = ("first", "closest")
 
 
 def _grouped_counts(id_scores: np.ndarray, ood_scores: np.ndarray) -> Tuple[np.ndarray, ...]:
@@ -48,20 +55,34 @@ def _fpr_at_tpr(tp_cum, fp_cum, thresholds, level):
     return float(fp_cum[k] / fp_cum[-1]), float(thresholds[k])
 
 
-def ood_metrics(id_scores, ood_scores, tpr_level: float = TPR_LEVEL) -> Dict[str, float]:
-    """FPR@95TPR (both conventions), AUROC, AUPR-In and AUPR-Out of ID vs OOD scores (higher = more ID).
+def _fpr_at_closest_tpr(tp_cum, fp_cum, thresholds, level):
+    """The threshold whose TPR is closest to ``level`` (ties: the lower threshold): (FPR there, threshold).
 
-    Returns a dict with ``fpr95``, ``fpr95_threshold``, ``fpr95_ood_positive``, ``auroc``, ``aupr_in``,
-    ``aupr_out`` (fractions in [0, 1]), ``n_id`` and ``n_ood``. Raises ValueError on empty, non-finite or
-    non-1-D input.
+    Only thresholds down to the first one that keeps every positive are candidates, as in the released
+    VOS/FFS evaluation."""
+    tpr = tp_cum / tp_cum[-1]
+    last = int(np.searchsorted(tp_cum, tp_cum[-1], side="left"))
+    k = last - int(np.argmin(np.abs(tpr[:last + 1] - level)[::-1]))
+    return float(fp_cum[k] / fp_cum[-1]), float(thresholds[k])
+
+
+def ood_metrics(id_scores, ood_scores, tpr_level: float = TPR_LEVEL, fpr_point: str = "first") -> Dict[str, float]:
+    """FPR@95TPR, AUROC, AUPR-In and AUPR-Out of ID vs OOD scores (higher = more ID).
+
+    Returns a dict with ``fpr95`` (at the ``fpr_point`` convention, see the module docstring),
+    ``fpr95_threshold``, ``fpr95_ood_positive``, ``auroc``, ``aupr_in``, ``aupr_out`` (fractions in
+    [0, 1]), ``n_id`` and ``n_ood``. Raises ValueError on empty, non-finite or non-1-D input.
     """
     if not 0.0 < tpr_level <= 1.0:
         raise ValueError(f"tpr_level must be in (0, 1], got {tpr_level}")
+    if fpr_point not in FPR_POINTS:
+        raise ValueError(f"fpr_point must be one of {', '.join(FPR_POINTS)}, got {fpr_point!r}")
     id_scores = as_scores(id_scores, "id_scores")
     ood_scores = as_scores(ood_scores, "ood_scores")
     thresholds, id_cum, ood_cum = _grouped_counts(id_scores, ood_scores)
 
-    fpr95, thr95 = _fpr_at_tpr(id_cum, ood_cum, thresholds, tpr_level)
+    at_point = _fpr_at_tpr if fpr_point == "first" else _fpr_at_closest_tpr
+    fpr95, thr95 = at_point(id_cum, ood_cum, thresholds, tpr_level)
     # OOD-positive view: walk the same groups from the lowest score up
     ood_up = np.cumsum(np.diff(ood_cum, prepend=0)[::-1])
     id_up = np.cumsum(np.diff(id_cum, prepend=0)[::-1])

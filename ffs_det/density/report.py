@@ -31,6 +31,7 @@ class Comparison:
     id_name: str
     scores: Dict[str, Dict[str, np.ndarray]]  # method -> set name (the ID set and each OOD set) -> scores
     metrics: Dict[str, Dict[str, dict]] = field(default_factory=dict)  # method -> OOD set -> ood_metrics
+    fpr_point: str = "first"  # where FPR95 is read (ood_metrics' fpr_point)
 
     @property
     def methods(self) -> List[str]:
@@ -51,17 +52,19 @@ class Comparison:
                     yield m, o, sets[self.id_name], sets[o], self.metrics[m][o]
 
 
-def compare(scores: Mapping[str, Mapping[str, np.ndarray]], id_name: str) -> Comparison:
-    """A :class:`Comparison` with the metrics of every (method, OOD set); each method must score ``id_name``."""
+def compare(scores: Mapping[str, Mapping[str, np.ndarray]], id_name: str, fpr_point: str = "first") -> Comparison:
+    """A :class:`Comparison` with the metrics of every (method, OOD set); each method must score ``id_name``.
+    ``fpr_point`` says where FPR95 is read (:func:`~ffs_det.density.metrics.ood_metrics`)."""
     if not scores:
         raise ValueError("nothing to compare: give {method: {set: scores}}")
-    out = Comparison(id_name, {m: dict(sets) for m, sets in scores.items()})
+    out = Comparison(id_name, {m: dict(sets) for m, sets in scores.items()}, fpr_point=fpr_point)
     for method, sets in out.scores.items():
         if id_name not in sets:
             raise ValueError(f"{method}: no scores of the ID set {id_name!r} (it has {sorted(sets)})")
         if len(sets) < 2:
             raise ValueError(f"{method}: no OOD set to compare {id_name!r} with")
-        out.metrics[method] = {o: ood_metrics(sets[id_name], s) for o, s in sets.items() if o != id_name}
+        out.metrics[method] = {o: ood_metrics(sets[id_name], s, fpr_point=fpr_point)
+                               for o, s in sets.items() if o != id_name}
     return out
 
 

@@ -5,8 +5,12 @@ For each (model, dataset) pair, into ``output_dir``:
 * ``records.npz`` — per-detection records for :mod:`tools/eval_ood.py` (format in :mod:`.records`);
 * ``coco_detections.json`` — the detections in COCO result format (category ids of the dataset's json
   when it has them, else ``class + 1``);
-* ``metrics.json`` — COCO box AP from detectron2's COCOEvaluator when the dataset is annotated with the
-  model's classes, plus counts.
+* ``metrics.json`` — COCO box AP when the dataset is annotated with the model's classes, plus counts.
+
+On a set annotated in the model's classes one pycocotools ``COCOeval`` (:mod:`.coco_eval`) gives both the
+box AP and the papers' detection threshold, which the records' meta keeps (``papers_threshold``: the value,
+rounded as the released VOS/FFS evaluation uses it, and its per-class values) for eval_ood's default
+protocol; each detection is also marked ``gt_matched`` (greedy IoU 0.5) for the ``global-f1`` protocol.
 
 The folder is written as one generation (:func:`ffs_det.atomic_io.atomic_dir`): a run that fails or is
 killed leaves the previous folder whole, never the new records beside the old metrics. The records' meta
@@ -22,12 +26,13 @@ import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.data.samplers import InferenceSampler
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
+from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
 from ..atomic_io import atomic_dir, atomic_write_json, check_replaceable_folder, file_sha256
 from ..data.validate import CheckedDatasetMapper, check_image_files
 from ..engine.checkpoint import SafeCheckpointer
+from .coco_eval import evaluate_boxes
 from .detections import RecordsEvaluator, annotate_matches
 from .records import save_records
 
@@ -105,18 +110,16 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     check_image_files(dicts, f"dataset {dataset_name!r}")
     model = model if model is not None else load_model(cfg)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    evaluators = [RecordsEvaluator(dataset_name)]
     with_map = _has_model_annotations(dataset_meta, dicts, num_classes, getattr(model, "class_names", None))
-    if with_map:
-        evaluators.append(COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=None))
     loader = build_detection_test_loader(dicts, mapper=CheckedDatasetMapper(cfg, False),
                                          sampler=InferenceSampler(len(dicts)), num_workers=cfg.DATALOADER.NUM_WORKERS)
     start = time.perf_counter()
-    results = inference_on_dataset(model, loader, DatasetEvaluators(evaluators))
+    arrays = inference_on_dataset(model, loader, RecordsEvaluator(dataset_name))["records"]
     seconds = time.perf_counter() - start
-    arrays = results.pop("records")
-    # ground-truth matches only make sense for annotations in the model's own classes
+    class_names = _model_class_names(cfg, model, dataset_name if with_map else None)
+    # ground-truth matches and box AP only make sense for annotations in the model's own classes
     num_gt = annotate_matches(arrays, dicts) if with_map else None
+    coco = evaluate_boxes(dataset_name, arrays, [d["image_id"] for d in dicts], class_names) if with_map else {}
     num_images = len(dicts)
     meta = {
         "dataset": dataset_name,
@@ -124,17 +127,20 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
         "weights": cfg.MODEL.WEIGHTS,
         "weights_sha256": file_sha256(cfg.MODEL.WEIGHTS) if os.path.isfile(cfg.MODEL.WEIGHTS) else None,
         "num_classes": num_classes,
-        "class_names": _model_class_names(cfg, model, dataset_name if with_map else None),
+        "class_names": class_names,
         "num_images": num_images,
         "image_files": {str(int(d["image_id"])): d["file_name"] for d in dicts},
         "config": cfg.dump(),
     }
     if num_gt is not None:
         meta["num_gt"] = num_gt
+    if coco.get("papers_threshold"):
+        meta["papers_threshold"] = coco["papers_threshold"]
     summary = {"dataset": dataset_name, "num_images": num_images, "num_detections": int(len(arrays["score"])),
                "seconds": round(seconds, 2), "images_per_second": round(num_images / max(seconds, 1e-9), 2)}
-    if with_map and "bbox" in results:
-        summary["bbox"] = results["bbox"]
+    if coco:
+        summary["bbox"] = coco["bbox"]
+        summary["papers_threshold"] = coco["papers_threshold"]
     _check_output_dir(output_dir)
     with atomic_dir(output_dir) as tmp:
         records, detections, metrics = (os.path.join(tmp, name) for name in OUTPUT_FILES)

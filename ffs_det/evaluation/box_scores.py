@@ -109,17 +109,19 @@ def fuse_scores(calibration: Dict[str, np.ndarray], scores: Dict[str, np.ndarray
 def compare_box_scores(train_records: str, id_records: str, ood_records: Sequence[str],
                        scorers: Sequence[str] = POSTHOC_SCORERS, fuse: Sequence[str] = ("fde",),
                        thres: Optional[float] = None, min_score: float = 0.5,
-                       options: Optional[Dict[str, dict]] = None):
+                       options: Optional[Dict[str, dict]] = None, protocol: str = "papers",
+                       evaluation=None):
     """Energy, the records' ``flow_loglik`` (FFS models), post-hoc box-level scorers and fused scores, on the
     same kept detections: returns ``(comparison, info)`` with a
     :class:`~ffs_det.density.report.Comparison` of ``{score: {set: kept scores}}``.
 
-    The detection threshold is the eval_ood one (optimal F1 on the ID records, or ``thres``). Each scorer
-    is fitted on the box features (``apply_net --save-features``) of the training detections matched to
-    ground truth (else ``score >= min_score``; labels = predicted classes), except those of every
-    :data:`CALIBRATION_EVERY`-th training image, which calibrate the fused scores: ``energy+<score>`` for
-    each ``<score>`` in ``fuse`` (:func:`fuse_scores`). Nothing here sees an OOD label; OOD records are only
-    scored.
+    The kept detections, threshold and FPR95 point are those of eval_ood under ``protocol`` (or ``thres``),
+    or of ``evaluation`` (an :class:`~ffs_det.evaluation.ood_report.OODEvaluation` of these records) when
+    given. Each scorer is fitted on the box features (``apply_net --save-features``) of the training
+    detections matched to ground truth (else ``score >= min_score``; labels = predicted classes), except
+    those of every :data:`CALIBRATION_EVERY`-th training image, which calibrate the fused scores:
+    ``energy+<score>`` for each ``<score>`` in ``fuse`` (:func:`fuse_scores`). Nothing here sees an OOD
+    label; OOD records are only scored.
     """
     from ..density.report import compare
     from .ood_report import RecordSet, evaluate_ood
@@ -128,29 +130,25 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     unknown = sorted(set(fuse) - set(scorers) - {"flow_loglik"})
     if unknown:
         raise ValueError(f"fuse: {unknown} are not among the scores ({', '.join(scorers)}, flow_loglik)")
-    report = evaluate_ood(id_records, ood_records, thres)  # the checks of eval_ood, and the energy scores
-    threshold = report["threshold"]
+    ev = evaluation or evaluate_ood(id_records, ood_records, thres, protocol=protocol)  # eval_ood's checks and mask
     train = RecordSet.load(train_records)
     feats = _features(train.arrays, train.meta, train_records)
     keep = train.arrays["gt_matched"] if "gt_matched" in train.arrays else train.arrays["score"] >= min_score
     if not keep.any():  # e.g. a barely trained model: the detections eval_ood would keep
-        keep = train.arrays["score"] >= threshold
+        keep = train.arrays["score"] >= ev.threshold
     fit, calib = _calibration_split(train.arrays["image_id"], keep)
     if fit.sum() < 2 or not calib.any():
         raise ValueError(f"records {train_records}: {int(fit.sum())} training detections to fit on and "
                          f"{int(calib.sum())} to calibrate on; need at least 2 and 1")
-    sets = {report["id"]["dataset"]: report["id"]["records"],
-            **{name: s["records"] for name, s in report["sets"].items()}}
-    kept = {name: rs.arrays["score"] >= threshold for name, rs in sets.items()}
-    scores = {"energy": {name: rs.arrays["energy"][kept[name]].astype(np.float64) for name, rs in sets.items()}}
+    sets = ev.sets
+    scores = {"energy": {name: ev.kept_values("energy", name) for name in sets}}
     calibration = {"energy": train.arrays["energy"][calib].astype(np.float64)}
     if all("flow_loglik" in rs.arrays for rs in [train, *sets.values()]):
-        scores["flow_loglik"] = {name: rs.arrays["flow_loglik"][kept[name]].astype(np.float64)
-                                 for name, rs in sets.items()}
+        scores["flow_loglik"] = {name: ev.kept_values("flow_loglik", name) for name in sets}
         calibration["flow_loglik"] = train.arrays["flow_loglik"][calib].astype(np.float64)
     failed = {}
     for scorer in scorers:
-        test = {name: _features(rs.arrays, rs.meta, rs.path)[kept[name]] for name, rs in sets.items()}
+        test = {name: _features(rs.arrays, rs.meta, rs.path)[ev.kept[name]] for name, rs in sets.items()}
         try:
             out = fit_and_score(scorer, feats[fit], train.arrays["pred_class"][fit],
                                 {"__calibration__": feats[calib], **test}, **options.get(scorer, {}))
@@ -165,6 +163,6 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
             scores[f"energy+{part}"] = {name: fuse_scores({k: calibration[k] for k in ("energy", part)},
                                                           {k: scores[k][name] for k in ("energy", part)})
                                         for name in sets}
-    info = {"threshold": threshold, "fit_on": int(fit.sum()), "calibrated_on": int(calib.sum()),
-            "id": report["id"]["dataset"], "failed": failed}
-    return compare(scores, report["id"]["dataset"]), info
+    info = {"threshold": ev.threshold, "protocol": ev.protocol, "fit_on": int(fit.sum()),
+            "calibrated_on": int(calib.sum()), "id": ev.id_name, "failed": failed}
+    return compare(scores, ev.id_name, fpr_point=ev.comparison.fpr_point), info

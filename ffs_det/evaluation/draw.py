@@ -1,6 +1,6 @@
 """Drawing kept detections on their images, with the ones an OOD score flags marked.
 
-A kept detection (score >= the detection threshold) is drawn green when its OOD score is at or above the
+A kept detection (kept by the evaluation protocol) is drawn green when its OOD score is at or above the
 cut that keeps 95% of the ID detections, and red (labelled "OOD") below it.
 """
 import io
@@ -25,9 +25,9 @@ def image_files(json_file: str, image_root: str) -> Dict[int, str]:
 
 
 def draw_detections(arrays: Dict[str, np.ndarray], files: Dict[int, str], class_names: Sequence[str],
-                    threshold: float, score_key: str, cut: float, max_images: int) -> Dict[int, bytes]:
-    """PNG bytes of up to ``max_images`` images (those with kept detections whose file exists, lowest ids first)."""
-    keep = arrays["score"] >= threshold
+                    keep: np.ndarray, score_key: str, cut: float, max_images: int) -> Dict[int, bytes]:
+    """PNG bytes of up to ``max_images`` images (those with kept detections, the boolean mask ``keep``, whose
+    file exists, lowest ids first)."""
     ids = sorted({int(i) for i in arrays["image_id"][keep]})
     image_ids = [i for i in ids if i in files and os.path.isfile(files[i])][:max_images]
     out = {}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ffs_det.evaluation.box_scores import add_box_scores, compare_box_scores, fuse_scores
-from ffs_det.evaluation.ood_report import evaluate_ood
+from ffs_det.evaluation.ood_report import RecordSet, detection_confidence, evaluate_ood
 from ffs_det.evaluation.records import load_records, save_records
 from repo_paths import REPO_ROOT as REPO
 
@@ -57,8 +57,7 @@ def test_scores_are_added_and_evaluate_like_energy(record_files, tmp_path, score
     assert [_digest(p) for p in record_files] == before  # inputs untouched
     arrays, meta = load_records(out[0])
     assert arrays[scorer].shape == arrays["score"].shape and meta["box_scores"][scorer]["fitted_on"] == 300
-    report = evaluate_ood(out[0], [out[1]], thres=0.0, score_key=scorer)
-    (metrics,) = [s["metrics"] for s in report["sets"].values()]
+    metrics = evaluate_ood(out[0], [out[1]], thres=0.0, score_key=scorer).metrics("ood")
     assert metrics["auroc"] > 0.95  # OOD boxes sit 4 units off the class clusters
 
 
@@ -97,12 +96,18 @@ def test_compare_box_scores_on_the_same_kept_detections(record_files, tmp_path):
     assert list(comparison.scores) == ["energy", "mahalanobis", "knn", "fde", "energy+mahalanobis"]
     assert info["fit_on"] + info["calibrated_on"] == 300 and info["calibrated_on"] == 60  # every 5th image
     id_arrays, _ = load_records(id_path)
-    kept = id_arrays["score"] >= 0.6
+    kept = detection_confidence(RecordSet.load(id_path), "papers") >= 0.6  # the box's max inlier probability
+    assert 0 < kept.sum() < len(kept) and not np.array_equal(kept, id_arrays["score"] >= 0.6)
     for name, sets in comparison.scores.items():  # every score on the detections eval_ood keeps
         assert sets["id"].shape == (int(kept.sum()),), name
     np.testing.assert_array_equal(comparison.scores["energy"]["id"], id_arrays["energy"][kept])
-    report = evaluate_ood(id_path, [ood_path], thres=0.6)
-    assert comparison.metrics["energy"]["ood"]["auroc"] == report["sets"]["ood"]["metrics"]["auroc"]
+    ev = evaluate_ood(id_path, [ood_path], thres=0.6)
+    assert comparison.metrics["energy"]["ood"]["auroc"] == ev.metrics("ood")["auroc"]
+    assert comparison.metrics["energy"]["ood"]["fpr95"] == ev.metrics("ood")["fpr95"] and info["protocol"] == "papers"
+    # under the other protocol, the detections kept by their own class score
+    old, _ = compare_box_scores(train, id_path, [ood_path], scorers=("mahalanobis",), fuse=(), thres=0.6,
+                                protocol="global-f1")
+    np.testing.assert_array_equal(old.scores["energy"]["id"], id_arrays["energy"][id_arrays["score"] >= 0.6])
     # the density scores see the OOD shift the (random) energy does not
     assert comparison.metrics["mahalanobis"]["ood"]["auroc"] > 0.95 > comparison.metrics["energy"]["ood"]["auroc"]
 

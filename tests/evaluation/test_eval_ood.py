@@ -27,6 +27,9 @@ def _load_cli():
 eval_ood = _load_cli()
 
 
+PAPERS_THRESHOLD = 0.45
+
+
 def make_records(n, seed, shift=0.0, annotated=True, dataset="voc_custom_val", extra=False):
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 1, (n, K + 1)).astype(np.float32)
@@ -48,6 +51,9 @@ def make_records(n, seed, shift=0.0, annotated=True, dataset="voc_custom_val", e
     if annotated:
         arrays["gt_matched"] = rng.uniform(0, 1, n) < arrays["score"]
         meta["num_gt"] = int(arrays["gt_matched"].sum()) + 7
+        # what apply_net stores from COCOeval (here a made-up value between the score quartiles)
+        meta["papers_threshold"] = {"threshold": PAPERS_THRESHOLD, "unrounded": PAPERS_THRESHOLD + 2e-5,
+                                    "per_class": {"a": 0.4, "b": 0.45, "c": 0.5}}
     if extra:
         arrays["knn"] = rng.normal(shift, 1, n).astype(np.float32)
     return arrays, meta
@@ -136,17 +142,24 @@ def test_load_rejects_wrong_dtype_pickles_bad_meta_and_garbage(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- report
-def _kept(path, thr, key):
+def _kept(path, thr, key, protocol="global-f1"):
     arrays, _ = load_records(path)
-    return arrays[key][arrays["score"] >= thr]
+    if protocol == "global-f1":
+        return arrays[key][arrays["score"] >= thr]
+    logits = arrays["logits"].astype(np.float64)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return arrays[key][probs[:, :-1].max(1) >= thr]
 
 
-def test_eval_ood_end_to_end_matches_direct_metrics(record_files, tmp_path, capsys):
+@pytest.mark.parametrize("protocol", ["papers", "global-f1"])
+def test_eval_ood_end_to_end_matches_direct_metrics(record_files, tmp_path, capsys, protocol):
     out = tmp_path / "report"
+    chosen = ["--protocol", protocol] if protocol != "papers" else []  # papers: the default
     assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--ood", record_files["oi"],
-                          "--output-dir", str(out)]) == 0
+                          "--output-dir", str(out), *chosen]) == 0
     printed = capsys.readouterr().out
     assert "coco_ood_val" in printed and "openimages_ood_val" in printed and "FPR95" in printed
+    assert f"protocol {protocol}" in printed
     assert sorted(os.listdir(out)) == [".ffs_det_ood_report", "hist_coco_ood_val.png", "hist_openimages_ood_val.png",
                                        "metrics.csv", "metrics.json", "roc.png"]
     for png in ("roc.png", "hist_coco_ood_val.png"):
@@ -156,13 +169,18 @@ def test_eval_ood_end_to_end_matches_direct_metrics(record_files, tmp_path, caps
     assert (out / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's private mode
 
     id_arrays, id_meta = load_records(record_files["id"])
-    thr, _ = optimal_f1_threshold(id_arrays["score"], id_arrays["gt_matched"], n_positive_total=id_meta["num_gt"])
+    if protocol == "papers":
+        thr, point = PAPERS_THRESHOLD, "closest"
+    else:
+        thr, _ = optimal_f1_threshold(id_arrays["score"], id_arrays["gt_matched"], n_positive_total=id_meta["num_gt"])
+        point = "first"
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["coco_ood_val", "openimages_ood_val"]
     for name, key in (("coco_ood_val", "coco"), ("openimages_ood_val", "oi")):
         m = metrics[name]
-        want = ood_metrics(_kept(record_files["id"], thr, "energy"), _kept(record_files[key], thr, "energy"))
-        assert m["threshold"] == pytest.approx(thr)
+        want = ood_metrics(_kept(record_files["id"], thr, "energy", protocol),
+                           _kept(record_files[key], thr, "energy", protocol), fpr_point=point)
+        assert m["threshold"] == pytest.approx(thr) and m["protocol"] == protocol
         assert (m["n_id"], m["n_ood"]) == (want["n_id"], want["n_ood"])
         for k in ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_ood_positive"):
             assert m[k] == pytest.approx(want[k], abs=1e-12)
@@ -171,13 +189,14 @@ def test_eval_ood_end_to_end_matches_direct_metrics(record_files, tmp_path, caps
     assert metrics["coco_ood_val"]["auroc"] > 0.75
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["ood_set"] for r in rows] == ["coco_ood_val", "openimages_ood_val"]
+    assert {r["protocol"] for r in rows} == {protocol}
     assert float(rows[0]["auroc"]) == pytest.approx(metrics["coco_ood_val"]["auroc"])
 
 
 def test_thres_and_score_key(record_files, tmp_path):
     out = tmp_path / "r"
     assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--thres", "0.5",
-                          "--score-key", "score", "--output-dir", str(out)]) == 0
+                          "--score-key", "score", "--output-dir", str(out), "--protocol", "global-f1"]) == 0
     m = json.loads((out / "metrics.json").read_text())["coco_ood_val"]
     id_kept, ood_kept = _kept(record_files["id"], 0.5, "score"), _kept(record_files["coco"], 0.5, "score")
     want = ood_metrics(id_kept, ood_kept)
@@ -188,12 +207,14 @@ def test_thres_and_score_key(record_files, tmp_path):
     assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--thres", "0.5",
                           "--score-key", "knn", "--output-dir", str(tmp_path / "k")]) == 0
     m_knn = json.loads((tmp_path / "k" / "metrics.json").read_text())["coco_ood_val"]
-    assert m_knn["auroc"] == pytest.approx(ood_metrics(_kept(record_files["id"], 0.5, "knn"),
-                                                       _kept(record_files["coco"], 0.5, "knn"))["auroc"])
-    # the default (optimal-F1) threshold is a different one
-    assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir",
-                          str(tmp_path / "d")]) == 0
-    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["coco_ood_val"]["threshold"] != 0.5
+    assert m_knn["auroc"] == pytest.approx(ood_metrics(_kept(record_files["id"], 0.5, "knn", "papers"),
+                                                       _kept(record_files["coco"], 0.5, "knn", "papers"))["auroc"])
+    # the protocols' own thresholds are different ones
+    for protocol, want in (("papers", PAPERS_THRESHOLD), ("global-f1", None)):
+        assert eval_ood.main(["--id", record_files["id"], "--ood", record_files["coco"], "--output-dir",
+                              str(tmp_path / protocol), "--protocol", protocol]) == 0
+        got = json.loads((tmp_path / protocol / "metrics.json").read_text())["coco_ood_val"]["threshold"]
+        assert got != 0.5 and (want is None or got == want)
 
 
 def _fails(args, tmp_path, capsys, match):
@@ -269,7 +290,10 @@ def test_id_records_given_as_ood_and_unmatched_id_records_are_refused(record_fil
            f"OOD records {copy} hold the same detections as the ID records")
     no_match = dict(arrays, gt_matched=np.zeros_like(arrays["gt_matched"]))
     unmatched = save_records(str(tmp_path / "unmatched.npz"), no_match, meta)
-    _fails(["--id", unmatched, "--ood", record_files["coco"]], tmp_path, capsys, "(F1 = 0)")
+    _fails(["--id", unmatched, "--ood", record_files["coco"], "--protocol", "global-f1"], tmp_path, capsys, "(F1 = 0)")
+    # annotated records from before apply_net stored the papers' threshold
+    old = save_records(str(tmp_path / "old.npz"), arrays, {k: v for k, v in meta.items() if k != "papers_threshold"})
+    _fails(["--id", old, "--ood", record_files["coco"]], tmp_path, capsys, "carry no 'papers_threshold'")
 
 
 def test_few_detections_are_flagged_with_a_standard_error(tmp_path, capsys):
