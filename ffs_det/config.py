@@ -34,10 +34,15 @@ def add_ffs_config(cfg):
     # leaves the detector's random stream (proposal sampling, augmentation) as it is without synthesis;
     # -1: draw from the global stream
     cfg.FFS.SAMPLE_SEED = 0
-    # map applied to synthesised features before the classifier: "none" or "sigmoid" (the FFS authors' code)
+    # map applied to synthesised features before the classifier: "none" (the released FFS code) or "sigmoid"
+    # (an earlier FFS snapshot, nish03/FFS a17f845, where it also comes before the likelihood ranking)
     cfg.FFS.OUTLIER_MAP = "none"
-    # temperature T of the outliers' energy T * log sum_k w_k exp(l_k / T); inliers use 1 (FFS authors: 40, VOS: 1)
+    # temperature T of the outliers' energy T * log sum_k w_k exp(l_k / T); inliers use 1 (released VOS and FFS: 1;
+    # the FFS snapshot a17f845: 40)
     cfg.FFS.OUTLIER_TEMPERATURE = 1.0
+    # initial per-class energy weights: "ones" (the plain log-sum-exp at the start) or "uniform" (U(0, 1), the
+    # released VOS and FFS code)
+    cfg.FFS.ENERGY_WEIGHT_INIT = "ones"
     # energy-margin loss: "mean" over all boxes (VOS/FFS) or "balanced" (mean of the inlier and outlier means)
     cfg.FFS.MARGIN_REDUCTION = "mean"
     # attach each detection's box-head feature vector to the output Instances (field "features")
@@ -63,6 +68,12 @@ def add_ffs_config(cfg):
     # energy margin are initialised from their own generator, so the detector's random stream, hence its
     # trajectory before START_ITER, is the same for every FFS.SYNTHESIS)
     cfg.FFS.FLOW.SEED = 0
+    # coupling subnets at the start: "identity" (last layer zeroed: a new flow is exactly N(0, I)) or "default"
+    # (PyTorch's default initialisation, the released FFS code)
+    cfg.FFS.FLOW.INIT = "identity"
+    # permutations after the couplings: "stream" (successive draws of one numpy stream seeded with FLOW.SEED) or
+    # "per_block" (block k's from FLOW.SEED + k, the released FFS code's PermuteRandom(seed=k))
+    cfg.FFS.FLOW.PERMUTATION_SEEDS = "stream"
     # learning rate of the flow's own parameter group (same schedule as SOLVER.BASE_LR); 0: the flow trains in
     # the detector's groups at SOLVER.BASE_LR (the papers). Either way its step scales with FFS.NLL_WEIGHT
     cfg.FFS.FLOW.BASE_LR = 0.0

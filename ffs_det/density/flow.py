@@ -15,7 +15,7 @@ from torch import nn
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 
-__all__ = ["FeatureFlow", "COUPLINGS", "standard_normal_log_prob"]
+__all__ = ["FeatureFlow", "COUPLINGS", "INITS", "PERMUTATION_SEEDS", "standard_normal_log_prob"]
 
 # name -> (FrEIA block, name of its clamp argument or None when the block has no affine part)
 COUPLINGS = {
@@ -44,12 +44,21 @@ def _numpy_seed(seed):
         np.random.set_state(state)
 
 
-def _subnet(hidden: int):
+# how a new flow's coupling subnets start: "identity" (last layer zeroed: every coupling is the identity, so a
+# new flow is exactly N(0, I)) or "default" (PyTorch's default Linear initialisation, as the released FFS code)
+INITS = ("identity", "default")
+# how the permutations after the couplings are seeded: "stream" (block k's permutation is the k-th draw of one
+# numpy stream seeded with ``seed``) or "per_block" (block k's from seed + k, the released FFS code's
+# PermuteRandom(seed=k))
+PERMUTATION_SEEDS = ("stream", "per_block")
+
+
+def _subnet(hidden: int, init: str):
     def make(c_in: int, c_out: int) -> nn.Module:
         net = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(), nn.Linear(hidden, c_out))
-        # zero last layer: every coupling starts as the identity, so a new flow is exactly N(0, I)
-        nn.init.zeros_(net[-1].weight)
-        nn.init.zeros_(net[-1].bias)
+        if init == "identity":
+            nn.init.zeros_(net[-1].weight)
+            nn.init.zeros_(net[-1].bias)
         return net
 
     return make
@@ -66,31 +75,44 @@ class FeatureFlow(nn.Module):
         clamp: soft clamp of the affine log-scales (ignored by NICE, which is volume preserving).
         permute: put a fixed random permutation after each coupling (AllInOneBlock has its own).
         seed: seed of those permutations, so every process builds the same flow.
+        init: ``"identity"`` (each coupling's last subnet layer zeroed, so a new flow is exactly N(0, I)) or
+            ``"default"`` (PyTorch's default initialisation, as the released FFS code).
+        permutation_seeds: ``"stream"`` (the permutations are successive draws of one numpy stream seeded with
+            ``seed``) or ``"per_block"`` (block k's permutation from ``seed + k``, as the released FFS code's
+            ``PermuteRandom(seed=k)`` with ``seed`` 0).
     """
 
     def __init__(self, dim: int, coupling: str = "glow", blocks: int = 2, hidden: int = 2048,
-                 clamp: float = 2.0, permute: bool = True, seed: int = 0):
+                 clamp: float = 2.0, permute: bool = True, seed: int = 0, init: str = "identity",
+                 permutation_seeds: str = "stream"):
         super().__init__()
         if coupling not in COUPLINGS:
             raise ValueError(f"unknown flow coupling {coupling!r}; choose one of {sorted(COUPLINGS)}")
+        if init not in INITS:
+            raise ValueError(f"unknown flow init {init!r}; choose one of {', '.join(INITS)}")
+        if permutation_seeds not in PERMUTATION_SEEDS:
+            raise ValueError(f"unknown flow permutation seeding {permutation_seeds!r}; choose one of "
+                             f"{', '.join(PERMUTATION_SEEDS)}")
         if dim < 2:
             raise ValueError(f"a coupling flow needs at least 2 feature dimensions, got dim={dim}")
         if blocks < 1 or hidden < 1:
             raise ValueError(f"flow blocks and hidden width must be >= 1, got blocks={blocks}, hidden={hidden}")
         self.config = dict(dim=int(dim), coupling=coupling, blocks=int(blocks), hidden=int(hidden),
-                           clamp=float(clamp), permute=bool(permute), seed=seed)
+                           clamp=float(clamp), permute=bool(permute), seed=seed, init=init,
+                           permutation_seeds=permutation_seeds)
         self.dim = int(dim)
         block, clamp_arg = COUPLINGS[coupling]
-        kwargs = {"subnet_constructor": _subnet(hidden)}
+        kwargs = {"subnet_constructor": _subnet(hidden, init)}
         if clamp_arg is not None:
             kwargs[clamp_arg] = clamp
         self.inn = Ff.SequenceINN(dim)
         with _numpy_seed(seed):
-            for _ in range(blocks):
+            for k in range(blocks):
                 self.inn.append(block, **kwargs)
                 # AllInOneBlock permutes internally; the other couplings only mix the two halves if permuted
                 if permute and coupling != "allinone":
-                    self.inn.append(Fm.PermuteRandom)
+                    per_block = permutation_seeds == "per_block" and seed is not None
+                    self.inn.append(Fm.PermuteRandom, **({"seed": seed + k} if per_block else {}))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``x (N, dim) -> (z (N, dim), log|det dz/dx| (N,))``."""

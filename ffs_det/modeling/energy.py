@@ -2,12 +2,13 @@
 
 The energy of a box is a weighted log-sum-exp of its inlier-class logits at temperature ``T``,
 ``E_T(l) = T log sum_k relu(w_k) exp(l_k / T)`` (higher = more in-distribution), with learnable per-class
-weights ``w`` (initialised to 1, i.e. the plain log-sum-exp). Inliers are scored at ``T = 1``; outliers at
-``outlier_temperature`` (1 in VOS; the FFS authors' code uses 40, which spreads the outliers' gradient over
-all classes instead of the largest logit). A one-input logistic regression on ``E`` is trained to tell inlier
-boxes (label 1) from synthetic outliers (label 0); its cross-entropy is the loss, averaged over all boxes
-(``reduction="mean"``, as in VOS/FFS) or as the mean of the inlier and the outlier averages
-(``"balanced"``, so one outlier per step weighs as much as a hundred inliers).
+weights ``w`` (initialised to 1, i.e. the plain log-sum-exp, or U(0, 1) as in the released VOS/FFS code).
+Inliers are scored at ``T = 1``; outliers at ``outlier_temperature`` (1 in the released VOS and FFS code; an
+earlier FFS snapshot, a17f845, uses 40, which spreads the outliers' gradient over all classes instead of the
+largest logit). A one-input logistic regression on ``E`` is trained to tell inlier boxes (label 1) from
+synthetic outliers (label 0); its cross-entropy is the loss, averaged over all boxes (``reduction="mean"``,
+as in VOS/FFS) or as the mean of the inlier and the outlier averages (``"balanced"``, so one outlier per step
+weighs as much as a hundred inliers).
 """
 from typing import Dict
 
@@ -18,18 +19,22 @@ from torch import nn
 __all__ = ["EnergyMargin", "MARGIN_REDUCTIONS"]
 
 MARGIN_REDUCTIONS = ("mean", "balanced")
+WEIGHT_INITS = ("ones", "uniform")
 
 
 class EnergyMargin(nn.Module):
-    def __init__(self, num_classes: int, outlier_temperature: float = 1.0, reduction: str = "mean"):
+    def __init__(self, num_classes: int, outlier_temperature: float = 1.0, reduction: str = "mean",
+                 weight_init: str = "ones"):
         super().__init__()
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"FFS.ENERGY_WEIGHT_INIT must be one of {WEIGHT_INITS}, got {weight_init!r}")
         if not outlier_temperature > 0:
             raise ValueError(f"FFS.OUTLIER_TEMPERATURE must be > 0, got {outlier_temperature}")
         if reduction not in MARGIN_REDUCTIONS:
             raise ValueError(f"FFS.MARGIN_REDUCTION must be one of {MARGIN_REDUCTIONS}, got {reduction!r}")
         self.outlier_temperature = float(outlier_temperature)
         self.reduction = reduction
-        self.class_weights = nn.Parameter(torch.ones(num_classes))
+        self.class_weights = nn.Parameter(torch.ones(num_classes) if weight_init == "ones" else torch.rand(num_classes))
         self.logistic = nn.Linear(1, 2)
 
     def energy(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

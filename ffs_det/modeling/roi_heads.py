@@ -115,7 +115,8 @@ class FFSROIHeads(StandardROIHeads):
             flow = None
             if kind == "flow":
                 flow = FeatureFlow(dim, coupling=f.FLOW.COUPLING, blocks=f.FLOW.BLOCKS, hidden=f.FLOW.HIDDEN,
-                                  clamp=f.FLOW.CLAMP, seed=f.FLOW.SEED)
+                                  clamp=f.FLOW.CLAMP, seed=f.FLOW.SEED, init=f.FLOW.INIT,
+                                  permutation_seeds=f.FLOW.PERMUTATION_SEEDS)
             synthesizer = build_synthesizer(kind, dim, num_classes, flow=flow, sample_from=f.SAMPLE_FROM,
                                             select=f.SELECT, queue_size=f.QUEUE_SIZE, eps=f.COV_EPS,
                                             standardize=f.FLOW.STANDARDIZE, momentum=f.FLOW.STATS_MOMENTUM,
@@ -123,7 +124,7 @@ class FFSROIHeads(StandardROIHeads):
             energy_margin = None
             if kind != "none":
                 energy_margin = EnergyMargin(num_classes, outlier_temperature=f.OUTLIER_TEMPERATURE,
-                                             reduction=f.MARGIN_REDUCTION)
+                                             reduction=f.MARGIN_REDUCTION, weight_init=f.ENERGY_WEIGHT_INIT)
         ret.update(
             synthesizer=synthesizer,
             energy_margin=energy_margin,
