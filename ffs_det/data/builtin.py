@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-from .classes import BDD_CLASSES, VIS21_CLASSES, VOC_CLASSES
+from .classes import BDD_CLASSES, BDD_TRACK_CLASSES, VIS21_CLASSES, VOC_CLASSES
 from .paths import default_dataset_dir
 from .shapes import ID_CLASSES as SHAPES_ID_CLASSES
 from .shapes import OOD_CLASSES as SHAPES_OOD_CLASSES
@@ -29,6 +29,7 @@ class DatasetSpec:
 
 _VOC = "VOC_0712_converted"
 _BDD = "BDD100k"
+_BDDT = "BDD100k_video/bdd100k"
 _VIS = "Youtube-VIS/train"
 _OI = "OpenImages/ood_classes_rm_overlap"
 
@@ -40,6 +41,11 @@ BUILTIN_DATASETS: Dict[str, DatasetSpec] = {
     "bdd_custom_train": DatasetSpec(f"{_BDD}/train_bdd_converted.json", f"{_BDD}/images/100k/train",
                                     BDD_CLASSES),
     "bdd_custom_val": DatasetSpec(f"{_BDD}/val_bdd_converted.json", f"{_BDD}/images/100k/val", BDD_CLASSES),
+    # BDD100K MOT frames (FFS's BDD ID sets: 8 classes)
+    "bdd_tracking_2k_train": DatasetSpec(f"{_BDDT}/labels/track/bdd100k_det_train_coco.json",
+                                         f"{_BDDT}/images/track/train", BDD_TRACK_CLASSES),
+    "bdd_tracking_2k_val": DatasetSpec(f"{_BDDT}/labels/track/bdd100k_det_val_coco.json",
+                                       f"{_BDDT}/images/track/val", BDD_TRACK_CLASSES),
     # Youtube-VIS 2021 train videos split by video into train/val (the public val has no annotations)
     "vis21_train": DatasetSpec(f"{_VIS}/instances_train.json", f"{_VIS}/JPEGImages", VIS21_CLASSES),
     "vis21_val": DatasetSpec(f"{_VIS}/instances_val.json", f"{_VIS}/JPEGImages", VIS21_CLASSES),
@@ -50,6 +56,10 @@ BUILTIN_DATASETS: Dict[str, DatasetSpec] = {
                                     "COCO/val2017", ood_for=("bdd_custom_train",)),
     "vis_coco_ood": DatasetSpec("COCO/annotations/instances_val2017_ood_wrt_vis.json", "COCO/val2017",
                                 ood_for=("vis21_train",)),
+    # FFS's OOD sets for its BDD and VIS models: COCO val2017 without BDD classes (no overlap removal), nuImages
+    "coco_2017_val_ood_wrt_bdd": DatasetSpec("COCO/annotations/instances_val2017_ood_wrt_bdd.json", "COCO/val2017",
+                                             ood_for=("bdd_tracking_2k_train",)),
+    "nu_bdd_ood": DatasetSpec("nuImages/nu_ood.json", "nuImages", ood_for=("bdd_tracking_2k_train", "vis21_train")),
     "openimages_ood_val": DatasetSpec(f"{_OI}/COCO-Format/val_coco_format.json", f"{_OI}/images",
                                       ood_for=("voc_custom_train", "bdd_custom_train")),
     # the synthetic shapes world (datasets/make_shapes.py)

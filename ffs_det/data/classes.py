@@ -7,7 +7,7 @@ ID class; an OOD image may contain none of them ("rm_overlap").
 from typing import Dict, FrozenSet, Tuple
 
 __all__ = [
-    "VOC_CLASSES", "VOC_XML_NAMES", "BDD_CLASSES", "BDD_LABEL_ALIASES", "VIS21_CLASSES",
+    "VOC_CLASSES", "VOC_XML_NAMES", "BDD_CLASSES", "BDD_TRACK_CLASSES", "BDD_LABEL_ALIASES", "VIS21_CLASSES",
     "COCO_OVERLAP", "OPENIMAGES_OVERLAP", "coco_overlap", "openimages_overlap",
 ]
 
@@ -27,6 +27,8 @@ BDD_CLASSES: Tuple[str, ...] = (
     "pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle", "traffic light",
     "traffic sign",
 )
+# BDD100K MOT (tracking) detection labels, as FFS registers its bdd_tracking_2k sets: the first 8 of the above.
+BDD_TRACK_CLASSES: Tuple[str, ...] = BDD_CLASSES[:8]
 # Label names of the 2018 release (bdd100k_labels_images_*.json) -> BDD_CLASSES; det_20 labels use
 # BDD_CLASSES names directly. Other labels ("drivable area", "lane", "other vehicle", "trailer", ...) are
 # not detection classes and are skipped.
