@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--thres", type=float,
                    help="detection threshold (default: the protocol's, from the annotated ID records)")
     p.add_argument("--score-key", default="energy",
-                   help="1-D records array used as the OOD score, higher = more ID (default: energy; e.g. score)")
+                   help="1-D records array used as the OOD score, higher = more ID (default: energy; e.g. score, "
+                        "flow_loglik, or msp: the max softmax over the inlier logits, computed from the logits)")
     p.add_argument("--output-dir", required=True, help="folder for metrics.json, metrics.csv and plots")
     p.add_argument("--draw", type=int, default=0, metavar="N",
                    help="also draw the kept detections on N images per set (red = flagged OOD)")

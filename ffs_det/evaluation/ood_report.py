@@ -2,7 +2,8 @@
 
 Two protocols decide which detections count and where FPR95 is read (``--protocol``); both then treat the
 kept ID detections as positives and the kept OOD detections as negatives of an OOD score (``energy`` by
-default, or any other 1-D float array of the records; higher = more ID), and
+default, ``msp`` (computed from the logits when not stored), or any other 1-D float array of the records;
+higher = more ID), and
 :func:`ffs_det.density.metrics.ood_metrics` computes the metrics:
 
 * ``papers`` (default) — the released VOS/FFS evaluation (deeplearning-wisc/vos 6dd9c27, which FFS evaluates
@@ -143,13 +144,23 @@ def _kept_mask(rs: RecordSet, threshold: float, protocol: str, role: str) -> np.
     return keep
 
 
+def _add_derived_scores(rs: RecordSet, score_key: str) -> None:
+    """``msp``, when asked for and not stored: the maximum softmax probability over the K inlier logits
+    (background dropped before the softmax), the MSP baseline of the released VOS/FFS evaluation."""
+    if score_key == "msp" and "msp" not in rs.arrays:
+        inlier = rs.arrays["logits"][:, :-1].astype(np.float64)
+        inlier = np.exp(inlier - inlier.max(axis=1, keepdims=True)) if len(inlier) else inlier
+        rs.arrays["msp"] = (inlier.max(axis=1) / inlier.sum(axis=1)) if len(inlier) else np.zeros(0)
+
+
 def _check_score_key(rs: RecordSet, score_key: str, role: str) -> None:
+    _add_derived_scores(rs, score_key)
     arr = rs.arrays.get(score_key)
     if arr is None or score_key in _NOT_SCORES or arr.ndim != 1 or arr.dtype.kind != "f":
         usable = sorted(k for k, v in rs.arrays.items() if v.ndim == 1 and v.dtype.kind == "f" and k not in _NOT_SCORES)
         what = "has no" if arr is None else "has a non-score"
         raise ValueError(f"{role} records {rs.path} {what} array {score_key!r}; usable --score-key values: "
-                         f"{', '.join(usable)}")
+                         f"{', '.join(usable + ([] if 'msp' in usable else ['msp']))}")
 
 
 @dataclass

@@ -239,7 +239,7 @@ def test_errors_leave_no_output(record_files, tmp_path, capsys):
     _fails(["--id", record_files["id"], "--ood", record_files["coco"], "--thres", "1.5"], tmp_path, capsys,
            "none of its")
     _fails(["--id", record_files["id"], "--ood", record_files["coco"], "--score-key", "logits"], tmp_path, capsys,
-           "usable --score-key values: energy, knn, score")
+           "usable --score-key values: energy, knn, score, msp")
     _fails(["--id", record_files["id"], "--ood", record_files["coco"], "--ood", record_files["coco"]], tmp_path,
            capsys, "given twice")
     _fails(["--id", record_files["id"], "--ood", str(tmp_path / "missing.npz")], tmp_path, capsys, "missing.npz")

@@ -148,6 +148,9 @@ def test_keep_rule_keeps_both_classes_of_a_box_that_straddle_the_threshold(tmp_p
     assert papers.kept["id"].tolist() == [True, True] and papers.metrics("ood")["n_ood"] == 2
     own = evaluate_ood(id_path, [ood_path], thres=0.4, protocol="global-f1")
     assert own.kept["id"].tolist() == [True, False] and own.metrics("ood")["n_id"] == 1
+    # the released MSP baseline: softmax over the inlier logits only (0.5 / 0.85 here, not the 0.5 with background)
+    msp = evaluate_ood(id_path, [ood_path], thres=0.4, score_key="msp")
+    np.testing.assert_allclose(msp.kept_values("msp", "id"), [0.5 / 0.85] * 2, rtol=1e-6)
 
 
 def _released_fpr(id_scores, ood_scores, level=0.95):
