@@ -7,7 +7,7 @@ over training seeds.
 
 Generates the world, then for every method and seed trains the detector with that SEED (as
 tools/train_net.py does), applies it to the ID and OOD test sets and evaluates FPR95/AUROC with the
-VOS/FFS protocol; prints mean ± std per method, the paired per-seed comparison against vanilla and the
+released VOS/FFS protocol (eval_ood's default, docs/paper_parity.md); prints mean ± std per method, the paired per-seed comparison against vanilla and the
 per-seed rows. Everything goes to --output-dir (default demo_output/); a job whose outputs exist with the
 same settings is reused unless --fresh. Trailing KEY VALUE pairs override every method's config.
 """

@@ -4,7 +4,7 @@ Records (see :mod:`ffs_det.evaluation.records` for the file format) hold, per de
 class, score, energy, logits (and the box feature when the model outputs it). On annotated sets each
 detection is also marked ``gt_matched`` when it matches a ground-truth box of its class at IoU >= 0.5
 (greedy in decreasing score, each ground-truth box matched at most once, crowd boxes ignored), which the
-VOS/FFS protocol uses to pick the optimal-F1 score threshold.
+``global-f1`` protocol of eval_ood uses to pick its optimal-F1 score threshold.
 """
 import itertools
 import logging

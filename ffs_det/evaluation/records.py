@@ -19,8 +19,9 @@ key              dtype     shape        meaning
 Any other array is allowed if its first dimension is N (e.g. a box-level scorer's output). ``meta`` is a
 JSON object stored as a string: ``dataset``, ``model``, ``num_classes`` (K), ``class_names`` (K names),
 ``config``, and ``num_gt`` (the number of ground-truth boxes, required with ``gt_matched``); apply_net also
-writes ``image_files`` (``{image id: file name}`` of every image of the set) and ``weights_sha256``; more
-keys are allowed. Files are written atomically and read with ``allow_pickle=False``; every problem is a ValueError
+writes ``image_files`` (``{image id: file name}`` of every image of the set), ``weights_sha256`` and, on a set
+annotated in the model's classes, ``papers_threshold`` (the released VOS/FFS detection threshold from
+COCOeval: ``{"threshold", "unrounded", "per_class"}``, :mod:`.coco_eval`); more keys are allowed. Files are written atomically and read with ``allow_pickle=False``; every problem is a ValueError
 naming the file and the key.
 """
 import io
