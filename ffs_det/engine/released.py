@@ -24,8 +24,13 @@ feature statistics (unused unless ``FFS.FLOW.STANDARDIZE``). Any other key, in e
 naming it.
 
 ``drop_classes`` removes classes from a checkpoint trained with more outputs than its data has (the released
-FFS BDD model: ``NUM_CLASSES`` 10 on the 8-class BDD100K MOT frames, classes 8 and 9 never trained): their
-rows of the classifier and box regressor and their energy weights.
+FFS BDD model: ``NUM_CLASSES`` 10 on the 8-class BDD100K MOT frames, so classes 8 and 9 were trained only as
+negatives): their rows of the classifier and box regressor and their energy weights. That changes the model a
+little: its softmax and energy run over 8 inlier logits instead of 10 (docs/paper_parity.md).
+
+The released flow stores its permutations (``perm``, ``perm_inv``: FrEIA's ``PermuteRandom`` parameters); a
+checkpoint saved without them (an older FrEIA) takes them from the new model when ``fill_permutations`` (the
+config seeds them as the released code, ``FFS.FLOW.PERMUTATION_SEEDS per_block`` with ``FFS.FLOW.SEED`` 0).
 
 Files are read with ``torch.load(weights_only=True)``, so a checkpoint cannot run code; the converted file is
 written atomically.
@@ -87,7 +92,8 @@ def _drop_class_rows(key: str, value: torch.Tensor, drop: Sequence[int], num_cla
 
 def convert_state_dict(released: Dict[str, torch.Tensor], model_state: Dict[str, torch.Tensor],
                        pixel_mean: Sequence[float] = (), pixel_std: Sequence[float] = (),
-                       drop_classes: Sequence[int] = (), source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+                       drop_classes: Sequence[int] = (), source: str = "checkpoint",
+                       fill_permutations: bool = False) -> Dict[str, torch.Tensor]:
     """The released ``state_dict`` under ffs_det's names, complete for ``model_state`` (a new model's state dict,
     which also gives the values of :data:`FRESH` keys). Raises ValueError naming every unknown, missing or
     misshapen key (``source`` names the file)."""
@@ -102,8 +108,8 @@ def convert_state_dict(released: Dict[str, torch.Tensor], model_state: Dict[str,
             raise ValueError(f"{source}: {key!r} is a {type(value).__name__}, not a tensor")
         if _matches(DROPPED, key):
             want = {"pixel_mean": pixel_mean, "pixel_std": pixel_std}.get(key)
-            if want is not None and len(want) and not torch.allclose(value.reshape(-1).float(),
-                                                                     torch.tensor(want, dtype=torch.float32)):
+            if want is not None and len(want) and (value.numel() != len(want) or not torch.allclose(
+                    value.reshape(-1).float(), torch.tensor(want, dtype=torch.float32))):
                 raise ValueError(f"{source}: {key} is {value.reshape(-1).tolist()} but this config's "
                                  f"MODEL.{key.upper()} is {list(want)}; use the config the model was trained with")
             continue
@@ -118,7 +124,8 @@ def convert_state_dict(released: Dict[str, torch.Tensor], model_state: Dict[str,
             shapes.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(model_state[name].shape)}")
         else:
             out[name] = value.to(model_state[name].dtype)
-    missing = [k for k in model_state if k not in out and not _matches(FRESH, k)]
+    fresh = FRESH + ((r"roi_heads\.synthesizer\.flow\.inn\.module_list\.\d+\.perm(_inv)?",) if fill_permutations else ())
+    missing = [k for k in model_state if k not in out and not _matches(fresh, k)]
     problems = []
     if unknown:
         problems.append(f"{len(unknown)} keys ffs_det has no place for: {', '.join(unknown)}")
@@ -164,8 +171,9 @@ def convert_checkpoint(cfg, src: str, dst: str, drop_classes: Sequence[int] = ()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     model_state = build_model(cfg).state_dict()
+    released_permutations = cfg.FFS.FLOW.PERMUTATION_SEEDS == "per_block" and cfg.FFS.FLOW.SEED == 0
     state = convert_state_dict(released, model_state, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, drop_classes,
-                               source=f"checkpoint {src}")
+                               source=f"checkpoint {src}", fill_permutations=released_permutations)
     blob = {"model": state, "converted_from": {"path": os.path.abspath(src), "sha256": file_sha256(src),
                                                "iteration": extra.get("iteration")}}
     if class_names:
@@ -178,4 +186,4 @@ def convert_checkpoint(cfg, src: str, dst: str, drop_classes: Sequence[int] = ()
     renamed = sum(1 for k in released if _rename(k) != k)
     dropped: List[str] = [k for k in released if _matches(DROPPED, k)]
     return {"keys": len(state), "renamed": renamed, "dropped": dropped,
-            "fresh": [k for k in state if _matches(FRESH, k)], "drop_classes": list(drop_classes)}
+            "fresh": [k for k in state if k not in {_rename(r) for r in released}], "drop_classes": list(drop_classes)}

@@ -116,26 +116,30 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     :class:`~ffs_det.density.report.Comparison` of ``{score: {set: kept scores}}``.
 
     The kept detections, threshold and FPR95 point are those of eval_ood under ``protocol`` (or ``thres``),
-    or of ``evaluation`` (an :class:`~ffs_det.evaluation.ood_report.OODEvaluation` of these records) when
-    given. Each scorer is fitted on the box features (``apply_net --save-features``) of the training
+    or of ``evaluation`` (an :class:`~ffs_det.evaluation.ood_report.OODEvaluation` of these records, whose
+    protocol and threshold then apply) when given. Each scorer is fitted on the box features (``apply_net --save-features``) of the training
     detections matched to ground truth (else ``score >= min_score``; labels = predicted classes), except
     those of every :data:`CALIBRATION_EVERY`-th training image, which calibrate the fused scores:
     ``energy+<score>`` for each ``<score>`` in ``fuse`` (:func:`fuse_scores`). Nothing here sees an OOD
     label; OOD records are only scored.
     """
     from ..density.report import compare
-    from .ood_report import RecordSet, evaluate_ood
+    from .ood_report import RecordSet, detection_confidence, evaluate_ood
 
     options = options or {}
     unknown = sorted(set(fuse) - set(scorers) - {"flow_loglik"})
     if unknown:
         raise ValueError(f"fuse: {unknown} are not among the scores ({', '.join(scorers)}, flow_loglik)")
+    if evaluation is not None:
+        given = [evaluation.id_set.path] + [rs.path for rs in evaluation.ood_sets.values()]
+        if list(map(os.path.abspath, given)) != list(map(os.path.abspath, [id_records, *ood_records])):
+            raise ValueError(f"evaluation is of the records {given}, not of {[id_records, *ood_records]}")
     ev = evaluation or evaluate_ood(id_records, ood_records, thres, protocol=protocol)  # eval_ood's checks and mask
     train = RecordSet.load(train_records)
     feats = _features(train.arrays, train.meta, train_records)
     keep = train.arrays["gt_matched"] if "gt_matched" in train.arrays else train.arrays["score"] >= min_score
     if not keep.any():  # e.g. a barely trained model: the detections eval_ood would keep
-        keep = train.arrays["score"] >= ev.threshold
+        keep = detection_confidence(train, ev.protocol) >= ev.threshold
     fit, calib = _calibration_split(train.arrays["image_id"], keep)
     if fit.sum() < 2 or not calib.any():
         raise ValueError(f"records {train_records}: {int(fit.sum())} training detections to fit on and "

@@ -12,8 +12,9 @@ from it:
   against each recall threshold ``params.recThrs``, per class the score ``eval["scores"]`` (also averaged
   over IoU thresholds) at the maximum F1, zeros dropped, the mean over classes; then rounded to 4 decimals,
   as ``compute_ood_probabilistic_metrics.py`` does when it reads that value back. One deliberate
-  difference: a class COCOeval marks -1 (no ground truth or no detection in the set) is left out of the
-  mean and reported as ``None``; the released code would average its -1 in.
+  difference: a class COCOeval marks -1 (no ground truth in the set) is left out of the mean and reported as
+  ``None``; the released code would average its -1 in. (A class with ground truth but no detection scores 0
+  and is dropped with the zeros, as in the released code.)
 
 Detections are evaluated unrounded (apply_net's ``coco_detections.json`` rounds them for size).
 """
@@ -89,7 +90,7 @@ def papers_threshold(coco_eval, class_names: List[str]) -> Optional[dict]:
         f1 = 2 * (precision * recalls) / (precision + recalls)
     best = f1.argmax(0)
     per_class = scores[best, np.arange(scores.shape[1])]
-    evaluated = ~np.all(precision == -1, axis=0)  # -1: COCOeval skipped the class (no ground truth / detection)
+    evaluated = ~np.all(precision == -1, axis=0)  # -1: COCOeval skipped the class (no ground truth)
     usable = evaluated & (per_class != 0)
     named = {name: (float(per_class[k]) if evaluated[k] else None) for k, name in enumerate(class_names)}
     if not usable.any():

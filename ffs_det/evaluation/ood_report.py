@@ -249,11 +249,13 @@ def evaluate_ood(id_path: str, ood_paths: Sequence[str], thres: Optional[float] 
     names = _set_names(ood_list)
     for rs in ood_list:
         _check_pair(id_set, rs)
+    roles = [(id_set, "ID")] + [(rs, "OOD") for rs in ood_list]
+    for rs, role in roles:
+        _check_score_key(rs, score_key, role)
     threshold, source, f1 = detection_threshold(id_set, thres, protocol)
     kept = {id_set.name: _kept_mask(id_set, threshold, protocol, "ID")}
     kept.update({name: _kept_mask(rs, threshold, protocol, "OOD") for name, rs in zip(names, ood_list)})
-    for rs, role in [(id_set, "ID")] + [(rs, "OOD") for rs in ood_list]:
-        _check_score_key(rs, score_key, role)
+    for rs, role in roles:
         if not np.all(np.isfinite(rs.arrays[score_key][kept[rs.name]])):
             raise ValueError(f"{role} records {rs.path}: {score_key!r} has NaN or infinite values among kept "
                              "detections")
@@ -292,13 +294,17 @@ def _drawings(ev: OODEvaluation, max_images: int, dataset_dir: Optional[str]) ->
     """images/<set>/<image id>.png for the ID set and each OOD set whose images are found."""
     from .draw import draw_detections
 
-    cut = ev.metrics(next(iter(ev.ood_sets)))["score_at_tpr95"]  # depends on the ID scores only
+    # the 95%-TPR cut of each OOD set (under fpr_point "closest" it can depend on the OOD scores too); the ID
+    # set is drawn with the first OOD set's
+    cuts = {name: ev.metrics(name)["score_at_tpr95"] for name in ev.ood_sets}
+    cuts[ev.id_name] = next(iter(cuts.values()))
     out = {}
     for name, rs in ev.sets.items():
         files = _image_files(rs, dataset_dir)
         if not files:
             continue
-        pngs = draw_detections(rs.arrays, files, rs.meta["class_names"], ev.kept[name], ev.score_key, cut, max_images)
+        pngs = draw_detections(rs.arrays, files, rs.meta["class_names"], ev.kept[name], ev.score_key, cuts[name],
+                               max_images)
         out.update({f"images/{safe_name(name)}/{i:08d}.png": data for i, data in pngs.items()})
     return out
 

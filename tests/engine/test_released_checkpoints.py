@@ -5,6 +5,7 @@ detectron2's names on both sides)."""
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,6 +114,21 @@ def test_unknown_missing_and_misshapen_keys_are_named():
         convert_state_dict(released_state(cfg, False, 10), model_state)
     with pytest.raises(ValueError, match="pixel_mean"):
         convert_state_dict(dict(released, pixel_mean=torch.zeros(3, 1, 1)), model_state, cfg.MODEL.PIXEL_MEAN)
+
+
+def test_permutations_missing_from_a_checkpoint_come_from_the_released_seeds():
+    """A checkpoint saved by a FrEIA that did not store PermuteRandom's permutations: with the released seeding
+    (per_block, seed 0) a new model's permutations are the released ones; otherwise they are missing keys."""
+    cfg = _cfg("VOC/ffs_regnetx.yaml")
+    model_state = build_model(cfg).state_dict()
+    released = {k: v for k, v in released_state(cfg, True, 20).items() if not k.endswith(("perm", "perm_inv"))}
+    state = convert_state_dict(released, model_state, fill_permutations=True)
+    for k in (0, 1):
+        np.random.seed(k)  # FrEIA's PermuteRandom(seed=k)
+        assert state[f"roi_heads.synthesizer.flow.inn.module_list.{2 * k + 1}.perm"].tolist() == \
+            np.random.permutation(DIM).tolist()
+    with pytest.raises(ValueError, match=r"missing: roi_heads\.synthesizer\.flow\.inn\.module_list\.1\.perm"):
+        convert_state_dict(released, model_state)
 
 
 def test_drop_classes_for_the_released_bdd_model(tmp_path, capsys):

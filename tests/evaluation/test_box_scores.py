@@ -104,6 +104,8 @@ def test_compare_box_scores_on_the_same_kept_detections(record_files, tmp_path):
     ev = evaluate_ood(id_path, [ood_path], thres=0.6)
     assert comparison.metrics["energy"]["ood"]["auroc"] == ev.metrics("ood")["auroc"]
     assert comparison.metrics["energy"]["ood"]["fpr95"] == ev.metrics("ood")["fpr95"] and info["protocol"] == "papers"
+    with pytest.raises(ValueError, match="evaluation is of the records"):  # an evaluation of other records
+        compare_box_scores(train, ood_path, [id_path], scorers=("mahalanobis",), fuse=(), evaluation=ev)
     # under the other protocol, the detections kept by their own class score
     old, _ = compare_box_scores(train, id_path, [ood_path], scorers=("mahalanobis",), fuse=(), thres=0.6,
                                 protocol="global-f1")
