@@ -38,7 +38,7 @@ written atomically.
 import logging
 import os
 import re
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 
@@ -183,7 +183,8 @@ def convert_checkpoint(cfg, src: str, dst: str, drop_classes: Sequence[int] = ()
         blob["class_names"] = list(class_names)
     with atomic_open(dst, "wb") as f:
         torch.save(blob, f)
-    renamed = sum(1 for k in released if _rename(k) != k)
-    dropped: List[str] = [k for k in released if _matches(DROPPED, k)]
-    return {"keys": len(state), "renamed": renamed, "dropped": dropped,
-            "fresh": [k for k in state if k not in {_rename(r) for r in released}], "drop_classes": list(drop_classes)}
+    names = {k: _rename(k) for k in released}
+    from_released = set(names.values())
+    return {"keys": len(state), "renamed": sum(1 for k, name in names.items() if name != k),
+            "dropped": [k for k in released if _matches(DROPPED, k)],
+            "fresh": [k for k in state if k not in from_released], "drop_classes": list(drop_classes)}

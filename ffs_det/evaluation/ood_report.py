@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy.special import softmax
 
 from ..atomic_io import check_replaceable_folder, replace_folder
 from ..density.metrics import optimal_f1_threshold
@@ -82,13 +83,7 @@ def detection_confidence(rs: RecordSet, protocol: str = "papers") -> np.ndarray:
     _check_protocol(protocol)
     if protocol == "global-f1":
         return rs.arrays["score"]
-    logits = rs.arrays["logits"].astype(np.float64)
-    if len(logits) == 0:
-        return np.zeros(0)
-    logits -= logits.max(axis=1, keepdims=True)
-    prob = np.exp(logits)
-    prob /= prob.sum(axis=1, keepdims=True)
-    return prob[:, :-1].max(axis=1)
+    return softmax(rs.arrays["logits"].astype(np.float64), axis=1)[:, :-1].max(axis=1)
 
 
 def _papers_threshold(id_set: RecordSet) -> Tuple[float, str, Optional[float]]:
@@ -148,9 +143,7 @@ def _add_derived_scores(rs: RecordSet, score_key: str) -> None:
     """``msp``, when asked for and not stored: the maximum softmax probability over the K inlier logits
     (background dropped before the softmax), the MSP baseline of the released VOS/FFS evaluation."""
     if score_key == "msp" and "msp" not in rs.arrays:
-        inlier = rs.arrays["logits"][:, :-1].astype(np.float64)
-        inlier = np.exp(inlier - inlier.max(axis=1, keepdims=True)) if len(inlier) else inlier
-        rs.arrays["msp"] = (inlier.max(axis=1) / inlier.sum(axis=1)) if len(inlier) else np.zeros(0)
+        rs.arrays["msp"] = softmax(rs.arrays["logits"][:, :-1].astype(np.float64), axis=1).max(axis=1)
 
 
 def _check_score_key(rs: RecordSet, score_key: str, role: str) -> None:
@@ -253,14 +246,12 @@ def evaluate_ood(id_path: str, ood_paths: Sequence[str], thres: Optional[float] 
     for rs, role in roles:
         _check_score_key(rs, score_key, role)
     threshold, source, f1 = detection_threshold(id_set, thres, protocol)
-    kept = {id_set.name: _kept_mask(id_set, threshold, protocol, "ID")}
-    kept.update({name: _kept_mask(rs, threshold, protocol, "OOD") for name, rs in zip(names, ood_list)})
+    kept = {rs.name: _kept_mask(rs, threshold, protocol, role) for rs, role in roles}
     for rs, role in roles:
         if not np.all(np.isfinite(rs.arrays[score_key][kept[rs.name]])):
             raise ValueError(f"{role} records {rs.path}: {score_key!r} has NaN or infinite values among kept "
                              "detections")
-    sets = {id_set.name: id_set, **dict(zip(names, ood_list))}
-    scores = {name: rs.arrays[score_key][kept[name]].astype(np.float64) for name, rs in sets.items()}
+    scores = {rs.name: rs.arrays[score_key][kept[rs.name]].astype(np.float64) for rs, _ in roles}
     comparison = compare({score_key: scores}, id_set.name, fpr_point=PROTOCOLS[protocol][0])
     return OODEvaluation(protocol=protocol, id_set=id_set, ood_sets=dict(zip(names, ood_list)), threshold=threshold,
                          threshold_source=source, f1=f1, score_key=score_key, kept=kept, comparison=comparison)
