@@ -22,7 +22,8 @@ With ``SYNTHESIS: "none"`` the head is plain Faster R-CNN. Inference is detectro
 K inlier-class logits; higher = more in-distribution), with the flow synthesis and ``FFS.OUTPUT_FLOW_LOGLIK``
 ``flow_loglik`` (the log-density
 of the box's feature in ``FFS.FEATURE_SPACE`` under the trained flow and its standardisation, in nats:
-another OOD score, higher = more in-distribution), and optionally ``features`` (the box feature).
+another OOD score, higher = more in-distribution), and optionally ``features`` (the box feature, in
+``FFS.OUTPUT_FEATURE_SPACE``: the box head's output or its pre-activation).
 """
 import logging
 from typing import Dict, List
@@ -54,7 +55,8 @@ class FFSROIHeads(StandardROIHeads):
     def __init__(self, *, synthesizer: OutlierSynthesizer, energy_margin: EnergyMargin = None,
                  start_iter: int = 0, energy_loss_weight: float = 0.1, nll_weight: float = 1e-4,
                  feature_space: str = "output", outlier_map: str = "none", output_box_features: bool = False,
-                 output_flow_loglik: bool = False, hardest_outliers: int = 0, nonfinite: str = "raise", log_period: int = 20, **kwargs):
+                 output_flow_loglik: bool = False, output_feature_space: str = "output", hardest_outliers: int = 0,
+                 nonfinite: str = "raise", log_period: int = 20, **kwargs):
         """
         Args (besides StandardROIHeads'):
             synthesizer: the outlier-synthesis strategy (:mod:`ffs_det.density.synthesis`); it observes
@@ -67,6 +69,9 @@ class FFSROIHeads(StandardROIHeads):
                 final ReLU, which then maps synthetic outliers into the support of the real features).
             outlier_map: "none" or "sigmoid", applied to synthetic outliers before the classifier.
             output_box_features: attach each detection's box feature to the output Instances.
+            output_feature_space: the space of those features: "output" (the box head's output, what the box
+                predictor sees) or "preactivation" (its last layer before the final ReLU), whatever
+                ``feature_space`` the synthesis uses.
             output_flow_loglik: with flow synthesis, attach each detection's log-density under the flow.
             hardest_outliers: if > 0, the margin trains on this many of the synthesised outliers, those with
                 the highest energy; 0: on all of them.
@@ -80,11 +85,14 @@ class FFSROIHeads(StandardROIHeads):
             raise ValueError(f"FFS.FEATURE_SPACE must be one of {FEATURE_SPACES}, got {feature_space!r}")
         if outlier_map not in OUTLIER_MAPS:
             raise ValueError(f"FFS.OUTLIER_MAP must be one of {OUTLIER_MAPS}, got {outlier_map!r}")
-        if feature_space == "preactivation" and not (
-                isinstance(self.box_head, nn.Sequential) and len(self.box_head) > 1
-                and isinstance(self.box_head[-1], nn.ReLU)):
-            raise ValueError("FFS.FEATURE_SPACE 'preactivation' needs a box head whose last layer is a ReLU "
-                             f"(e.g. FastRCNNConvFCHead with NUM_FC >= 1); got {type(self.box_head).__name__}")
+        if output_feature_space not in FEATURE_SPACES:
+            raise ValueError(f"FFS.OUTPUT_FEATURE_SPACE must be one of {FEATURE_SPACES}, got {output_feature_space!r}")
+        self._splittable = (isinstance(self.box_head, nn.Sequential) and len(self.box_head) > 1
+                            and isinstance(self.box_head[-1], nn.ReLU))
+        for key, space in (("FEATURE_SPACE", feature_space), ("OUTPUT_FEATURE_SPACE", output_feature_space)):
+            if space == "preactivation" and not self._splittable:
+                raise ValueError(f"FFS.{key} 'preactivation' needs a box head whose last layer is a ReLU "
+                                 f"(e.g. FastRCNNConvFCHead with NUM_FC >= 1); got {type(self.box_head).__name__}")
         self.synthesizer = synthesizer
         self.energy_margin = energy_margin
         self.start_iter = start_iter
@@ -94,6 +102,7 @@ class FFSROIHeads(StandardROIHeads):
         self.outlier_map = outlier_map
         self.output_box_features = output_box_features
         self.output_flow_loglik = output_flow_loglik
+        self.output_feature_space = output_feature_space
         if hardest_outliers < 0:
             raise ValueError(f"FFS.HARDEST_OUTLIERS must be >= 0, got {hardest_outliers}")
         self.hardest_outliers = int(hardest_outliers)
@@ -135,23 +144,29 @@ class FFSROIHeads(StandardROIHeads):
             outlier_map=f.OUTLIER_MAP,
             output_box_features=f.OUTPUT_BOX_FEATURES,
             output_flow_loglik=f.OUTPUT_FLOW_LOGLIK,
+            output_feature_space=f.OUTPUT_FEATURE_SPACE,
             hardest_outliers=f.HARDEST_OUTLIERS,
             nonfinite=f.NONFINITE,
             log_period=f.LOG_PERIOD,
         )
         return ret
 
-    def _box_features(self, pooled: torch.Tensor):
-        """``(box features, features of the synthesis space)``: the same tensor for ``"output"``; for
-        ``"preactivation"`` the box head's last layer before its final ReLU, and that ReLU applied to it."""
-        if self.feature_space == "output":
-            feats = self.box_head(pooled).flatten(1)
-            return feats, feats
+    def head_features(self, pooled: torch.Tensor):
+        """``(output, preactivation)`` of the box head on pooled box features: its output ``(N, D)`` (what the
+        box predictor sees) and its last layer before the final ReLU ``(N, D)``, computed by the same layers in
+        one pass; the latter is None for a box head that does not end in a ReLU."""
+        if not self._splittable:
+            return self.box_head(pooled).flatten(1), None
         x = pooled
         for layer in list(self.box_head)[:-1]:
             x = layer(x)
         pre = x.flatten(1)
         return self.box_head[-1](pre), pre
+
+    def _box_features(self, pooled: torch.Tensor):
+        """``(box features, features of the synthesis space, pre-activation features or None)``."""
+        out, pre = self.head_features(pooled)
+        return out, (out if self.feature_space == "output" else pre), pre
 
     def to_box_features(self, synthetic: torch.Tensor) -> torch.Tensor:
         """Map features of the synthesis space (e.g. synthetic outliers) to what the box predictor sees."""
@@ -181,12 +196,13 @@ class FFSROIHeads(StandardROIHeads):
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         features = [features[f] for f in self.box_in_features]
         pooled = self.box_pooler(features, [x.proposal_boxes for x in proposals])
-        box_features, space_features = self._box_features(pooled)
+        box_features, space_features, pre = self._box_features(pooled)
         predictions = self.box_predictor(box_features)
 
         if not self.training:
             instances, kept = self.box_predictor.inference(predictions, proposals)
-            self._attach_outputs(instances, kept, predictions[0], box_features, space_features, proposals)
+            saved = box_features if self.output_feature_space == "output" else pre
+            self._attach_outputs(instances, kept, predictions[0], saved, space_features, proposals)
             return instances
 
         losses = self.box_predictor.losses(predictions, proposals)
@@ -279,5 +295,5 @@ class FFSROIHeads(StandardROIHeads):
             inst.energy = torch.logsumexp(inst.logits[:, :-1], dim=1)
             if with_flow:  # the trained flow's log-density of the kept boxes (FFS.FEATURE_SPACE), in nats
                 inst.flow_loglik = self.synthesizer.log_prob(space_i[keep])
-            if self.output_box_features:
+            if self.output_box_features:  # in FFS.OUTPUT_FEATURE_SPACE
                 inst.features = feats_i[keep]
