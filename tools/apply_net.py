@@ -7,7 +7,14 @@
 
 Writes <output-dir>/<dataset>/{records.npz, coco_detections.json, metrics.json} for each --test-dataset
 (default output dir: <OUTPUT_DIR of the config>/inference) and prints where. Feed the records to
-tools/eval_ood.py. Trailing KEY VALUE pairs override the config. A wrong input (config key, dataset,
+tools/eval_ood.py. For post-hoc box scores (tools/compare_scores.py), add --save-features and, for the ID
+training set, --proposals-of: its foreground proposals' features (proposals.npz) to fit densities on:
+
+  tools/apply_net.py --config-file Shapes/vanilla_mobilenet.yaml --save-features --proposals-of shapes_train \
+      --test-dataset shapes_train --test-dataset shapes_val --test-dataset shapes_ood MODEL.WEIGHTS model.pth
+
+A stock detectron2 Faster R-CNN config (ROI_HEADS.NAME StandardROIHeads) and its checkpoint (.pth) work as
+they are. Trailing KEY VALUE pairs override the config. A wrong input (config key, dataset,
 checkpoint of another architecture or class count, unreadable image) ends the run with one
 `error: ...` line and exit status 2 (1 when writing fails; ffs_det/exit_status.py).
 """
@@ -36,6 +43,16 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", default="", help="default: <OUTPUT_DIR>/inference")
     parser.add_argument("--save-features", action="store_true",
                         help="also store each detection's box feature (for box-level density scorers)")
+    parser.add_argument("--feature-space", choices=("preactivation", "output"), default="preactivation",
+                        help="space of the stored box features: the box head's last layer before its final ReLU "
+                             "(default; dense, where post-hoc densities score best) or its output (what the "
+                             "classifier sees; FFS.OUTPUT_FEATURE_SPACE)")
+    parser.add_argument("--proposals-of", action="append", default=[], metavar="DATASET",
+                        help="for this --test-dataset (annotated, e.g. the ID training set) also store the features "
+                             "of its foreground proposals (IoU >= 0.5 with a ground-truth box) and ground-truth "
+                             "boxes in proposals.npz (repeatable)")
+    parser.add_argument("--max-proposals-per-image", type=int, default=50,
+                        help="foreground proposals kept per image for --proposals-of (a seeded random choice)")
     parser.add_argument("--flow-loglik", action="store_true",
                         help="FFS models: also store each detection's log-density under the trained flow "
                              "(records key flow_loglik, for eval_ood --score-key flow_loglik)")
@@ -49,8 +66,14 @@ def main(argv=None):
     setup_logger(name="detectron2")
     setup_logger(name="ffs_det")
     opts = list(args.opts) + (["FFS.OUTPUT_BOX_FEATURES", "True"] if args.save_features else []) + (
-        ["FFS.OUTPUT_FLOW_LOGLIK", "True"] if args.flow_loglik else [])
+        ["FFS.OUTPUT_FLOW_LOGLIK", "True"] if args.flow_loglik else []) + (
+        ["FFS.OUTPUT_FEATURE_SPACE", args.feature_space] if args.save_features or args.proposals_of else [])
     try:
+        unknown = sorted(set(args.proposals_of) - set(args.test_dataset))
+        if unknown:
+            raise ValueError(f"--proposals-of {', '.join(unknown)}: not among the --test-dataset names")
+        if args.max_proposals_per_image < 0:
+            raise ValueError(f"--max-proposals-per-image must be >= 0, got {args.max_proposals_per_image}")
         cfg = build_cfg(args.config_file, opts, extra_files=[args.inference_config])
         apply_dataset_args(args)
         out_root = args.output_dir or os.path.join(cfg.OUTPUT_DIR, "inference")
@@ -60,7 +83,8 @@ def main(argv=None):
         return error(e)
     for dataset, target in targets.items():
         try:
-            result = apply_model(cfg, dataset, target, model=model)
+            proposals = ({"max_per_image": args.max_proposals_per_image} if dataset in args.proposals_of else None)
+            result = apply_model(cfg, dataset, target, model=model, proposals=proposals)
         except INPUT_ERRORS + (OSError,) as e:  # OSError: writing failed (status 1)
             return error(e, f"{dataset}: ")
         logging.getLogger("ffs_det").info("%s", json.dumps(result["summary"].get("bbox", {})))

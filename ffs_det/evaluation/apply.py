@@ -5,7 +5,14 @@ For each (model, dataset) pair, into ``output_dir``:
 * ``records.npz`` — per-detection records for :mod:`tools/eval_ood.py` (format in :mod:`.records`);
 * ``coco_detections.json`` — the detections in COCO result format (category ids of the dataset's json
   when it has them, else ``class + 1``);
-* ``metrics.json`` — COCO box AP when the dataset is annotated with the model's classes, plus counts.
+* ``metrics.json`` — COCO box AP when the dataset is annotated with the model's classes, plus counts;
+* ``proposals.npz`` — on request (``proposals=``), the box features of the set's foreground proposals
+  (:mod:`.proposals`), for fitting post-hoc densities on many boxes.
+
+The records' meta names the space of the saved ``features`` (``feature_space``: ``FFS.OUTPUT_FEATURE_SPACE``).
+A stock detectron2 Faster R-CNN config (``ROI_HEADS.NAME: StandardROIHeads``) runs as an
+:class:`~ffs_det.modeling.FFSROIHeads` with ``FFS.SYNTHESIS none``, which has the same weights and detections
+and adds the records' energy, logits and features (:func:`records_cfg`).
 
 On a set annotated in the model's classes one pycocotools ``COCOeval`` (:mod:`.coco_eval`) gives both the
 box AP and the papers' detection threshold, which the records' meta keeps (``papers_threshold``: the value,
@@ -36,20 +43,39 @@ from .coco_eval import evaluate_boxes
 from .detections import RecordsEvaluator, annotate_matches
 from .records import save_records
 
-__all__ = ["apply_model", "load_model", "OUTPUT_FILES"]
+__all__ = ["apply_model", "load_model", "records_cfg", "OUTPUT_FILES"]
 
 logger = logging.getLogger(__name__)
 
 # what apply_model writes into a dataset folder; a folder holding anything else is not replaced
 OUTPUT_FILES = ("records.npz", "coco_detections.json", "metrics.json")
+PROPOSALS_FILE = "proposals.npz"
+
+
+def records_cfg(cfg):
+    """``cfg``, or for a stock detectron2 config (``MODEL.ROI_HEADS.NAME: StandardROIHeads``) a copy that builds
+    :class:`~ffs_det.modeling.FFSROIHeads` with ``FFS.SYNTHESIS none``: the same modules and state dict (no
+    parameter is added), the same detections, plus each box's energy, logits and features for the records."""
+    if cfg.MODEL.ROI_HEADS.NAME != "StandardROIHeads":
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_HEADS.NAME = "FFSROIHeads"
+    cfg.FFS.SYNTHESIS = "none"
+    cfg.freeze()
+    logger.info("MODEL.ROI_HEADS.NAME StandardROIHeads: run as FFSROIHeads with FFS.SYNTHESIS none (same weights "
+                "and detections, plus energy, logits and features per box)")
+    return cfg
 
 
 def load_model(cfg):
-    """Build the model of ``cfg`` and load ``cfg.MODEL.WEIGHTS``: FileNotFoundError when the file is missing,
-    ValueError when it is unreadable or does not fit the model (another architecture or NUM_CLASSES)."""
+    """Build the model of ``cfg`` (:func:`records_cfg`) and load ``cfg.MODEL.WEIGHTS``: FileNotFoundError when
+    the file is missing, ValueError when it is unreadable or does not fit the model (another architecture or
+    NUM_CLASSES)."""
     weights = cfg.MODEL.WEIGHTS
     if not weights or not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights!r}")
+    cfg = records_cfg(cfg)
     model = build_model(cfg)
     extra = SafeCheckpointer(model, full_model=True).load(weights)
     names = extra.get("class_names") if isinstance(extra, dict) else None
@@ -96,15 +122,19 @@ def _coco_detections(arrays: Dict[str, np.ndarray], meta):
 
 
 def _check_output_dir(output_dir: str) -> None:
-    check_replaceable_folder(output_dir, allowed=OUTPUT_FILES, tool="apply_net")
+    check_replaceable_folder(output_dir, allowed=OUTPUT_FILES + (PROPOSALS_FILE,), tool="apply_net")
 
 
-def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name: Optional[str] = None) -> Dict:
-    """Run ``model`` (default: built from ``cfg``) on ``dataset_name``; write records, detections and mAP.
+def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name: Optional[str] = None,
+                proposals: Optional[Dict] = None) -> Dict:
+    """Run ``model`` (default: built from ``cfg``) on ``dataset_name``; write records, detections and mAP, and
+    with ``proposals`` (keyword arguments of :func:`.proposals.proposal_records`, e.g.
+    ``{"max_per_image": 50}``) the features of the set's foreground proposals.
 
     The dataset's dicts are read from the catalog once and handed to the loader, the ground-truth matching
     and the records (which keep each image's file name, ``meta["image_files"]``)."""
     _check_output_dir(output_dir)  # before the work, not after
+    cfg = records_cfg(cfg)
     dicts = DatasetCatalog.get(dataset_name)  # unknown name / missing files: detectron2's or ffs_det's clear error
     dataset_meta = MetadataCatalog.get(dataset_name)
     check_image_files(dicts, f"dataset {dataset_name!r}")
@@ -132,6 +162,8 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
         "image_files": {str(int(d["image_id"])): d["file_name"] for d in dicts},
         "config": cfg.dump(),
     }
+    if "features" in arrays:
+        meta["feature_space"] = cfg.FFS.OUTPUT_FEATURE_SPACE
     if num_gt is not None:
         meta["num_gt"] = num_gt
     if coco.get("papers_threshold"):
@@ -141,12 +173,28 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     if coco:
         summary["bbox"] = coco["bbox"]
         summary["papers_threshold"] = coco["papers_threshold"]
+    proposal_arrays = None
+    if proposals is not None:
+        from .proposals import DEFAULT_MAX_BACKGROUND_PER_IMAGE, DEFAULT_MAX_PER_IMAGE, proposal_records
+
+        settings = dict({"max_per_image": DEFAULT_MAX_PER_IMAGE, "max_background_per_image":
+                         DEFAULT_MAX_BACKGROUND_PER_IMAGE, "iou": 0.5, "space": cfg.FFS.OUTPUT_FEATURE_SPACE,
+                         "seed": 0}, **proposals)
+        proposal_arrays, info = proposal_records(cfg, model, dataset_name, **settings)
+        summary["proposals"] = dict(info, **settings)
+        proposal_meta = dict(meta, kind="proposals", feature_space=settings["space"], proposals=settings)
+        proposal_meta.pop("papers_threshold", None)
+        proposal_meta.pop("num_gt", None)
     _check_output_dir(output_dir)
     with atomic_dir(output_dir) as tmp:
         records, detections, metrics = (os.path.join(tmp, name) for name in OUTPUT_FILES)
         save_records(records, arrays, meta)
         atomic_write_json(detections, _coco_detections(arrays, dataset_meta))
         atomic_write_json(metrics, summary, indent=2)
+        if proposal_arrays is not None:
+            save_records(os.path.join(tmp, PROPOSALS_FILE), proposal_arrays, proposal_meta)
     paths = {kind: os.path.join(output_dir, name) for kind, name in zip(("records", "detections", "metrics"),
                                                                          OUTPUT_FILES)}
+    if proposal_arrays is not None:
+        paths["proposals"] = os.path.join(output_dir, PROPOSALS_FILE)
     return {"paths": paths, "summary": summary}

@@ -1,0 +1,183 @@
+"""The post-hoc box-score path end to end: pre-activation features, proposal features of the training set,
+tools/compare_scores.py, and a stock detectron2 Faster R-CNN through apply_net."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ffs_det.engine import Trainer
+from ffs_det.engine.setup import build_cfg
+from ffs_det.evaluation.records import load_records, save_records
+
+from detector_utils import tiny_opts, write_tiny_coco
+from repo_paths import REPO_ROOT as REPO
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory):
+    """A briefly trained plain model, applied to its training set (with proposals), an ID and an OOD set."""
+    root = tmp_path_factory.mktemp("boxpath")
+    id_json, id_root = write_tiny_coco(str(root / "id"), num_images=10, seed=3)
+    ood_json, ood_root = write_tiny_coco(str(root / "ood"), num_images=6, seed=4)
+    register = ["--register-coco", "bp_train", id_json, id_root, "--register-coco", "bp_id", id_json, id_root,
+                "--register-coco", "bp_ood", ood_json, ood_root]
+    from ffs_det.data import register_coco
+    register_coco("bp_train", id_json, id_root)
+    cfg = build_cfg("Shapes/vanilla_mobilenet.yaml", tiny_opts(root / "model", "none", dataset="bp_train", max_iter=6))
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    common = ["--config-file", "Shapes/vanilla_mobilenet.yaml", "--inference-config", "Inference/standard_nms.yaml",
+              *register]
+    overrides = ["MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "INPUT.MIN_SIZE_TEST", "128"]
+    out = root / "inference"
+    assert _tool("apply_net").main([*common, "--save-features", "--proposals-of", "bp_train",
+                                    "--max-proposals-per-image", "7", "--test-dataset", "bp_train",
+                                    "--test-dataset", "bp_id", "--test-dataset", "bp_ood", "--output-dir", str(out),
+                                    *overrides]) == 0
+    return root, out, common, overrides
+
+
+def test_preactivation_features_are_the_box_heads_last_layer_before_its_relu(applied):
+    root, out, common, overrides = applied
+    pre, meta = load_records(str(out / "bp_id" / "records.npz"))
+    assert meta["feature_space"] == "preactivation" and (pre["features"] < 0).any()
+    assert _tool("apply_net").main([*common, "--save-features", "--feature-space", "output", "--test-dataset",
+                                    "bp_id", "--output-dir", str(root / "output_space"), *overrides]) == 0
+    post, meta = load_records(str(root / "output_space" / "bp_id" / "records.npz"))
+    assert meta["feature_space"] == "output"
+    np.testing.assert_array_equal(post["boxes"], pre["boxes"])  # the same detections either way
+    np.testing.assert_allclose(post["features"], np.maximum(pre["features"], 0.0), atol=1e-6)
+
+
+def test_proposal_records_hold_foreground_ground_truth_and_background_boxes(applied):
+    root, out, common, overrides = applied
+    arrays, meta = load_records(str(out / "bp_train" / "proposals.npz"))
+    records, records_meta = load_records(str(out / "bp_train" / "records.npz"))
+    k = meta["num_classes"]
+    assert meta["kind"] == "proposals" and meta["feature_space"] == "preactivation"
+    assert meta["weights_sha256"] == records_meta["weights_sha256"]
+    fg = arrays["gt_class"] < k
+    assert fg.any() and (~fg).any()
+    assert (arrays["iou"][fg] >= 0.5).all() and (arrays["iou"][~fg] < 0.5).all()
+    assert arrays["features"].shape == (len(fg), records["features"].shape[1])
+    gt = arrays["iou"] >= 1.0 - 1e-6  # the ground-truth boxes themselves
+    with open(root / "id" / "annotations.json") as f:
+        num_gt = len([a for a in json.load(f)["annotations"] if not a.get("iscrowd", 0)])
+    assert gt.sum() >= num_gt
+    for image_id in np.unique(arrays["image_id"]):
+        rows = arrays["image_id"] == image_id
+        assert (rows & fg & ~gt).sum() <= 7 and (rows & ~fg).sum() <= 10  # the per-image caps
+    # the proposals' energy is the log-sum-exp of their inlier logits, as in the detection records
+    np.testing.assert_allclose(arrays["energy"], torch.logsumexp(torch.from_numpy(arrays["logits"][:, :k]), 1).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    summary = json.loads((out / "bp_train" / "metrics.json").read_text())["proposals"]
+    assert summary["num_foreground"] == int(fg.sum()) and summary["max_per_image"] == 7
+
+
+def test_proposals_of_a_set_not_applied_is_refused(applied, capsys):
+    root, out, common, overrides = applied
+    assert _tool("apply_net").main([*common, "--save-features", "--proposals-of", "bp_ood", "--test-dataset", "bp_id",
+                                    "--output-dir", str(root / "refused"), *overrides]) == 2
+    assert "--proposals-of bp_ood: not among the --test-dataset names" in capsys.readouterr().err
+    assert not (root / "refused").exists()
+
+
+def test_compare_scores_cli_fits_on_proposals(applied, capsys):
+    root, out, common, overrides = applied
+    args = ["--train", str(out / "bp_train" / "records.npz"), "--proposals", str(out / "bp_train" / "proposals.npz"),
+            "--id", str(out / "bp_id" / "records.npz"), "--ood", str(out / "bp_ood" / "records.npz"),
+            "--scorer", "mahalanobis", "--scorer", "knn", "--option", "knn.k=3", "--fuse", "energy", "knn",
+            "--thres", "0.0"]
+    report = root / "scores"
+    assert _tool("compare_scores").main([*args, "--output-dir", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "energy+knn" in printed and "proposals" in printed
+    result = json.loads((report / "scores.json").read_text())
+    assert result["info"]["fit_source"] == "proposals" and result["info"]["feature_space"] == "preactivation"
+    assert set(result["metrics"]) == {"energy", "mahalanobis", "knn", "energy+knn"}
+    assert set(result["info"]["fusion_weights"]) == {"energy", "knn"}
+    names = set(os.listdir(report))
+    assert {"scores.md", "scores.csv", "scores.json", "roc_bp_ood.png", "hist_knn_bp_ood.png"} <= names
+    # a rerun replaces the report; a folder holding a user's file is refused before any work
+    assert _tool("compare_scores").main([*args, "--output-dir", str(report)]) == 0
+    (root / "mine").mkdir()
+    (root / "mine" / "notes.txt").write_text("keep")
+    assert _tool("compare_scores").main([*args, "--output-dir", str(root / "mine")]) == 2
+    assert (root / "mine" / "notes.txt").read_text() == "keep" and len(os.listdir(root / "mine")) == 1
+    capsys.readouterr()
+    # an option for a scorer that is not run is named, not ignored
+    assert _tool("compare_scores").main([*args, "--option", "gmm.components=2", "--output-dir", str(root / "x")]) == 2
+    assert "gmm" in capsys.readouterr().err and not (root / "x").exists()
+
+
+def test_proposals_of_another_model_or_space_are_refused(applied, tmp_path):
+    from ffs_det.evaluation.box_scores import training_boxes
+
+    root, out, common, overrides = applied
+    train = str(out / "bp_train" / "records.npz")
+    arrays, meta = load_records(str(out / "bp_train" / "proposals.npz"))
+    other = save_records(str(tmp_path / "other.npz"), arrays, dict(meta, weights_sha256="0" * 64))
+    with pytest.raises(ValueError, match="other.npz: meta weights_sha256 .* proposals of another model"):
+        training_boxes(train, other)
+    space = save_records(str(tmp_path / "space.npz"), arrays, dict(meta, feature_space="output"))
+    with pytest.raises(ValueError, match="space.npz: features in the 'output' space"):
+        training_boxes(train, space)
+    boxes = training_boxes(train, str(out / "bp_train" / "proposals.npz"))
+    # scorers fit on foreground proposals of the fit images only; background proposals of the calibration images
+    # are the fused score's negatives
+    assert boxes.source == "proposals" and (boxes.labels < meta["num_classes"]).all()
+    assert len(boxes.negatives["features"]) > 0
+
+
+def test_a_stock_detectron2_config_and_checkpoint_give_records(tmp_path):
+    """A model zoo Faster R-CNN config (StandardROIHeads, no ffs_det key) and a checkpoint of detectron2's own
+    model: apply_net writes records with energy, logits and features, and the detections are the stock model's."""
+    import detectron2
+    from detectron2.config import get_cfg
+    from detectron2.data.detection_utils import read_image
+    from detectron2.modeling import build_model
+
+    stock_yaml = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs", "COCO-Detection",
+                              "faster_rcnn_R_50_FPN_1x.yaml")
+    small = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
+             "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.DEVICE", "cpu",
+             "INPUT.MIN_SIZE_TEST", "128", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RPN.POST_NMS_TOPK_TEST",
+             "100"]
+    cfg = get_cfg()
+    cfg.merge_from_file(stock_yaml)
+    cfg.merge_from_list(small)
+    assert cfg.MODEL.ROI_HEADS.NAME == "StandardROIHeads"
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    weights = str(tmp_path / "stock.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    json_path, image_root = write_tiny_coco(str(tmp_path / "data"), num_images=3, seed=5)
+    assert _tool("apply_net").main(["--config-file", stock_yaml, "--save-features", "--register-coco", "stock_id",
+                                    json_path, image_root, "--test-dataset", "stock_id", "--output-dir",
+                                    str(tmp_path / "out"), *small, "MODEL.WEIGHTS", weights]) == 0
+    arrays, meta = load_records(str(tmp_path / "out" / "stock_id" / "records.npz"))
+    assert arrays["logits"].shape[1] == 4 and arrays["features"].shape[1] == 32 and meta["feature_space"] == "preactivation"
+    with open(json_path) as f:
+        first = json.load(f)["images"][0]
+    image = read_image(os.path.join(image_root, first["file_name"]), format=cfg.INPUT.FORMAT)
+    from detectron2.data import transforms as T
+
+    resized = T.ResizeShortestEdge(128, cfg.INPUT.MAX_SIZE_TEST).get_transform(image).apply_image(image)
+    with torch.no_grad():
+        inst = model([{"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()), "height": first["height"],
+                       "width": first["width"]}])[0]["instances"]
+    mine = arrays["image_id"] == first["id"]
+    np.testing.assert_allclose(arrays["boxes"][mine], inst.pred_boxes.tensor.numpy(), atol=1e-4)
+    np.testing.assert_allclose(arrays["score"][mine], inst.scores.numpy(), atol=1e-6)
