@@ -10,6 +10,7 @@ from typing import Dict, Optional, Tuple
 from .classes import BDD_CLASSES, BDD_TRACK_CLASSES, VIS21_CLASSES, VOC_CLASSES
 from .paths import default_dataset_dir
 from .shapes import ID_CLASSES as SHAPES_ID_CLASSES
+from .shapes import FAR_OOD_CLASSES as SHAPES_FAR_OOD_CLASSES
 from .shapes import OOD_CLASSES as SHAPES_OOD_CLASSES
 
 __all__ = ["DatasetSpec", "BUILTIN_DATASETS", "dataset_paths"]
@@ -67,6 +68,9 @@ BUILTIN_DATASETS: Dict[str, DatasetSpec] = {
     "shapes_val": DatasetSpec("shapes/annotations/val.json", "shapes/val", SHAPES_ID_CLASSES),
     "shapes_ood": DatasetSpec("shapes/annotations/ood.json", "shapes/ood", SHAPES_OOD_CLASSES,
                               ood_for=("shapes_train",)),
+    # far OOD for the shapes world: crops of real photographs, no boxes (ffs_det/data/photos.py)
+    "shapes_far_ood": DatasetSpec("shapes/annotations/far_ood.json", "shapes/far_ood", SHAPES_FAR_OOD_CLASSES,
+                                  ood_for=("shapes_train",)),
 }
 
 

@@ -5,7 +5,8 @@ classes only (:data:`OOD_CLASSES`). Everything except the outline is drawn from 
 class and both scene types: background (flat + noise, two-colour gradient, smooth "clouds", rotated
 stripes/checks), clutter that is not an object (thin lines, arcs, scribbles, specks), object colour, fill
 pattern (solid, gradient, stripes, speckles), shading, size, aspect, rotation, position, occlusion,
-truncation at the border, sensor noise and blur. Only the shape tells ID from OOD.
+truncation at the border, sensor noise and blur. Only the shape tells ID from OOD. A fourth split, ``far_ood``, holds crops of real photographs
+(:mod:`.photos`): a far shift beside the near one of ``ood``.
 
 Objects overlap, but each keeps at least ``MIN_VISIBLE`` of its pixels visible (inside the image and not
 covered); its box is the tight box of its visible pixels. Every image is drawn from its own random stream
@@ -13,8 +14,8 @@ seeded by ``(seed, split, index)``, so a world is a pure function of its paramet
 
 Layout written by :func:`generate_world` (``root`` is ``<dataset_dir>/shapes``)::
 
-    root/{train,val,ood}/000001.png ...
-    root/annotations/{train,val,ood}.json      (COCO; written last, atomically)
+    root/{train,val,ood,far_ood}/000001.png ...
+    root/annotations/{train,val,ood,far_ood}.json      (COCO; written last, atomically; far_ood has no boxes)
 """
 import logging
 import os
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .coco_json import CocoJsonBuilder
+from .photos import load_photos, render_photo
 
 __all__ = ["ID_CLASSES", "OOD_CLASSES", "SPLITS", "DEFAULT_COUNTS", "render_scene", "generate_split",
            "generate_world"]
@@ -34,10 +36,12 @@ logger = logging.getLogger(__name__)
 
 ID_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
 OOD_CLASSES: Tuple[str, ...] = ("star", "cross", "ring", "hexagon")
-SPLITS: Tuple[str, ...] = ("train", "val", "ood")
+SPLITS: Tuple[str, ...] = ("train", "val", "ood", "far_ood")
+# the far_ood images hold no annotated object; their json lists one category so that it is a valid detection json
+FAR_OOD_CLASSES: Tuple[str, ...] = ("photo",)
 # 600 test images per side: on 150, the bootstrap std of one model's FPR95 was 4.5-5 points (AUROC ~2),
 # too coarse to tell methods apart
-DEFAULT_COUNTS: Dict[str, int] = {"train": 600, "val": 600, "ood": 600}
+DEFAULT_COUNTS: Dict[str, int] = {"train": 600, "val": 600, "ood": 600, "far_ood": 600}
 VERSION = 1
 
 IMAGE_SIZE = (128, 192)  # width and height each uniform in this range (inclusive)
@@ -253,7 +257,7 @@ def render_scene(rng: np.random.Generator, classes: Sequence[str]):
 def _split_classes(split: str) -> Tuple[str, ...]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    return OOD_CLASSES if split == "ood" else ID_CLASSES
+    return {"ood": OOD_CLASSES, "far_ood": FAR_OOD_CLASSES}.get(split, ID_CLASSES)
 
 
 def _info(split: str, num_images: int, seed: int) -> dict:
@@ -285,9 +289,14 @@ def generate_split(root: str, split: str, num_images: int, seed: int) -> dict:
     os.makedirs(image_dir, exist_ok=True)
     builder = CocoJsonBuilder(classes, supercategory="shape", info=_info(split, num_images, seed))
     split_key = SPLITS.index(split)
+    photos = load_photos() if split == "far_ood" else None
     for i in range(1, num_images + 1):
         rng = np.random.default_rng([int(seed), split_key, i])
-        pixels, objects = render_scene(rng, classes)
+        if photos is not None:
+            size = tuple(int(v) for v in rng.integers(IMAGE_SIZE[0], IMAGE_SIZE[1] + 1, 2))
+            pixels, objects = render_photo(rng, photos, size), []
+        else:
+            pixels, objects = render_scene(rng, classes)
         name = f"{i:06d}.png"
         Image.fromarray(pixels).save(os.path.join(image_dir, name), compress_level=1)
         image_id = builder.add_image(name, pixels.shape[1], pixels.shape[0])
@@ -302,7 +311,7 @@ def generate_split(root: str, split: str, num_images: int, seed: int) -> dict:
 
 def generate_world(root: str, counts: Optional[Dict[str, int]] = None, seed: int = 0,
                    force: bool = False) -> Dict[str, dict]:
-    """Generate the train/val/ood splits under ``root`` (``<dataset_dir>/shapes``).
+    """Generate the train/val/ood/far_ood splits under ``root`` (``<dataset_dir>/shapes``).
 
     A split whose json already records the same seed, size and generator version (and whose images
     exist) is kept unless ``force``. Returns ``{split: summary}``.

@@ -138,9 +138,11 @@ def test_dataset_cli_args(tmp_path, monkeypatch):
 
 
 def test_generated_shapes_world_loads_through_the_catalog(tmp_path):
-    generate_world(str(tmp_path / "shapes"), {"train": 6, "val": 3, "ood": 3}, seed=1)
+    generate_world(str(tmp_path / "shapes"), {"train": 6, "val": 3, "ood": 3, "far_ood": 2}, seed=1)
     register_all(str(tmp_path))
-    require_datasets(["shapes_train", "shapes_val", "shapes_ood"])
+    require_datasets(["shapes_train", "shapes_val", "shapes_ood", "shapes_far_ood"])
+    far = DatasetCatalog.get("shapes_far_ood")
+    assert len(far) == 2 and not any(d["annotations"] for d in far) and MetadataCatalog.get("shapes_far_ood").is_ood
     for name, classes in (("shapes_train", ID_CLASSES), ("shapes_ood", OOD_CLASSES)):
         dicts = DatasetCatalog.get(name)
         assert len(dicts) == (6 if name == "shapes_train" else 3)

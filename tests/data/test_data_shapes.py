@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from ffs_det.data.shapes import ID_CLASSES, IMAGE_SIZE, OOD_CLASSES, generate_world, render_scene
+from ffs_det.data.shapes import FAR_OOD_CLASSES, ID_CLASSES, IMAGE_SIZE, OOD_CLASSES, generate_world, render_scene
 from repo_paths import REPO_ROOT as ROOT
 
-SMALL = {"train": 8, "val": 4, "ood": 4}
+SMALL = {"train": 8, "val": 4, "ood": 4, "far_ood": 3}
 
 
 def _pixels(path):
@@ -36,10 +36,13 @@ def world(tmp_path_factory):
 def test_layout_and_valid_coco(world):
     for split, n in SMALL.items():
         coco = _coco(str(world / "annotations" / f"{split}.json"))
-        classes = OOD_CLASSES if split == "ood" else ID_CLASSES
+        classes = {"ood": OOD_CLASSES, "far_ood": FAR_OOD_CLASSES}.get(split, ID_CLASSES)
         assert [c["name"] for c in coco.loadCats(sorted(coco.getCatIds()))] == list(classes)
         assert sorted(coco.getImgIds()) == list(range(1, n + 1))
-        assert len(coco.getAnnIds()) >= n  # 1-4 objects per scene
+        if split == "far_ood":  # crops of real photographs, no box
+            assert len(coco.getAnnIds()) == 0
+        else:
+            assert len(coco.getAnnIds()) >= n  # 1-4 objects per scene
         for img in coco.loadImgs(coco.getImgIds()):
             pix = _pixels(world / split / img["file_name"])
             assert pix.shape == (img["height"], img["width"], 3) and pix.dtype == np.uint8
@@ -59,26 +62,27 @@ def test_same_seed_same_world_other_seed_other_world(world, tmp_path):
     for split in SMALL:
         a = json.loads((world / "annotations" / f"{split}.json").read_text())
         assert json.loads((again / "annotations" / f"{split}.json").read_text()) == a
-        assert json.loads((other / "annotations" / f"{split}.json").read_text())["annotations"] != a["annotations"]
+        if split != "far_ood":  # far_ood has no annotations; its pixels differ (below)
+            assert json.loads((other / "annotations" / f"{split}.json").read_text())["annotations"] != a["annotations"]
         for name in os.listdir(world / split):
             assert np.array_equal(_pixels(world / split / name), _pixels(again / split / name))
         assert not np.array_equal(_pixels(world / split / "000001.png"), _pixels(other / split / "000001.png"))
     # each image has its own random stream: a bigger world starts with the same images
     bigger = tmp_path / "bigger"
-    generate_world(str(bigger), {"train": 10, "val": 0, "ood": 0}, seed=7)
+    generate_world(str(bigger), {"train": 10, "val": 0, "ood": 0, "far_ood": 0}, seed=7)
     assert np.array_equal(_pixels(bigger / "train" / "000008.png"), _pixels(world / "train" / "000008.png"))
 
 
 def test_up_to_date_splits_are_kept_and_stale_images_removed(tmp_path):
     root = tmp_path / "shapes"
-    first = generate_world(str(root), {"train": 5, "val": 2, "ood": 2}, seed=1)
+    first = generate_world(str(root), {"train": 5, "val": 2, "ood": 2, "far_ood": 0}, seed=1)
     assert not any(r.get("skipped") for r in first.values())
-    again = generate_world(str(root), {"train": 5, "val": 2, "ood": 2}, seed=1)
+    again = generate_world(str(root), {"train": 5, "val": 2, "ood": 2, "far_ood": 0}, seed=1)
     assert all(r.get("skipped") for r in again.values())
-    smaller = generate_world(str(root), {"train": 3, "val": 2, "ood": 2}, seed=1)
+    smaller = generate_world(str(root), {"train": 3, "val": 2, "ood": 2, "far_ood": 0}, seed=1)
     assert not smaller["train"].get("skipped") and smaller["val"].get("skipped")
     assert sorted(os.listdir(root / "train")) == ["000001.png", "000002.png", "000003.png"]
-    assert generate_world(str(root), {"train": 3, "val": 2, "ood": 2}, seed=1, force=True)["val"]["images"] == 2
+    assert generate_world(str(root), {"train": 3, "val": 2, "ood": 2, "far_ood": 0}, seed=1, force=True)["val"]["images"] == 2
 
 
 def _box_features(rng, classes, n_scenes):
@@ -110,7 +114,7 @@ def test_id_and_ood_differ_only_in_shape():
 def test_cli(tmp_path):
     out = tmp_path / "cli_shapes"
     cmd = [sys.executable, os.path.join(ROOT, "datasets", "make_shapes.py"), "--output", str(out), "--num-train", "3",
-           "--num-val", "2", "--num-ood", "2", "--seed", "5"]
+           "--num-val", "2", "--num-ood", "2", "--num-far-ood", "2", "--seed", "5"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "train: 3 images" in proc.stdout
@@ -119,3 +123,15 @@ def test_cli(tmp_path):
     assert "up to date" in proc.stdout
     bad = subprocess.run(cmd[:2] + ["--output", str(out), "--num-val", "-1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--num-val must be >= 0" in bad.stderr
+
+
+def test_far_ood_images_are_crops_of_the_bundled_photographs(world):
+    """The far-OOD split: real photographs (scikit-image / scikit-learn samples), each image a different crop."""
+    from ffs_det.data.photos import PHOTO_NAMES, load_photos
+
+    photos = load_photos()
+    assert len(photos) == len(PHOTO_NAMES) and all(p.ndim == 3 and p.shape[2] == 3 for p in photos)
+    images = [_pixels(world / "far_ood" / f"{i:06d}.png") for i in range(1, 4)]
+    assert not np.array_equal(images[0], images[1])
+    for img in images:  # photographs, not flat synthetic scenes: many distinct colours
+        assert len(np.unique(img.reshape(-1, 3), axis=0)) > 500
