@@ -1,26 +1,53 @@
-"""Box-level density scores: fit a registered scorer on ID training box features, score record files.
+"""Box-level OOD scores: post-hoc densities of box features beside the detector's energy, and their fusion.
 
-The detector's own OOD score is the energy of each box's logits. Any scorer of
-:mod:`ffs_det.density.scorers` can be compared with it on the same boxes: run ``tools/apply_net.py
---save-features`` on the ID training set and on the test sets, then :func:`add_box_scores` fits the scorer
-on the training boxes (those matched to a ground-truth box when the records say so, else those with
-``score >= min_score``; labels = predicted classes) and writes a copy of each test records file with one
-more array, named after the scorer, for ``tools/eval_ood.py --score-key <name>``. Input files are never
-modified.
+The detector's own OOD score is the energy of each box's logits. Any scorer of :mod:`ffs_det.density.scorers`
+can be compared with it on the same kept detections. Inputs, all from ``tools/apply_net.py --save-features``:
+the records of the ID training set, the ID test set and the OOD test sets, and (``--proposals-of`` on the
+training set) its ``proposals.npz``.
+
+**The training split** (:func:`training_boxes`, one rule for :func:`add_box_scores`, :func:`compare_box_scores`
+and ``tools/compare_scores.py``). The training images are split by image id: every
+:data:`CALIBRATION_EVERY`-th image (in image-id order, among the images with a kept training detection)
+*calibrates*, the others *fit*:
+
+* scorers are fitted on the foreground proposals and ground-truth boxes (labels: their ground-truth class) of the
+  fit images when the proposals are given, else on the fit images' training detections matched to ground truth
+  (else ``score >= min_score``; labels: predicted classes). Proposals give a density many boxes per object
+  (about 30k on the shapes world against about 1.5k detections);
+* the fused score is calibrated on the calibration images' matched training detections (the kind of box that
+  is scored at test time), with the calibration images' background proposals as in-image negatives.
+
+**The fused score** (:func:`fuse_scores`): a weighted sum of the parts' z-scores, each standardised on the
+calibration detections; a part's weight is its separation ``d' = sqrt(2) * Phi^-1(AUROC)`` of the calibration
+detections from the background proposals (clipped at 0), so a part that tells nothing apart weighs nothing.
+Nothing here sees an OOD label; OOD records are only scored.
 """
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from scipy.stats import norm
 
 from ..atomic_io import child_folder
+from ..density.metrics import ood_metrics
 from ..density.scorers import fit_and_score
 from .records import load_records, save_records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_box_scores", "compare_box_scores", "fuse_scores", "POSTHOC_SCORERS"]
+__all__ = ["add_box_scores", "compare_box_scores", "fuse_scores", "fusion_weights", "training_boxes",
+           "TrainingBoxes", "POSTHOC_SCORERS", "DEFAULT_FUSE", "CALIBRATION_EVERY"]
+
+# the box-level scorers compared with the detector's energy by default
+POSTHOC_SCORERS = ("fde", "knn", "gmm", "mahalanobis")
+# the parts of the fused score by default
+DEFAULT_FUSE = ("energy", "fde")
+# every CALIBRATION_EVERY-th training image (by image id) calibrates the fused scores; the rest fit the scorers
+CALIBRATION_EVERY = 5
+# the scores that are stored in records rather than fitted
+STORED_SCORES = ("energy", "flow_loglik")
 
 
 def _features(arrays, meta, path):
@@ -29,53 +56,14 @@ def _features(arrays, meta, path):
     return arrays["features"]
 
 
-def _inputs(arrays, meta, path) -> Dict[str, np.ndarray]:
+def _space(meta) -> str:
+    return meta.get("feature_space", "output")  # records written before the key existed hold output features
+
+
+def _inputs(arrays, meta, path, rows=None) -> Dict[str, np.ndarray]:
     # box features, plus the inlier-class logits for logit-based scorers (msp, energy, react, ...)
-    return {"features": _features(arrays, meta, path), "logits": arrays["logits"][:, :-1]}
-
-
-def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str], output_dir: str,
-                   min_score: float = 0.5, key: str = "", **scorer_kwargs) -> List[str]:
-    """Fit ``scorer`` on ``train_records`` and write each of ``record_paths`` with an added ``key`` array
-    (default: the scorer's name) to ``output_dir/<dataset>/records.npz``. Returns the written paths."""
-    key = key or scorer
-    train, train_meta = load_records(train_records)
-    feats = _features(train, train_meta, train_records)
-    keep = train["gt_matched"] if "gt_matched" in train else train["score"] >= min_score
-    if not keep.any():
-        rule = "matched to a ground-truth box" if "gt_matched" in train else f"with score >= {min_score}"
-        raise ValueError(f"records {train_records}: no training detections {rule} to fit {scorer!r} on")
-    loaded = {}
-    for path in record_paths:
-        arrays, meta = load_records(path)
-        if key in arrays:
-            raise ValueError(f"records {path}: {key!r}: already present; choose another --key")
-        if _features(arrays, meta, path).shape[1] != feats.shape[1]:
-            raise ValueError(f"records {path}: 'features': width {arrays['features'].shape[1]} != "
-                             f"{feats.shape[1]} of the training records {train_records}")
-        loaded[path] = (arrays, meta)
-    train_inputs = {k: v[keep] for k, v in _inputs(train, train_meta, train_records).items()}
-    scores = fit_and_score(scorer, train_inputs, train["pred_class"][keep],
-                           {p: _inputs(a, m, p) for p, (a, m) in loaded.items()}, **scorer_kwargs)
-    names = [m.get("dataset") or os.path.splitext(os.path.basename(p))[0] for p, (_, m) in loaded.items()]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two record files are of the same dataset ({names}); score them separately")
-    for path, name in zip(loaded, names):
-        child_folder(output_dir, name, f"records {path}: dataset name")  # before anything is written
-    written = []
-    for (path, (arrays, meta)), name in zip(loaded.items(), names):
-        arrays = dict(arrays, **{key: scores[path].astype(np.float32)})
-        meta = dict(meta, box_scores={**meta.get("box_scores", {}),
-                                      key: {"scorer": scorer, "train_records": os.path.abspath(train_records),
-                                            "fitted_on": int(keep.sum())}})
-        written.append(save_records(os.path.join(child_folder(output_dir, name), "records.npz"), arrays, meta))
-    return written
-
-
-# the box-level scorers compared with the detector's energy by default
-POSTHOC_SCORERS = ("fde", "mahalanobis", "knn", "gmm")
-# every CALIBRATION_EVERY-th training image (by image id) calibrates the fused scores; the rest fit the scorers
-CALIBRATION_EVERY = 5
+    rows = slice(None) if rows is None else rows
+    return {"features": _features(arrays, meta, path)[rows], "logits": arrays["logits"][rows, :-1]}
 
 
 def _calibration_split(image_ids: np.ndarray, keep: np.ndarray):
@@ -91,82 +79,260 @@ def _calibration_split(image_ids: np.ndarray, keep: np.ndarray):
     return keep & ~calib, calib
 
 
+@dataclass
+class TrainingBoxes:
+    """The training boxes of box-level scoring (:func:`training_boxes`): what scorers are fitted on, what the
+    fused score is calibrated on, and the in-image negatives of its weights."""
+
+    fit: Dict[str, np.ndarray]  # {"features", "logits"} of the boxes the scorers are fitted on
+    labels: np.ndarray  # their classes
+    calibration: Dict[str, np.ndarray]  # {"features", "logits", + stored scores} of the calibration detections
+    negatives: Dict[str, np.ndarray] = field(default_factory=dict)  # the same of background proposals (or empty)
+    source: str = "detections"  # what the scorers are fitted on: "proposals" or "detections"
+    feature_space: str = "output"
+
+    def summary(self) -> dict:
+        return {"fit_source": self.source, "fit_on": int(len(self.labels)),
+                "calibrated_on": int(len(self.calibration["features"])),
+                "negatives": int(len(self.negatives.get("features", ()))), "feature_space": self.feature_space}
+
+
+def _stored(arrays, rows) -> Dict[str, np.ndarray]:
+    return {k: arrays[k][rows].astype(np.float64) for k in STORED_SCORES if k in arrays}
+
+
+def training_boxes(train_records: str, proposals: Optional[str] = None, min_score: float = 0.5,
+                   keep: Optional[np.ndarray] = None) -> TrainingBoxes:
+    """The fit / calibration split of the module doc from the training records (and their proposals).
+    ``keep``: which training detections count (default: matched to ground truth, else ``score >= min_score``).
+    Raises ValueError naming the file when there is too little to fit or calibrate on, or when the proposals
+    are of another model, set or feature space."""
+    train, meta = load_records(train_records)
+    feats = _features(train, meta, train_records)
+    if keep is None:
+        keep = train["gt_matched"] if "gt_matched" in train else train["score"] >= min_score
+    if not keep.any():
+        rule = "matched to a ground-truth box" if "gt_matched" in train else f"with score >= {min_score}"
+        raise ValueError(f"records {train_records}: no training detections {rule} to fit on")
+    fit, calib = _calibration_split(train["image_id"], keep)
+    calibration = dict(_inputs(train, meta, train_records, calib), **_stored(train, calib))
+    if proposals is None:
+        if fit.sum() < 2:
+            raise ValueError(f"records {train_records}: {int(fit.sum())} training detections to fit on; need at "
+                             "least 2")
+        return TrainingBoxes(_inputs(train, meta, train_records, fit), train["pred_class"][fit], calibration,
+                             feature_space=_space(meta))
+    prop, pmeta = load_records(proposals)
+    if pmeta.get("kind") != "proposals" or "gt_class" not in prop:
+        raise ValueError(f"records {proposals}: not proposal records (meta kind {pmeta.get('kind')!r}); write them "
+                         "with tools/apply_net.py --proposals-of")
+    for key in ("dataset", "weights_sha256", "num_classes"):
+        if pmeta.get(key) != meta.get(key):
+            raise ValueError(f"records {proposals}: meta {key} {pmeta.get(key)!r} differs from the training records "
+                             f"{train_records} ({meta.get(key)!r}): proposals of another model or set")
+    if _space(pmeta) != _space(meta) or _features(prop, pmeta, proposals).shape[1] != feats.shape[1]:
+        raise ValueError(f"records {proposals}: features in the {_space(pmeta)!r} space (width "
+                         f"{prop['features'].shape[1]}), the training records {train_records} in the "
+                         f"{_space(meta)!r} space (width {feats.shape[1]}); save both with the same --feature-space")
+    calib_images = np.unique(train["image_id"][calib])
+    in_calib = np.isin(prop["image_id"], calib_images)
+    foreground = prop["gt_class"] < int(pmeta["num_classes"])
+    rows = foreground & ~in_calib
+    if rows.sum() < 2:
+        raise ValueError(f"records {proposals}: {int(rows.sum())} foreground proposals outside the calibration "
+                         "images to fit on; need at least 2")
+    negatives = ~foreground & in_calib
+    neg = dict(_inputs(prop, pmeta, proposals, negatives), **_stored(prop, negatives)) if negatives.any() else {}
+    return TrainingBoxes(_inputs(prop, pmeta, proposals, rows), prop["gt_class"][rows], calibration, neg,
+                         source="proposals", feature_space=_space(pmeta))
+
+
+def _check_space(boxes: TrainingBoxes, meta: dict, path: str, width: int) -> None:
+    if _space(meta) != boxes.feature_space or width != boxes.fit["features"].shape[1]:
+        raise ValueError(f"records {path}: features in the {_space(meta)!r} space (width {width}), the training "
+                         f"boxes in the {boxes.feature_space!r} space (width {boxes.fit['features'].shape[1]}); "
+                         "save every set with the same --feature-space")
+
+
+def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str], output_dir: str,
+                   min_score: float = 0.5, key: str = "", proposals: Optional[str] = None,
+                   **scorer_kwargs) -> List[str]:
+    """Fit ``scorer`` on the training boxes (:func:`training_boxes`) and write each of ``record_paths`` with an
+    added ``key`` array (default: the scorer's name) to ``output_dir/<dataset>/records.npz``. Returns the
+    written paths."""
+    key = key or scorer
+    boxes = training_boxes(train_records, proposals, min_score)
+    loaded = {}
+    for path in record_paths:
+        arrays, meta = load_records(path)
+        if key in arrays:
+            raise ValueError(f"records {path}: {key!r}: already present; choose another --key")
+        _check_space(boxes, meta, path, _features(arrays, meta, path).shape[1])
+        loaded[path] = (arrays, meta)
+    names = [m.get("dataset") or os.path.splitext(os.path.basename(p))[0] for p, (_, m) in loaded.items()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two record files are of the same dataset ({names}); score them separately")
+    for path, name in zip(loaded, names):
+        child_folder(output_dir, name, f"records {path}: dataset name")  # before anything is written
+    scores = fit_and_score(scorer, boxes.fit, boxes.labels, {p: _inputs(a, m, p) for p, (a, m) in loaded.items()},
+                           **scorer_kwargs)
+    written = []
+    for (path, (arrays, meta)), name in zip(loaded.items(), names):
+        arrays = dict(arrays, **{key: scores[path].astype(np.float32)})
+        meta = dict(meta, box_scores={**meta.get("box_scores", {}),
+                                      key: {"scorer": scorer, "train_records": os.path.abspath(train_records),
+                                            "proposals": os.path.abspath(proposals) if proposals else None,
+                                            "fitted_on": int(len(boxes.labels)), "fit_source": boxes.source}})
+        written.append(save_records(os.path.join(child_folder(output_dir, name), "records.npz"), arrays, meta))
+    return written
+
+
 def _zscore(calibration: np.ndarray):
     mean, std = float(np.mean(calibration)), float(np.std(calibration))
     return lambda v: (v - mean) / max(std, 1e-12)
 
 
-def fuse_scores(calibration: Dict[str, np.ndarray], scores: Dict[str, np.ndarray]) -> np.ndarray:
-    """The sum of each part's z-score, each standardised with the mean and standard deviation of its values
-    on ID calibration detections ``calibration[part]``: a fused score fitted on in-distribution data only
-    (its arguments hold no OOD input)."""
+def fusion_weights(calibration: Dict[str, np.ndarray], negatives: Dict[str, np.ndarray]) -> Dict[str, float]:
+    """Each part's weight ``max(0, sqrt(2) * Phi^-1(AUROC))``: how far its scores on ID calibration detections
+    lie above those on in-image negatives (background proposals of the same images), as the ``d'`` of two
+    equal-variance Gaussians with that AUROC (capped at AUROC 0.9999). 0 for a part that does not separate
+    them (or reverses them)."""
+    out = {}
+    for part in calibration:
+        auroc = min(ood_metrics(calibration[part], negatives[part])["auroc"], 0.9999)
+        out[part] = max(0.0, float(np.sqrt(2.0) * norm.ppf(auroc)))
+    return out
+
+
+def fuse_scores(calibration: Dict[str, np.ndarray], scores: Dict[str, np.ndarray],
+                weights: Optional[Dict[str, float]] = None) -> np.ndarray:
+    """The weighted sum of each part's z-score, each standardised with the mean and standard deviation of its
+    values on ID calibration detections ``calibration[part]``, divided by the sum of the weights (default:
+    every weight 1). Fitted on in-distribution data only (its arguments hold no OOD input)."""
     if set(calibration) != set(scores) or len(scores) < 2:
         raise ValueError(f"fuse_scores needs the same two or more parts in calibration and scores, got "
                          f"{sorted(calibration)} and {sorted(scores)}")
-    return sum(_zscore(np.asarray(calibration[k], np.float64))(np.asarray(v, np.float64)) for k, v in scores.items())
+    weights = weights or {k: 1.0 for k in scores}
+    total = sum(weights[k] for k in scores)
+    if not total > 0:
+        raise ValueError(f"fuse_scores: the weights {weights} sum to {total}; at least one part must weigh > 0")
+    return sum(weights[k] * _zscore(np.asarray(calibration[k], np.float64))(np.asarray(v, np.float64))
+               for k, v in scores.items()) / total
+
+
+def _fused(parts, calibration, negatives, scores, sets):
+    """``(fused scores per set, weights)`` of ``parts``; weights 1 without negatives."""
+    cal = {k: calibration[k] for k in parts}
+    weights = fusion_weights(cal, {k: negatives[k] for k in parts}) if negatives else {k: 1.0 for k in parts}
+    if not sum(weights.values()) > 0:
+        logger.warning("fused score %s: no part separates calibration detections from background proposals "
+                       "(weights %s); equal weights used", "+".join(parts), weights)
+        weights = {k: 1.0 for k in parts}
+    return {name: fuse_scores(cal, {k: scores[k][name] for k in parts}, weights) for name in sets}, weights
 
 
 def compare_box_scores(train_records: str, id_records: str, ood_records: Sequence[str],
-                       scorers: Sequence[str] = POSTHOC_SCORERS, fuse: Sequence[str] = ("fde",),
+                       scorers: Sequence[str] = POSTHOC_SCORERS, fuse: Sequence[str] = DEFAULT_FUSE,
                        thres: Optional[float] = None, min_score: float = 0.5,
                        options: Optional[Dict[str, dict]] = None, protocol: str = "papers",
-                       evaluation=None):
-    """Energy, the records' ``flow_loglik`` (FFS models), post-hoc box-level scorers and fused scores, on the
-    same kept detections: returns ``(comparison, info)`` with a
-    :class:`~ffs_det.density.report.Comparison` of ``{score: {set: kept scores}}``.
+                       evaluation=None, proposals: Optional[str] = None):
+    """Energy, the records' ``flow_loglik`` (FFS models), post-hoc box-level scorers and the fused score of
+    ``fuse`` (two or more of those; ``()``: none), on the same kept detections: returns ``(comparison, info)``
+    with a :class:`~ffs_det.density.report.Comparison` of ``{score: {set: kept scores}}``.
 
     The kept detections, threshold and FPR95 point are those of eval_ood under ``protocol`` (or ``thres``),
     or of ``evaluation`` (an :class:`~ffs_det.evaluation.ood_report.OODEvaluation` of these records, whose
-    protocol and threshold then apply) when given. Each scorer is fitted on the box features (``apply_net --save-features``) of the training
-    detections matched to ground truth (else ``score >= min_score``; labels = predicted classes), except
-    those of every :data:`CALIBRATION_EVERY`-th training image, which calibrate the fused scores:
-    ``energy+<score>`` for each ``<score>`` in ``fuse`` (:func:`fuse_scores`). Nothing here sees an OOD
-    label; OOD records are only scored.
+    protocol and threshold then apply) when given. Scorers are fitted and the fused score calibrated as the
+    module doc says (:func:`training_boxes`; ``proposals``: the training set's proposals.npz).
     """
     from ..density.report import compare
     from .ood_report import RecordSet, detection_confidence, evaluate_ood
 
     options = options or {}
-    unknown = sorted(set(fuse) - set(scorers) - {"flow_loglik"})
+    fuse = tuple(fuse)
+    unknown = sorted(set(fuse) - set(scorers) - set(STORED_SCORES))
     if unknown:
-        raise ValueError(f"fuse: {unknown} are not among the scores ({', '.join(scorers)}, flow_loglik)")
+        raise ValueError(f"fuse: {unknown} are not among the scores ({', '.join((*STORED_SCORES, *scorers))})")
+    if len(fuse) == 1:
+        raise ValueError(f"fuse: a fused score needs two or more parts, got {list(fuse)}")
     if evaluation is not None:
         given = [evaluation.id_set.path] + [rs.path for rs in evaluation.ood_sets.values()]
         if list(map(os.path.abspath, given)) != list(map(os.path.abspath, [id_records, *ood_records])):
             raise ValueError(f"evaluation is of the records {given}, not of {[id_records, *ood_records]}")
     ev = evaluation or evaluate_ood(id_records, ood_records, thres, protocol=protocol)  # eval_ood's checks and mask
     train = RecordSet.load(train_records)
-    feats = _features(train.arrays, train.meta, train_records)
     keep = train.arrays["gt_matched"] if "gt_matched" in train.arrays else train.arrays["score"] >= min_score
     if not keep.any():  # e.g. a barely trained model: the detections eval_ood would keep
         keep = detection_confidence(train, ev.protocol) >= ev.threshold
-    fit, calib = _calibration_split(train.arrays["image_id"], keep)
-    if fit.sum() < 2 or not calib.any():
-        raise ValueError(f"records {train_records}: {int(fit.sum())} training detections to fit on and "
-                         f"{int(calib.sum())} to calibrate on; need at least 2 and 1")
+    boxes = training_boxes(train_records, proposals, min_score, keep=keep)
+    if not len(boxes.calibration["features"]):
+        raise ValueError(f"records {train_records}: no training detection to calibrate on")
     sets = ev.sets
-    scores = {"energy": {name: ev.kept_values("energy", name) for name in sets}}
-    calibration = {"energy": train.arrays["energy"][calib].astype(np.float64)}
-    if all("flow_loglik" in rs.arrays for rs in [train, *sets.values()]):
-        scores["flow_loglik"] = {name: ev.kept_values("flow_loglik", name) for name in sets}
-        calibration["flow_loglik"] = train.arrays["flow_loglik"][calib].astype(np.float64)
+    for name, rs in sets.items():
+        _check_space(boxes, rs.meta, rs.path, _features(rs.arrays, rs.meta, rs.path).shape[1])
+    scores, calibration, negatives = {}, {}, {}
+    for key in STORED_SCORES:
+        if all(key in rs.arrays for rs in sets.values()) and key in boxes.calibration:
+            scores[key] = {name: ev.kept_values(key, name) for name in sets}
+            calibration[key] = boxes.calibration[key]
+            if key in boxes.negatives:
+                negatives[key] = boxes.negatives[key]
+    extra = {"__calibration__": boxes.calibration, **({"__negatives__": boxes.negatives} if boxes.negatives else {})}
     failed = {}
     for scorer in scorers:
-        test = {name: _features(rs.arrays, rs.meta, rs.path)[ev.kept[name]] for name, rs in sets.items()}
+        test = {name: _inputs(rs.arrays, rs.meta, rs.path, ev.kept[name]) for name, rs in sets.items()}
         try:
-            out = fit_and_score(scorer, feats[fit], train.arrays["pred_class"][fit],
-                                {"__calibration__": feats[calib], **test}, **options.get(scorer, {}))
+            out = fit_and_score(scorer, boxes.fit, boxes.labels, {**extra, **test}, **options.get(scorer, {}))
         except ValueError as e:  # e.g. knn's k above the number of training boxes: the other scores go on
             failed[scorer] = str(e)
             logger.warning("box score %s not computed: %s", scorer, e)
             continue
         calibration[scorer] = out.pop("__calibration__")
+        if "__negatives__" in out:
+            negatives[scorer] = out.pop("__negatives__")
         scores[scorer] = out
-    for part in fuse:
-        if part in scores:
-            scores[f"energy+{part}"] = {name: fuse_scores({k: calibration[k] for k in ("energy", part)},
-                                                          {k: scores[k][name] for k in ("energy", part)})
-                                        for name in sets}
-    info = {"threshold": ev.threshold, "protocol": ev.protocol, "fit_on": int(fit.sum()),
-            "calibrated_on": int(calib.sum()), "id": ev.id_name, "failed": failed}
+    weights = {}
+    if fuse and all(part in scores for part in fuse):
+        usable = negatives if all(part in negatives for part in fuse) else {}
+        scores["+".join(fuse)], weights = _fused(fuse, calibration, usable, scores, sets)
+    elif fuse:
+        failed["+".join(fuse)] = f"parts not computed: {[p for p in fuse if p not in scores]}"
+    info = dict(boxes.summary(), threshold=ev.threshold, protocol=ev.protocol, id=ev.id_name, failed=failed,
+                fusion_weights=weights)
     return compare(scores, ev.id_name, fpr_point=ev.comparison.fpr_point), info
+
+
+# the marker of a compare_scores report folder (the files it wrote; a rerun replaces only such a folder)
+REPORT_MARKER = ".ffs_det_box_scores.json"
+
+
+def render_box_scores(comparison, info: dict) -> Dict[str, bytes]:
+    """File name -> contents of a box-score report: ``scores.md`` (the table), ``scores.csv``, ``scores.json``
+    (metrics per score and OOD set, and how the scores were fitted), ``roc_<ood set>.png`` (every score's ROC in
+    one plot) and ``hist_<score>_<ood set>.png``."""
+    import json
+
+    from ..density.report import comparison_csv, comparison_table, hist_png, roc_png, safe_name
+
+    title = (f"ID: {comparison.id_name}; protocol {info['protocol']}, kept detections (threshold "
+             f"{info['threshold']:.4f}); scorers fitted on {info['fit_on']} {info['fit_source']} "
+             f"({info['feature_space']} features), fused score calibrated on {info['calibrated_on']} ID detections; "
+             "higher = more ID")
+    table = comparison_table(comparison, title, "score", "detections kept")
+    files = {"scores.md": ("```\n" + table + "```\n").encode(),
+             "scores.csv": comparison_csv(comparison, "score").encode()}
+    metrics = {score: {o: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for o, m in sets.items()}
+               for score, sets in comparison.metrics.items()}
+    files["scores.json"] = (json.dumps({"metrics": metrics, "info": info}, indent=2, allow_nan=False,
+                                       default=float) + "\n").encode()
+    for ood in comparison.ood_names:
+        curves = {m: (i, o) for m, oo, i, o, _ in comparison.pairs(ood=ood)}
+        files[f"roc_{safe_name(ood)}.png"] = roc_png(curves, f"ROC: {comparison.id_name} vs {ood} (kept detections)",
+                                                     xlabel="FPR (OOD detections kept)",
+                                                     ylabel="TPR (ID detections kept)")
+        for m, _, i, o, r in comparison.pairs(ood=ood):
+            files[f"hist_{safe_name(m)}_{safe_name(ood)}.png"] = hist_png(
+                {f"ID: {comparison.id_name}": i, f"OOD: {ood}": o},
+                f"{m}: FPR95 {100 * r['fpr95']:.1f}%, AUROC {100 * r['auroc']:.1f}%", f"{m} (higher = more ID)",
+                cut=r["fpr95_threshold"])
+    return files

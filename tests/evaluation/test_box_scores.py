@@ -56,7 +56,8 @@ def test_scores_are_added_and_evaluate_like_energy(record_files, tmp_path, score
     assert out == [str(tmp_path / "scored" / "id" / "records.npz"), str(tmp_path / "scored" / "ood" / "records.npz")]
     assert [_digest(p) for p in record_files] == before  # inputs untouched
     arrays, meta = load_records(out[0])
-    assert arrays[scorer].shape == arrays["score"].shape and meta["box_scores"][scorer]["fitted_on"] == 300
+    # fitted as compare_box_scores fits: every 5th training image is held out for calibration
+    assert arrays[scorer].shape == arrays["score"].shape and meta["box_scores"][scorer]["fitted_on"] == 240
     metrics = evaluate_ood(out[0], [out[1]], thres=0.0, score_key=scorer).metrics("ood")
     assert metrics["auroc"] > 0.95  # OOD boxes sit 4 units off the class clusters
 
@@ -91,7 +92,7 @@ def test_cli_writes_and_reports_errors(record_files, tmp_path, capsys):
 def test_compare_box_scores_on_the_same_kept_detections(record_files, tmp_path):
     train, id_path, ood_path = record_files
     comparison, info = compare_box_scores(train, id_path, [ood_path], scorers=("mahalanobis", "knn", "fde"),
-                                          fuse=("mahalanobis",), thres=0.6,
+                                          fuse=("energy", "mahalanobis"), thres=0.6,
                                           options={"knn": {"k": 5}, "fde": {"epochs": 2, "hidden": 32}})
     assert list(comparison.scores) == ["energy", "mahalanobis", "knn", "fde", "energy+mahalanobis"]
     assert info["fit_on"] + info["calibrated_on"] == 300 and info["calibrated_on"] == 60  # every 5th image
@@ -117,13 +118,41 @@ def test_compare_box_scores_on_the_same_kept_detections(record_files, tmp_path):
 def test_fused_score_sees_no_ood_data(record_files, tmp_path):
     """The fused score is calibrated on ID training detections only: its ID scores do not depend on the OOD
     set, and fuse_scores takes no OOD input."""
-    assert list(inspect.signature(fuse_scores).parameters) == ["calibration", "scores"]
+    assert list(inspect.signature(fuse_scores).parameters) == ["calibration", "scores", "weights"]
     train, id_path, ood_path = record_files
     other = _records(tmp_path / "ood2.npz", "ood", 120, -7.0, np.random.default_rng(5), matched=False)
-    runs = [compare_box_scores(train, id_path, [p], scorers=("mahalanobis",), fuse=("mahalanobis",), thres=0.6)[0]
+    runs = [compare_box_scores(train, id_path, [p], scorers=("mahalanobis",), fuse=("energy", "mahalanobis"),
+                               thres=0.6)[0]
             for p in (ood_path, other)]
     np.testing.assert_array_equal(runs[0].scores["energy+mahalanobis"]["id"], runs[1].scores["energy+mahalanobis"]["id"])
     cal = {"a": np.array([0.0, 2.0]), "b": np.array([10.0, 10.0, 30.0, 30.0])}
-    np.testing.assert_allclose(fuse_scores(cal, {"a": np.array([1.0]), "b": np.array([40.0])}), [0.0 + 2.0])
+    # z-scores 0 and 2, averaged with equal weights (or weighted)
+    np.testing.assert_allclose(fuse_scores(cal, {"a": np.array([1.0]), "b": np.array([40.0])}), [1.0])
+    np.testing.assert_allclose(fuse_scores(cal, {"a": np.array([1.0]), "b": np.array([40.0])}, {"a": 1.0, "b": 3.0}),
+                               [1.5])
     with pytest.raises(ValueError, match="same two or more parts"):
         fuse_scores({"a": cal["a"]}, {"a": np.array([1.0])})
+
+
+def test_a_part_that_is_pure_noise_does_not_pull_the_fused_score_below_the_good_part():
+    """The fused score's weights come from ID calibration detections vs in-image negatives: a part that does
+    not separate them (noise) weighs about nothing, so the fused score keeps the good part's FPR95."""
+    from ffs_det.density.metrics import ood_metrics
+    from ffs_det.evaluation.box_scores import fusion_weights
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    calibration = {"good": rng.normal(0, 1, n), "noise": rng.normal(0, 1, n)}
+    negatives = {"good": rng.normal(-3, 1, n), "noise": rng.normal(0, 1, n)}
+    weights = fusion_weights(calibration, negatives)
+    assert weights["good"] > 2.5 and weights["noise"] < 0.1
+    test_id = {"good": rng.normal(0, 1, n), "noise": rng.normal(0, 1, n)}
+    test_ood = {"good": rng.normal(-2, 1, n), "noise": rng.normal(0, 1, n)}
+    fused = [fuse_scores(calibration, s, weights) for s in (test_id, test_ood)]
+    good = ood_metrics(test_id["good"], test_ood["good"])["fpr95"]
+    assert ood_metrics(*fused)["fpr95"] <= good + 0.01
+    # equal weights (the previous rule) lose to the good part: the noise dilutes it
+    equal = [fuse_scores(calibration, s) for s in (test_id, test_ood)]
+    assert ood_metrics(*equal)["fpr95"] > good + 0.1
+    # a part that ranks negatives above ID detections gets weight 0, not a negative weight
+    assert fusion_weights({"a": np.arange(10.0)}, {"a": np.arange(10.0) + 100})["a"] == 0.0

@@ -324,7 +324,7 @@ def test_draw_marks_flagged_detections_on_images(tmp_path):
     from ffs_det.data.shapes import generate_world
     from ffs_det.evaluation.draw import ID_COLOUR, OOD_COLOUR
 
-    generate_world(str(tmp_path / "data" / "shapes"), {"train": 0, "val": 3, "ood": 3}, seed=2)
+    generate_world(str(tmp_path / "data" / "shapes"), {"train": 0, "val": 3, "ood": 3, "far_ood": 0}, seed=2)
     paths = []
     for name, seed, shift in (("shapes_val", 0, 3.0), ("shapes_ood", 1, -3.0)):
         arrays, meta = make_records(60, seed, shift, annotated=False, dataset=name)
@@ -345,7 +345,7 @@ def test_draw_uses_the_image_files_the_records_name(tmp_path):
     """Records of apply_net name their images: a set that is not a built-in dataset is drawn from them."""
     from ffs_det.data.shapes import generate_world
 
-    generate_world(str(tmp_path / "data" / "shapes"), {"train": 0, "val": 2, "ood": 2}, seed=3)
+    generate_world(str(tmp_path / "data" / "shapes"), {"train": 0, "val": 2, "ood": 2, "far_ood": 0}, seed=3)
     val = json.loads((tmp_path / "data" / "shapes" / "annotations" / "val.json").read_text())
     moved = tmp_path / "elsewhere"
     moved.mkdir()
