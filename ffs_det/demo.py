@@ -6,9 +6,12 @@ Steps (each job's outputs are reused from a previous run with the same settings,
 1. generate the synthetic shapes world (``datasets/make_shapes.py`` defaults) under ``<out>/datasets``;
 2. for every method and training seed, one job in ``<out>/<method>/seed<k>/``: train
    ``configs/Shapes/<method>_mobilenet.yaml`` with ``SEED k`` exactly as ``tools/train_net.py`` does (through
-   detectron2's ``default_setup``, so the same seed gives the same model), run it on ``shapes_val`` (ID) and
-   ``shapes_ood`` (``inference/<dataset>/``), evaluate with the papers' protocol (``ood/``, :mod:`ffs_det.evaluation.ood_report`) and draw where its
-   synthetic outliers lie (``features_pca.png``). ``jobs`` jobs run at once, each in its own process;
+   detectron2's ``default_setup``, so the same seed gives the same model), run it on ``shapes_val`` (ID),
+   ``shapes_ood`` (near OOD: unseen shapes), ``shapes_far_ood`` (far OOD: crops of real photographs) and
+   ``shapes_train`` (with its proposals' pre-activation box features, ``inference/<dataset>/``), evaluate the
+   energy with the papers' protocol (``ood/``, :mod:`ffs_det.evaluation.ood_report`), compare every box-level
+   score on the same kept detections (:func:`ffs_det.evaluation.box_scores.compare_box_scores`) and draw where
+   its synthetic outliers lie (``features_pca.png``). ``jobs`` jobs run at once, each in its own process;
 3. one summary: per-seed rows, mean ± std per method, and the paired comparison against vanilla (per-seed
    difference, its mean, and how many seeds agree in sign) -> ``<out>/summary.md`` and ``<out>/summary.json``,
    and one ROC plot of every (method, seed) -> ``<out>/roc_shapes_ood.png``.
@@ -40,11 +43,13 @@ logger = logging.getLogger(__name__)
 
 METHODS = {"vanilla": "Shapes/vanilla_mobilenet.yaml", "vos": "Shapes/vos_mobilenet.yaml",
            "ffs": "Shapes/ffs_mobilenet.yaml"}
-ID_SET, OOD_SET, TRAIN_SET = "shapes_val", "shapes_ood", "shapes_train"
+ID_SET, OOD_SET, FAR_OOD_SET, TRAIN_SET = "shapes_val", "shapes_ood", "shapes_far_ood", "shapes_train"
+OOD_SETS = (OOD_SET, FAR_OOD_SET)
 ROW_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "threshold", "n_id", "n_ood", "protocol")
-# the metrics of the summary: (row key, header, scale to percent, lower is better)
+# the metrics of the summary: (row key, header, scale to percent, lower is better); near OOD unless "far"
 SUMMARY_METRICS = (("fpr95", "FPR95 ↓", 100.0, True), ("auroc", "AUROC ↑", 100.0, False),
-                   ("aupr_in", "AUPR-In ↑", 100.0, False), ("ap50", "ID AP50 ↑", 1.0, False),
+                   ("aupr_in", "AUPR-In ↑", 100.0, False), ("far_fpr95", "far FPR95 ↓", 100.0, True),
+                   ("far_auroc", "far AUROC ↑", 100.0, False), ("ap50", "ID AP50 ↑", 1.0, False),
                    ("ap", "ID AP ↑", 1.0, False))
 NUM_PROJECTED_OUTLIERS = 300
 
@@ -94,40 +99,46 @@ def _train(config: str, out: str, opts: List[str], fresh: bool, info: Dict) -> D
 
 
 def _apply(config: str, out: str, opts: List[str], fresh: bool):
-    """Records (with box features) and box AP of the model on the ID and OOD sets; returns
-    ``({dataset: summary}, model or None)``."""
+    """Records (with pre-activation box features) and box AP of the model on the ID, OOD and training sets (with
+    the training set's proposals); returns ``({dataset: summary}, model or None, cfg)``."""
     from .engine.setup import build_cfg
     from .evaluation.apply import apply_model, load_model
 
     cfg = build_cfg(config, opts + ["OUTPUT_DIR", out, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
-                                    "FFS.OUTPUT_BOX_FEATURES", "True", "FFS.OUTPUT_FLOW_LOGLIK", "True"],
+                                    "FFS.OUTPUT_BOX_FEATURES", "True", "FFS.OUTPUT_FLOW_LOGLIK", "True",
+                                    "FFS.OUTPUT_FEATURE_SPACE", "preactivation"],
                     extra_files=["Inference/standard_nms.yaml"])
     cfg.freeze()
     results, model = {}, None
-    for dataset in (ID_SET, OOD_SET, TRAIN_SET):  # the training set's box features fit the post-hoc scorers
+    for dataset in (ID_SET, *OOD_SETS, TRAIN_SET):  # the training set's proposals fit the post-hoc scorers
         target = os.path.join(out, "inference", dataset)
-        if not fresh and _records_of(target, cfg.MODEL.WEIGHTS):
+        proposals = {} if dataset == TRAIN_SET else None
+        if not fresh and _records_of(target, cfg.MODEL.WEIGHTS, proposals is not None):
             with open(os.path.join(target, "metrics.json")) as f:
                 results[dataset] = json.load(f)
             continue
         model = model or load_model(cfg)
-        results[dataset] = apply_model(cfg, dataset, target, model=model,
+        results[dataset] = apply_model(cfg, dataset, target, model=model, proposals=proposals,
                                        model_name=os.path.basename(os.path.dirname(out)))["summary"]
     return results, model, cfg
 
 
-def _records_of(folder: str, weights: str) -> bool:
-    """Whether ``folder`` holds the records and metrics of the checkpoint ``weights`` (by its sha256)."""
+def _records_of(folder: str, weights: str, proposals: bool = False) -> bool:
+    """Whether ``folder`` holds the records and metrics of the checkpoint ``weights`` (by its sha256), with
+    pre-activation features (and the proposals file when ``proposals``)."""
     from .atomic_io import file_sha256
     from .evaluation.records import load_records
 
-    if not all(os.path.isfile(os.path.join(folder, f)) for f in ("metrics.json", "records.npz")):
+    needed = ("metrics.json", "records.npz") + (("proposals.npz",) if proposals else ())
+    if not all(os.path.isfile(os.path.join(folder, f)) for f in needed):
         return False
     try:
         meta = load_records(os.path.join(folder, "records.npz"))[1]
     except ValueError:
         return False
     if "num_gt" in meta and "papers_threshold" not in meta:  # annotated records from before the papers' protocol
+        return False
+    if meta.get("feature_space") != "preactivation":  # records from before the pre-activation features
         return False
     return meta.get("weights_sha256") == file_sha256(weights)
 
@@ -147,7 +158,8 @@ def _projection(model, cfg, out: str, evaluation, method: str, seed: int) -> Dic
     kept = {}
     for role, name in (("id", ID_SET), ("ood", OOD_SET)):
         has = "features" in evaluation.sets[name].arrays
-        kept[role] = evaluation.kept_values("features", name) if has else np.zeros((0, 0))
+        # the records hold pre-activation features; the box predictor (and the synthetic outliers) see their ReLU
+        kept[role] = np.maximum(evaluation.kept_values("features", name), 0.0) if has else np.zeros((0, 0))
     if len(kept["id"]) >= 3:
         png = projection_png(kept["id"], kept["ood"], synthetic,
                              title=f"{method}, seed {seed}: box features (PCA on ID)")
@@ -172,15 +184,19 @@ def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), f
     info = _train(config, out, opts, fresh, {"method": method, "config": config, "seed": seed, "opts": opts})
     applied, model, cfg = _apply(config, out, opts, fresh)
     evaluation, _ = run_report(os.path.join(out, "inference", ID_SET, "records.npz"),
-                               [os.path.join(out, "inference", OOD_SET, "records.npz")], os.path.join(out, "ood"))
+                               [os.path.join(out, "inference", name, "records.npz") for name in OOD_SETS],
+                               os.path.join(out, "ood"))
     metrics = evaluation.metrics(OOD_SET)
+    far = evaluation.metrics(FAR_OOD_SET)
     buf = io.BytesIO()  # the kept detections' scores, for the ROC
-    np.savez(buf, id=evaluation.kept_values("energy", ID_SET), ood=evaluation.kept_values("energy", OOD_SET))
+    np.savez(buf, id=evaluation.kept_values("energy", ID_SET), ood=evaluation.kept_values("energy", OOD_SET),
+             far_ood=evaluation.kept_values("energy", FAR_OOD_SET))
     atomic_write_bytes(os.path.join(out, "kept_scores.npz"), buf.getvalue())
     support = _projection(model, cfg, out, evaluation, method, seed)
     scores = _box_scores(out, evaluation)
     bbox = applied[ID_SET].get("bbox", {})
-    row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS},
+    row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS}, "far_fpr95": far["fpr95"],
+           "far_auroc": far["auroc"], "far_n_ood": far["n_ood"],
            "ap50": bbox.get("AP50", float("nan")), "ap": bbox.get("AP", float("nan")),
            "train_seconds": info["train_seconds"], "seconds_per_iter": info["seconds_per_iter"],
            "iterations": info["iterations"], "job_seconds": round(time.perf_counter() - start, 1),
@@ -191,21 +207,23 @@ def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), f
 
 def _box_scores(out: str, evaluation) -> Dict:
     """Every score on the kept detections of ``evaluation`` (the job's eval_ood result;
-    :func:`ffs_det.evaluation.box_scores.compare_box_scores`): the metrics per score, and the kept scores saved
-    for the ROC of every (method, score)."""
+    :func:`ffs_det.evaluation.box_scores.compare_box_scores`, scorers fitted on the training set's proposals):
+    the metrics per score and OOD set, and the kept scores saved for the ROC of every (method, score)."""
     from .evaluation.box_scores import compare_box_scores
 
     rec = lambda name: os.path.join(out, "inference", name, "records.npz")  # noqa: E731
     try:
-        comparison, info = compare_box_scores(rec(TRAIN_SET), rec(ID_SET), [rec(OOD_SET)], evaluation=evaluation)
+        comparison, info = compare_box_scores(rec(TRAIN_SET), rec(ID_SET), [rec(name) for name in OOD_SETS],
+                                              evaluation=evaluation,
+                                              proposals=os.path.join(out, "inference", TRAIN_SET, "proposals.npz"))
     except ValueError as e:  # too few training boxes (a barely trained model): the energy row stands alone
         logger.warning("box-level scores not computed: %s", e)
         return {"error": str(e)}
     buf = io.BytesIO()
     np.savez(buf, **{f"{score}__{name}": v for score, sets in comparison.scores.items() for name, v in sets.items()})
     atomic_write_bytes(os.path.join(out, "box_scores.npz"), buf.getvalue())
-    return dict(info, metrics={score: {k: m[OOD_SET][k] for k in ("fpr95", "auroc", "aupr_in", "n_id", "n_ood")}
-                               for score, m in comparison.metrics.items()})
+    return dict(info, metrics={score: {name: {k: m[name][k] for k in ("fpr95", "auroc", "aupr_in", "n_id", "n_ood")}
+                                       for name in OOD_SETS} for score, m in comparison.metrics.items()})
 
 
 def _job_in_worker(method: str, seed: int, output_dir: str, opts: List[str], fresh: bool, threads: int) -> Dict:
@@ -259,8 +277,9 @@ SCORE_METRICS = (("fpr95", "FPR95 ↓", True), ("auroc", "AUROC ↑", False), ("
 
 
 def summarize_scores(rows: List[Dict]) -> Dict:
-    """Per (method, score): mean ± std over seeds of FPR95 / AUROC / AUPR-In (%) on the same kept
-    detections; and per method, on how many seeds each fused score beats each of its parts."""
+    """Per (method, score, OOD set): mean ± std over seeds of FPR95 / AUROC / AUPR-In (%) on the same kept
+    detections; per (method, OOD set), on how many seeds each fused score beats each of its parts, and how far
+    (FPR95 points, paired per seed) it is from the best single score of its seed."""
     out = {"scores": {}, "fused": {}}
     for m in dict.fromkeys(r["method"] for r in sorted(rows, key=lambda r: list(METHODS).index(r["method"])
                                                        if r["method"] in METHODS else len(METHODS))):
@@ -272,18 +291,26 @@ def summarize_scores(rows: List[Dict]) -> Dict:
         names = [n for n in mine[0]["scores"]["metrics"] if all(n in r["scores"]["metrics"] for r in mine)]
         out["scores"][m] = {}
         for name in names:
-            vals = {k: np.array([100 * r["scores"]["metrics"][name][k] for r in mine]) for k, _, _ in SCORE_METRICS}
-            out["scores"][m][name] = {k: {"mean": float(v.mean()), "std": _std(v), "per_seed": v.tolist()}
-                                      for k, v in vals.items()}
+            out["scores"][m][name] = {}
+            for o in OOD_SETS:
+                vals = {k: np.array([100 * r["scores"]["metrics"][name][o][k] for r in mine]) for k, _, _ in SCORE_METRICS}
+                out["scores"][m][name][o] = {k: {"mean": float(v.mean()), "std": _std(v), "per_seed": v.tolist()}
+                                             for k, v in vals.items()}
+        singles = [n for n in names if "+" not in n]
         for fused in (n for n in names if "+" in n):
             parts = fused.split("+")
-            beats = {}
-            for k, _, lower_better in SCORE_METRICS:
-                f = np.array([r["scores"]["metrics"][fused][k] for r in mine])
-                for part in parts:
-                    p = np.array([r["scores"]["metrics"][part][k] for r in mine])
-                    beats[f"{k} vs {part}"] = int((f < p).sum() if lower_better else (f > p).sum())
-            out["fused"].setdefault(m, {})[fused] = {"seeds": len(mine), "beats": beats}
+            for o in OOD_SETS:
+                beats = {}
+                for k, _, lower_better in SCORE_METRICS:
+                    f = np.array([r["scores"]["metrics"][fused][o][k] for r in mine])
+                    for part in parts:
+                        p = np.array([r["scores"]["metrics"][part][o][k] for r in mine])
+                        beats[f"{k} vs {part}"] = int((f < p).sum() if lower_better else (f > p).sum())
+                fpr = lambda n: np.array([100 * r["scores"]["metrics"][n][o]["fpr95"] for r in mine])  # noqa: E731
+                gap = fpr(fused) - np.min([fpr(n) for n in singles], axis=0)
+                out["fused"].setdefault(m, {}).setdefault(fused, {})[o] = {
+                    "seeds": len(mine), "beats": beats,
+                    "fpr95_above_best_single": {"per_seed": gap.tolist(), "max": float(gap.max())}}
     return out
 
 
@@ -292,22 +319,26 @@ def format_scores(rows: List[Dict]) -> str:
     s = summarize_scores(rows)
     if not s["scores"]:
         return ""
+    cols = [(o, k, h) for o in OOD_SETS for k, h, _ in SCORE_METRICS if k != "aupr_in"]
     lines = ["Every score on the same kept detections (mean ± std over seeds, %; post-hoc scorers fitted on the "
-             "ID training set's box features):", "",
-             "| method | score | " + " | ".join(h for _, h, _ in SCORE_METRICS) + " |", "|---|---|---|---|---|"]
+             "pre-activation box features of the ID training set's foreground proposals):", "",
+             "| method | score | " + " | ".join(f"{o} {h}" for o, _, h in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for m, per in s["scores"].items():
         for name, d in per.items():
-            lines.append(f"| {m} | {name} | " + " | ".join(_pm(d[k]) for k, _, _ in SCORE_METRICS) + " |")
+            lines.append(f"| {m} | {name} | " + " | ".join(_pm(d[o][k]) for o, k, _ in cols) + " |")
     if s["fused"]:
-        lines += ["", "Fused scores (z-scores calibrated on ID training detections, no OOD data): seeds on which the "
-                  "fused score beats each part:", "", "| method | fused | " +
-                  " | ".join(f"{h} vs {p}" for _, h, _ in SCORE_METRICS for p in ("energy", "density")) + " |",
-                  "|---|---|" + "---|" * 2 * len(SCORE_METRICS)]
+        lines += ["", "Fused scores (calibrated on ID training detections, weighted by separation from background "
+                  "proposals; no OOD data): seeds on which the fused score's FPR95 beats each part, and its FPR95 "
+                  "minus the best single score's of the same seed (points; max over seeds):", "",
+                  "| method | fused | OOD set | " + " | ".join(f"FPR95 vs {p}" for p in ("part 1", "part 2")) +
+                  " | above best single (max) |", "|---|---|---|---|---|---|"]
         for m, per in s["fused"].items():
-            for fused, d in per.items():
+            for fused, by_set in per.items():
                 parts = fused.split("+")
-                lines.append(f"| {m} | {fused} | " + " | ".join(
-                    f"{d['beats'][f'{k} vs {p}']}/{d['seeds']}" for k, _, _ in SCORE_METRICS for p in parts) + " |")
+                for o, d in by_set.items():
+                    lines.append(f"| {m} | {fused} | {o} | " + " | ".join(
+                        f"{d['beats'][f'fpr95 vs {p}']}/{d['seeds']} ({p})" for p in parts[:2]) +
+                        f" | {d['fpr95_above_best_single']['max']:+.2f} |")
     return "\n".join(lines)
 
 
@@ -320,8 +351,9 @@ def format_summary(rows: List[Dict], summary: Optional[Dict] = None, baseline: s
     summary = summary or summarize(rows, baseline)
     head = "| method | seeds | " + " | ".join(h for _, h, _, _ in SUMMARY_METRICS) + " |"
     protocols = sorted({str(r.get("protocol", "global-f1")) for r in rows})
-    lines = [f"Mean ± std over training seeds (%; OOD metrics under the {'/'.join(protocols)} protocol of eval_ood; "
-             "ID AP: COCO box AP on the ID test set):", "", head,
+    lines = [f"Mean ± std over training seeds (%; the energy's OOD metrics under the {'/'.join(protocols)} protocol "
+             f"of eval_ood on {OOD_SET} (near) and {FAR_OOD_SET} (far); ID AP: COCO box AP on the ID test set):", "",
+             head,
              "|" + "---|" * (head.count("|") - 1)]
     for m, s in summary["methods"].items():
         lines.append(f"| {m} | {','.join(map(str, s['seeds']))} | "
@@ -335,11 +367,12 @@ def format_summary(rows: List[Dict], summary: Optional[Dict] = None, baseline: s
                                                   f"({p[k]['seeds_better']}/{p[k]['seeds']})"
                                                   for k, _, _, _ in SUMMARY_METRICS) + " |")
     lines += ["", "Per seed:", "",
-              "| method | seed | FPR95 | AUROC | AUPR-In | ID AP50 | ID AP | ID dets kept | OOD dets kept | train s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| method | seed | FPR95 | AUROC | AUPR-In | far FPR95 | far AUROC | ID AP50 | ID AP | ID dets kept | "
+              "OOD dets kept | far-OOD dets kept | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (list(summary["methods"]).index(r["method"]), r["seed"])):
         lines.append(f"| {r['method']} | {r['seed']} | {100 * r['fpr95']:.2f} | {100 * r['auroc']:.2f} | "
-                     f"{100 * r['aupr_in']:.2f} | {r['ap50']:.2f} | {r['ap']:.2f} | {r['n_id']} | {r['n_ood']} | "
+                     f"{100 * r['aupr_in']:.2f} | {100 * r['far_fpr95']:.2f} | {100 * r['far_auroc']:.2f} | "
+                     f"{r['ap50']:.2f} | {r['ap']:.2f} | {r['n_id']} | {r['n_ood']} | {r['far_n_ood']} | "
                      f"{r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -414,7 +447,8 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
     atomic_write_bytes(os.path.join(output_dir, f"roc_{OOD_SET}.png"), _roc(output_dir, rows))
     if any("metrics" in r.get("scores", {}) for r in rows):
-        atomic_write_bytes(os.path.join(output_dir, f"roc_scores_{OOD_SET}.png"), _roc_scores(output_dir, rows))
+        for name in OOD_SETS:
+            atomic_write_bytes(os.path.join(output_dir, f"roc_scores_{name}.png"), _roc_scores(output_dir, rows, name))
     result = {"rows": rows, "summary": summary, "table": table, "wall_seconds": wall, "machine": machine}
     if failed:
         raise DemoJobsFailed(f"{len(failed)} of {len(todo)} jobs failed: {'; '.join(failed)}; the summary holds "
@@ -434,8 +468,8 @@ def _roc(output_dir: str, rows: List[Dict]) -> bytes:
                    ylabel="TPR (ID detections kept)")
 
 
-def _roc_scores(output_dir: str, rows: List[Dict]) -> bytes:
-    """One ROC plot of every (method, score) of the first seed on the OOD set."""
+def _roc_scores(output_dir: str, rows: List[Dict], ood: str) -> bytes:
+    """One ROC plot of every (method, score) of the first seed on OOD set ``ood``."""
     from .density.report import roc_png
 
     seed = min(r["seed"] for r in rows)
@@ -444,8 +478,8 @@ def _roc_scores(output_dir: str, rows: List[Dict]) -> bytes:
                     key=lambda r: list(METHODS).index(r["method"])):
         with np.load(os.path.join(output_dir, r["method"], f"seed{seed}", "box_scores.npz")) as z:
             for name in r["scores"]["metrics"]:
-                curves[f"{r['method']}: {name}"] = (z[f"{name}__{ID_SET}"], z[f"{name}__{OOD_SET}"])
-    return roc_png(curves, f"ROC of every score, seed {seed}: {ID_SET} vs {OOD_SET}",
+                curves[f"{r['method']}: {name}"] = (z[f"{name}__{ID_SET}"], z[f"{name}__{ood}"])
+    return roc_png(curves, f"ROC of every score, seed {seed}: {ID_SET} vs {ood}",
                    xlabel="FPR (OOD detections kept)", ylabel="TPR (ID detections kept)")
 
 

@@ -14,7 +14,7 @@ from ffs_det.evaluation.records import load_records
 
 def _row(method, seed, fpr95, auroc, ap50=97.0):
     return {"method": method, "seed": seed, "fpr95": fpr95, "auroc": auroc, "aupr_in": 0.7, "aupr_out": 0.7,
-            "threshold": 0.5, "n_id": 10, "n_ood": 12, "ap50": ap50, "ap": 70.0, "train_seconds": 1.0,
+            "threshold": 0.5, "n_id": 10, "n_ood": 12, "far_fpr95": fpr95, "far_auroc": auroc, "far_n_ood": 9, "ap50": ap50, "ap": 70.0, "train_seconds": 1.0,
             "seconds_per_iter": 0.1, "iterations": 10, "job_seconds": 2.0}
 
 
@@ -56,14 +56,16 @@ TINY = ["SOLVER.MAX_ITER", "8", "FFS.START_ITER", "2", "SOLVER.STEPS", "()", "SO
 def test_tiny_demo_two_methods_two_seeds_two_processes(tmp_path):
     out = tmp_path / "demo"
     result = run_demo(str(out), ["vanilla", "ffs"], seeds=[0, 1], jobs=2, opts=TINY,
-                      counts={"train": 6, "val": 4, "ood": 4}, threads=1)
+                      counts={"train": 6, "val": 4, "ood": 4, "far_ood": 3}, threads=1)
     assert sorted((r["method"], r["seed"]) for r in result["rows"]) == [("ffs", 0), ("ffs", 1), ("vanilla", 0),
                                                                          ("vanilla", 1)]
     for method in ("vanilla", "ffs"):
         for seed in (0, 1):
             job = out / method / f"seed{seed}"
             for f in ("model_final.pth", "train_info.json", "row.json", "demo_job.log", "log.txt",
-                      "inference/shapes_val/records.npz", "inference/shapes_ood/records.npz", "ood/metrics.json"):
+                      "inference/shapes_val/records.npz", "inference/shapes_ood/records.npz",
+                      "inference/shapes_far_ood/records.npz", "inference/shapes_train/proposals.npz",
+                      "ood/metrics.json"):
                 assert (job / f).is_file(), job / f
             cfg = (job / "config.yaml").read_text()
             assert f"SEED: {seed}\n" in cfg  # trained through default_setup with the job's seed
@@ -79,25 +81,31 @@ def test_tiny_demo_two_methods_two_seeds_two_processes(tmp_path):
     for r in result["rows"]:
         with np.load(out / r["method"] / f"seed{r['seed']}" / "kept_scores.npz") as z:
             m = ood_metrics(z["id"], z["ood"], fpr_point="closest")  # the papers' protocol, the demo's
+            far = ood_metrics(z["id"], z["far_ood"], fpr_point="closest")
         assert (m["fpr95"], m["auroc"], m["n_id"], m["n_ood"]) == (r["fpr95"], r["auroc"], r["n_id"], r["n_ood"])
-        # every score on the same kept detections; energy's row is the one above
+        assert (far["fpr95"], far["auroc"], far["n_ood"]) == (r["far_fpr95"], r["far_auroc"], r["far_n_ood"])
+        # every score on the same kept detections of both OOD sets; energy's row is the one above
         scores = r["scores"]["metrics"]
-        assert scores["energy"]["fpr95"] == r["fpr95"] and scores["energy"]["n_ood"] == r["n_ood"]
-        assert {"fde", "mahalanobis", "gmm"} <= set(scores) and ("flow_loglik" in scores) == (r["method"] == "ffs")
-        assert all(s["n_id"] == r["n_id"] for s in scores.values())
-    assert (out / "roc_scores_shapes_ood.png").is_file() and "Every score on the same kept detections" in md
+        assert scores["energy"]["shapes_ood"]["fpr95"] == r["fpr95"] and scores["energy"]["shapes_ood"]["n_ood"] == r["n_ood"]
+        assert scores["energy"]["shapes_far_ood"]["fpr95"] == r["far_fpr95"]
+        assert {"fde", "mahalanobis", "gmm", "energy+fde"} <= set(scores)
+        assert ("flow_loglik" in scores) == (r["method"] == "ffs")
+        assert all(s[o]["n_id"] == r["n_id"] for s in scores.values() for o in s)
+        assert r["scores"]["fit_source"] == "proposals" and r["scores"]["feature_space"] == "preactivation"
+    assert (out / "roc_scores_shapes_ood.png").is_file() and (out / "roc_scores_shapes_far_ood.png").is_file()
+    assert "Every score on the same kept detections" in md and "above best single" in md
     # a second run reuses every job (same settings); a changed override retrains
     before = os.path.getmtime(out / "ffs" / "seed0" / "model_final.pth")
-    again = run_demo(str(out), ["ffs"], seeds=[0], jobs=1, opts=TINY, counts={"train": 6, "val": 4, "ood": 4})
+    again = run_demo(str(out), ["ffs"], seeds=[0], jobs=1, opts=TINY, counts={"train": 6, "val": 4, "ood": 4, "far_ood": 3})
     assert os.path.getmtime(out / "ffs" / "seed0" / "model_final.pth") == before
     assert again["rows"][0]["fpr95"] == next(r for r in result["rows"] if r["method"] == "ffs" and r["seed"] == 0)["fpr95"]
     run_demo(str(out), ["ffs"], seeds=[0], jobs=1, opts=TINY + ["FFS.SAMPLE_FROM", "60"],
-             counts={"train": 6, "val": 4, "ood": 4})
+             counts={"train": 6, "val": 4, "ood": 4, "far_ood": 3})
     job = out / "ffs" / "seed0"
     assert os.path.getmtime(job / "model_final.pth") != before
     metrics = [json.loads(line) for line in (job / "metrics.json").read_text().splitlines() if line.strip()]
     assert [m["iteration"] for m in metrics] == sorted({m["iteration"] for m in metrics})  # one run, not two
-    for dataset in ("shapes_val", "shapes_ood"):  # evaluated again: records of the new model
+    for dataset in ("shapes_val", "shapes_ood", "shapes_far_ood", "shapes_train"):  # evaluated again: the new model
         meta = load_records(str(job / "inference" / dataset / "records.npz"))[1]
         assert meta["weights_sha256"] == file_sha256(str(job / "model_final.pth"))
 
@@ -123,7 +131,7 @@ def test_a_failed_job_does_not_lose_the_others(tmp_path):
     # FFS.FLOW.BLOCKS 0 breaks only the method that builds a flow
     with pytest.raises(DemoJobsFailed) as info:
         run_demo(str(tmp_path), ["vanilla", "ffs"], seeds=[0], jobs=2, opts=TINY + ["FFS.FLOW.BLOCKS", "0"],
-                 counts={"train": 6, "val": 4, "ood": 4}, threads=1)
+                 counts={"train": 6, "val": 4, "ood": 4, "far_ood": 3}, threads=1)
     message, result = info.value.args
     assert message.startswith("1 of 2 jobs failed: ffs seed 0 (ValueError: ") and "demo_job.log" in message
     assert [r["method"] for r in result["rows"]] == ["vanilla"]

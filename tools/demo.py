@@ -6,9 +6,11 @@ over training seeds.
   tools/demo.py --seeds 0 --methods vanilla,ffs SOLVER.MAX_ITER 200 FFS.START_ITER 130   # a quick look
 
 Generates the world, then for every method and seed trains the detector with that SEED (as
-tools/train_net.py does), applies it to the ID and OOD test sets and evaluates FPR95/AUROC with the
-released VOS/FFS protocol (eval_ood's default, docs/paper_parity.md); prints mean ± std per method, the paired per-seed comparison against vanilla and the
-per-seed rows. Everything goes to --output-dir (default demo_output/); a job whose outputs exist with the
+tools/train_net.py does), applies it to the ID test set, the near-OOD set (unseen shapes) and the far-OOD set
+(crops of real photographs), evaluates FPR95/AUROC with the released VOS/FFS protocol (eval_ood's default,
+docs/paper_parity.md) and compares every box-level score on the same detections (tools/compare_scores.py's
+path: post-hoc densities fitted on the training set's proposals, and their fused score); prints mean ± std per
+method, the paired per-seed comparison against vanilla, the per-seed rows and the box-score tables. Everything goes to --output-dir (default demo_output/); a job whose outputs exist with the
 same settings is reused unless --fresh. Trailing KEY VALUE pairs override every method's config.
 """
 import argparse
@@ -42,6 +44,8 @@ def main(argv=None):
                         help=f"shapes ID test images (default {DEFAULT_COUNTS['val']})")
     parser.add_argument("--num-ood", type=int, default=None,
                         help=f"shapes OOD test images (default {DEFAULT_COUNTS['ood']})")
+    parser.add_argument("--num-far-ood", type=int, default=None,
+                        help=f"far-OOD test images, crops of real photographs (default {DEFAULT_COUNTS['far_ood']})")
     parser.add_argument("--world-seed", "--seed", dest="world_seed", type=int, default=0,
                         help="seed of the shapes world (not of training: see --seeds)")
     parser.add_argument("--threads", type=int, default=0,
@@ -56,11 +60,11 @@ def main(argv=None):
         parser.error(f"--seeds: give distinct integers, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    counts = {k: v for k, v in (("train", args.num_train), ("val", args.num_val), ("ood", args.num_ood))
-              if v is not None}
+    counts = {k: v for k, v in (("train", args.num_train), ("val", args.num_val), ("ood", args.num_ood),
+                                ("far_ood", args.num_far_ood)) if v is not None}
     for k, v in counts.items():
         if v < 1:
-            parser.error(f"--num-{k} must be >= 1, got {v}")
+            parser.error(f"--num-{k.replace('_', '-')} must be >= 1, got {v}")
     print(f"ffs_det demo: shapes world, methods {', '.join(methods)}, seeds {','.join(map(str, args.seeds))}, "
           f"outputs in {args.output_dir}/")
     failed = None

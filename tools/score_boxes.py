@@ -9,9 +9,11 @@
   tools/eval_ood.py --id out/knn/shapes_val/records.npz --ood out/knn/shapes_ood/records.npz \\
       --score-key knn --output-dir out/knn/report
 
-The scorer is fitted on the training records' box features (detections matched to ground truth, else
-score >= --min-score; labels = predicted classes); each --records file is copied to
-<output-dir>/<dataset>/records.npz with one more array named after the scorer (or --key).
+The scorer is fitted as tools/compare_scores.py fits it (ffs_det/evaluation/box_scores.py): every 5th training
+image is held out (it calibrates compare_scores' fused score), and the others give the fit: the foreground
+proposals of --proposals (apply_net --proposals-of; labels = ground-truth classes), else the training
+detections matched to ground truth (else score >= --min-score; labels = predicted classes). Each --records file
+is copied to <output-dir>/<dataset>/records.npz with one more array named after the scorer (or --key).
 """
 import argparse
 import json
@@ -36,6 +38,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scorer", required=True, choices=sorted(SCORERS), help="registered scorer")
     p.add_argument("--train", required=True, help="records of the ID training set, with --save-features")
+    p.add_argument("--proposals", default=None,
+                   help="proposals.npz of the training set (apply_net --proposals-of) to fit on")
     p.add_argument("--records", required=True, action="append", help="records to score (repeatable)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--min-score", type=float, default=0.5,
@@ -46,7 +50,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         written = add_box_scores(args.scorer, args.train, args.records, args.output_dir, args.min_score,
-                                 args.key, **dict(args.option))
+                                 args.key, proposals=args.proposals, **dict(args.option))
     except INPUT_ERRORS + (OSError,) as e:
         return error(e)
     for path in written:
