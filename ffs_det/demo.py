@@ -330,15 +330,15 @@ def format_scores(rows: List[Dict]) -> str:
         lines += ["", "Fused scores (calibrated on ID training detections, weighted by separation from background "
                   "proposals; no OOD data): seeds on which the fused score's FPR95 beats each part, and its FPR95 "
                   "minus the best single score's of the same seed (points; max over seeds):", "",
-                  "| method | fused | OOD set | " + " | ".join(f"FPR95 vs {p}" for p in ("part 1", "part 2")) +
-                  " | above best single (max) |", "|---|---|---|---|---|---|"]
+                  "| method | fused | OOD set | FPR95 better than each part (seeds) | above best single, per seed "
+                  "(max) |", "|---|---|---|---|---|"]
         for m, per in s["fused"].items():
             for fused, by_set in per.items():
-                parts = fused.split("+")
                 for o, d in by_set.items():
-                    lines.append(f"| {m} | {fused} | {o} | " + " | ".join(
-                        f"{d['beats'][f'fpr95 vs {p}']}/{d['seeds']} ({p})" for p in parts[:2]) +
-                        f" | {d['fpr95_above_best_single']['max']:+.2f} |")
+                    gap = d["fpr95_above_best_single"]
+                    lines.append(f"| {m} | {fused} | {o} | " + ", ".join(
+                        f"{p} {d['beats'][f'fpr95 vs {p}']}/{d['seeds']}" for p in fused.split("+")) + " | " +
+                        " ".join(f"{g:+.1f}" for g in gap["per_seed"]) + f" ({gap['max']:+.1f}) |")
     return "\n".join(lines)
 
 

@@ -54,9 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", required=True)
     p.add_argument("--scorer", action="append", choices=sorted(SCORERS), default=None,
                    help=f"post-hoc scorer (repeatable; default: {' '.join(POSTHOC_SCORERS)})")
-    p.add_argument("--fuse", nargs="*", default=list(DEFAULT_FUSE), metavar="SCORE",
-                   help=f"parts of the fused score: energy, flow_loglik or scorers (default: {' '.join(DEFAULT_FUSE)}; "
-                        "give no value for none)")
+    p.add_argument("--fuse", nargs="+", action="append", default=None, metavar="SCORE",
+                   help="parts of a fused score: energy, flow_loglik or scorers (repeatable, one fused score each; "
+                        f"default: {'; '.join(' '.join(f) for f in DEFAULT_FUSE)})")
+    p.add_argument("--no-fuse", action="store_true", help="no fused score")
     p.add_argument("--option", type=_option, action="append", default=[],
                    help="scorer argument SCORER.NAME=VALUE (JSON value), e.g. knn.k=10 (repeatable)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="papers",
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
         options.setdefault(scorer, {})[name] = value
     try:
         check_replaceable_folder(args.output_dir, REPORT_MARKER)  # before any work
-        comparison, info = compare_box_scores(args.train, args.id, args.ood, scorers=scorers, fuse=tuple(args.fuse),
+        fuse = [] if args.no_fuse else [tuple(f) for f in (args.fuse or DEFAULT_FUSE)]
+        comparison, info = compare_box_scores(args.train, args.id, args.ood, scorers=scorers, fuse=fuse,
                                               thres=args.thres, min_score=args.min_score, options=options,
                                               protocol=args.protocol, proposals=args.proposals)
         if info["failed"]:

@@ -42,8 +42,8 @@ __all__ = ["add_box_scores", "compare_box_scores", "fuse_scores", "fusion_weight
 
 # the box-level scorers compared with the detector's energy by default
 POSTHOC_SCORERS = ("fde", "knn", "gmm", "mahalanobis")
-# the parts of the fused score by default
-DEFAULT_FUSE = ("energy", "fde")
+# the fused scores by default: the parts of each
+DEFAULT_FUSE = (("energy", "fde"), ("energy", "fde", "knn"))
 # every CALIBRATION_EVERY-th training image (by image id) calibrates the fused scores; the rest fit the scorers
 CALIBRATION_EVERY = 5
 # the scores that are stored in records rather than fitted
@@ -232,13 +232,14 @@ def _fused(parts, calibration, negatives, scores, sets):
 
 
 def compare_box_scores(train_records: str, id_records: str, ood_records: Sequence[str],
-                       scorers: Sequence[str] = POSTHOC_SCORERS, fuse: Sequence[str] = DEFAULT_FUSE,
+                       scorers: Sequence[str] = POSTHOC_SCORERS, fuse: Sequence[Sequence[str]] = DEFAULT_FUSE,
                        thres: Optional[float] = None, min_score: float = 0.5,
                        options: Optional[Dict[str, dict]] = None, protocol: str = "papers",
                        evaluation=None, proposals: Optional[str] = None):
-    """Energy, the records' ``flow_loglik`` (FFS models), post-hoc box-level scorers and the fused score of
-    ``fuse`` (two or more of those; ``()``: none), on the same kept detections: returns ``(comparison, info)``
-    with a :class:`~ffs_det.density.report.Comparison` of ``{score: {set: kept scores}}``.
+    """Energy, the records' ``flow_loglik`` (FFS models), post-hoc box-level scorers and fused scores, on the
+    same kept detections: returns ``(comparison, info)`` with a :class:`~ffs_det.density.report.Comparison` of
+    ``{score: {set: kept scores}}``. ``fuse``: the parts of each fused score (two or more of those scores each,
+    named ``"+".join(parts)``; ``()``: none).
 
     The kept detections, threshold and FPR95 point are those of eval_ood under ``protocol`` (or ``thres``),
     or of ``evaluation`` (an :class:`~ffs_det.evaluation.ood_report.OODEvaluation` of these records, whose
@@ -249,12 +250,15 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     from .ood_report import RecordSet, detection_confidence, evaluate_ood
 
     options = options or {}
-    fuse = tuple(fuse)
-    unknown = sorted(set(fuse) - set(scorers) - set(STORED_SCORES))
-    if unknown:
-        raise ValueError(f"fuse: {unknown} are not among the scores ({', '.join((*STORED_SCORES, *scorers))})")
-    if len(fuse) == 1:
-        raise ValueError(f"fuse: a fused score needs two or more parts, got {list(fuse)}")
+    if isinstance(fuse, str) or any(isinstance(parts, str) for parts in fuse):
+        raise ValueError(f"fuse: give a list of part lists, e.g. [('energy', 'fde')], got {fuse!r}")
+    fuse = [tuple(parts) for parts in fuse]
+    for parts in fuse:
+        unknown = sorted(set(parts) - set(scorers) - set(STORED_SCORES))
+        if unknown:
+            raise ValueError(f"fuse: {unknown} are not among the scores ({', '.join((*STORED_SCORES, *scorers))})")
+        if len(set(parts)) < 2:
+            raise ValueError(f"fuse: a fused score needs two or more parts, got {list(parts)}")
     if evaluation is not None:
         given = [evaluation.id_set.path] + [rs.path for rs in evaluation.ood_sets.values()]
         if list(map(os.path.abspath, given)) != list(map(os.path.abspath, [id_records, *ood_records])):
@@ -292,11 +296,13 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
             negatives[scorer] = out.pop("__negatives__")
         scores[scorer] = out
     weights = {}
-    if fuse and all(part in scores for part in fuse):
-        usable = negatives if all(part in negatives for part in fuse) else {}
-        scores["+".join(fuse)], weights = _fused(fuse, calibration, usable, scores, sets)
-    elif fuse:
-        failed["+".join(fuse)] = f"parts not computed: {[p for p in fuse if p not in scores]}"
+    for parts in fuse:
+        name = "+".join(parts)
+        if not all(part in scores for part in parts):
+            failed[name] = f"parts not computed: {[p for p in parts if p not in scores]}"
+            continue
+        usable = negatives if all(part in negatives for part in parts) else {}
+        scores[name], weights[name] = _fused(parts, calibration, usable, scores, sets)
     info = dict(boxes.summary(), threshold=ev.threshold, protocol=ev.protocol, id=ev.id_name, failed=failed,
                 fusion_weights=weights)
     return compare(scores, ev.id_name, fpr_point=ev.comparison.fpr_point), info

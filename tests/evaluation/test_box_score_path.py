@@ -107,7 +107,7 @@ def test_compare_scores_cli_fits_on_proposals(applied, capsys):
     result = json.loads((report / "scores.json").read_text())
     assert result["info"]["fit_source"] == "proposals" and result["info"]["feature_space"] == "preactivation"
     assert set(result["metrics"]) == {"energy", "mahalanobis", "knn", "energy+knn"}
-    assert set(result["info"]["fusion_weights"]) == {"energy", "knn"}
+    assert set(result["info"]["fusion_weights"]["energy+knn"]) == {"energy", "knn"}
     names = set(os.listdir(report))
     assert {"scores.md", "scores.csv", "scores.json", "roc_bp_ood.png", "hist_knn_bp_ood.png"} <= names
     # a rerun replaces the report; a folder holding a user's file is refused before any work

@@ -92,7 +92,7 @@ def test_cli_writes_and_reports_errors(record_files, tmp_path, capsys):
 def test_compare_box_scores_on_the_same_kept_detections(record_files, tmp_path):
     train, id_path, ood_path = record_files
     comparison, info = compare_box_scores(train, id_path, [ood_path], scorers=("mahalanobis", "knn", "fde"),
-                                          fuse=("energy", "mahalanobis"), thres=0.6,
+                                          fuse=[("energy", "mahalanobis")], thres=0.6,
                                           options={"knn": {"k": 5}, "fde": {"epochs": 2, "hidden": 32}})
     assert list(comparison.scores) == ["energy", "mahalanobis", "knn", "fde", "energy+mahalanobis"]
     assert info["fit_on"] + info["calibrated_on"] == 300 and info["calibrated_on"] == 60  # every 5th image
@@ -121,7 +121,7 @@ def test_fused_score_sees_no_ood_data(record_files, tmp_path):
     assert list(inspect.signature(fuse_scores).parameters) == ["calibration", "scores", "weights"]
     train, id_path, ood_path = record_files
     other = _records(tmp_path / "ood2.npz", "ood", 120, -7.0, np.random.default_rng(5), matched=False)
-    runs = [compare_box_scores(train, id_path, [p], scorers=("mahalanobis",), fuse=("energy", "mahalanobis"),
+    runs = [compare_box_scores(train, id_path, [p], scorers=("mahalanobis",), fuse=[("energy", "mahalanobis")],
                                thres=0.6)[0]
             for p in (ood_path, other)]
     np.testing.assert_array_equal(runs[0].scores["energy+mahalanobis"]["id"], runs[1].scores["energy+mahalanobis"]["id"])
