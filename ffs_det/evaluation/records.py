@@ -16,7 +16,15 @@ key              dtype     shape        meaning
 ``flow_loglik``  float32   (N,)         FFS models: log-density (nats) of the box under the trained flow
 ===============  ========  ===========  =========================================================
 
-Any other array is allowed if its first dimension is N (e.g. a box-level scorer's output). ``meta`` is a
+Any other array is allowed if its first dimension is N (e.g. a box-level scorer's output). When ``features`` are
+present, ``meta["feature_space"]`` says which: ``"output"`` (the box head's output, what the classifier sees) or
+``"preactivation"`` (its last layer before the final ReLU); records without the key hold output features.
+
+Proposal records (``proposals.npz``, ``apply_net --proposals-of``; :mod:`.proposals`) use the same format for
+the boxes of an annotated set's foreground proposals, ground-truth boxes and background proposals, with
+``meta["kind"] = "proposals"``, ``meta["proposals"]`` (the extraction settings) and two more arrays:
+``gt_class`` (int64, the class of the best-overlapping ground-truth box; K for a background proposal) and
+``iou`` (float32, that overlap). ``meta`` is a
 JSON object stored as a string: ``dataset``, ``model``, ``num_classes`` (K), ``class_names`` (K names),
 ``config``, and ``num_gt`` (the number of ground-truth boxes, required with ``gt_matched``); apply_net also
 writes ``image_files`` (``{image id: file name}`` of every image of the set), ``weights_sha256`` and, on a set
