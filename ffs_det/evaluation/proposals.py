@@ -18,8 +18,10 @@ class-conditional scorers fit on; K, the background index, for background propos
 overlap; 1 for the ground-truth boxes). ``boxes``
 are in the image's own pixels; ``pred_class``/``score`` are the classifier's inlier argmax and its probability.
 
-Memory: ``features`` hold ``images x (max_per_image + objects per image) x D`` float32 values, e.g. 16.5k VOC
-training images x 23 boxes x 1024 x 4 B = 1.5 GB; lower ``max_per_image`` on large sets.
+Memory: ``features`` hold ``images x (max_per_image + objects + background per image) x D`` float32 values.
+``max_boxes`` bounds the foreground proposals of the whole set: on a set of more than ``max_boxes /
+max_per_image`` images the per-image cap is lowered to ``max_boxes // images`` (at least 1), e.g. to 12 on the
+16.5k VOC training images with the default 200k, about 16.5k x (12 + 2.4 + 10) x 1024 x 4 B = 1.6 GB.
 """
 import logging
 from typing import Dict, List
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PER_IMAGE = 50
 DEFAULT_MAX_BACKGROUND_PER_IMAGE = 10
+DEFAULT_MAX_BOXES = 200_000
 
 
 def foreground(arrays, meta) -> np.ndarray:
@@ -115,7 +118,7 @@ def _image_chunk(model, inp: dict, record: dict, max_per_image: int, max_backgro
 
 def proposal_records(cfg, model, dataset_name: str, max_per_image: int = DEFAULT_MAX_PER_IMAGE,
                      max_background_per_image: int = DEFAULT_MAX_BACKGROUND_PER_IMAGE, iou: float = 0.5,
-                     space: str = "preactivation", seed: int = 0):
+                     space: str = "preactivation", seed: int = 0, max_boxes: int = DEFAULT_MAX_BOXES):
     """``(arrays, info)``: the records arrays of the foreground proposals of ``dataset_name`` (see the module
     doc) and ``{"num_images", "num_boxes", "num_gt"}``. ``model`` is an :class:`FFSROIHeads` detector in eval
     mode. Raises ValueError when the set has no annotated object."""
@@ -127,8 +130,15 @@ def proposal_records(cfg, model, dataset_name: str, max_per_image: int = DEFAULT
     if space == "preactivation" and not getattr(model.roi_heads, "_splittable", False):
         raise ValueError("proposal features in the 'preactivation' space need a box head whose last layer is a ReLU "
                          f"(e.g. FastRCNNConvFCHead); got {type(model.roi_heads.box_head).__name__}")
+    if max_boxes < 1:
+        raise ValueError(f"max_boxes must be >= 1, got {max_boxes}")
     dicts = DatasetCatalog.get(dataset_name)
     check_image_files(dicts, f"dataset {dataset_name!r}")
+    if len(dicts) * max_per_image > max_boxes:
+        lowered = max(1, max_boxes // len(dicts))
+        logger.info("%s: %d images x %d proposals per image is over max_boxes %d: %d per image",
+                    dataset_name, len(dicts), max_per_image, max_boxes, lowered)
+        max_per_image = lowered
     by_id = {int(d["image_id"]): d for d in dicts}
     loader = build_detection_test_loader(dicts, mapper=CheckedDatasetMapper(cfg, False),
                                          sampler=InferenceSampler(len(dicts)), num_workers=cfg.DATALOADER.NUM_WORKERS)
@@ -152,6 +162,6 @@ def proposal_records(cfg, model, dataset_name: str, max_per_image: int = DEFAULT
                          "the ID training set with its annotations")
     arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     num_fg = int((arrays["gt_class"] < model.roi_heads.num_classes).sum())
-    info = {"num_images": len(dicts), "num_foreground": num_fg, "num_background": int(len(arrays["image_id"])) - num_fg,
+    info = {"num_images": len(dicts), "max_per_image_used": max_per_image, "num_foreground": num_fg, "num_background": int(len(arrays["image_id"])) - num_fg,
             "num_gt": sum(len(_ground_truth(d)[0]) for d in dicts)}
     return arrays, info

@@ -181,3 +181,19 @@ def test_a_stock_detectron2_config_and_checkpoint_give_records(tmp_path):
     mine = arrays["image_id"] == first["id"]
     np.testing.assert_allclose(arrays["boxes"][mine], inst.pred_boxes.tensor.numpy(), atol=1e-4)
     np.testing.assert_allclose(arrays["score"][mine], inst.scores.numpy(), atol=1e-6)
+
+
+def test_max_boxes_lowers_the_per_image_cap_on_large_sets(applied):
+    from ffs_det.evaluation.apply import load_model
+    from ffs_det.evaluation.proposals import proposal_records
+
+    root, out, common, overrides = applied
+    cfg = build_cfg("Shapes/vanilla_mobilenet.yaml", overrides + ["DATALOADER.NUM_WORKERS", "0"],
+                    extra_files=["Inference/standard_nms.yaml"])
+    model = load_model(cfg)
+    arrays, info = proposal_records(cfg, model, "bp_train", max_per_image=50, max_boxes=20)
+    assert info["max_per_image_used"] == 2 and info["num_images"] == 10  # 20 boxes over 10 images
+    proposals = (arrays["gt_class"] < 3) & (arrays["iou"] < 1.0 - 1e-6)
+    assert all((proposals & (arrays["image_id"] == i)).sum() <= 2 for i in np.unique(arrays["image_id"]))
+    with pytest.raises(ValueError, match="max_boxes must be >= 1"):
+        proposal_records(cfg, model, "bp_train", max_boxes=0)
