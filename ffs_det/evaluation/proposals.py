@@ -127,7 +127,7 @@ def proposal_records(cfg, model, dataset_name: str, max_per_image: int = DEFAULT
                          f"{max_background_per_image}")
     if not 0.0 < iou <= 1.0:
         raise ValueError(f"iou must be in (0, 1], got {iou}")
-    if space == "preactivation" and not getattr(model.roi_heads, "_splittable", False):
+    if space == "preactivation" and not getattr(model.roi_heads, "has_preactivation", False):
         raise ValueError("proposal features in the 'preactivation' space need a box head whose last layer is a ReLU "
                          f"(e.g. FastRCNNConvFCHead); got {type(model.roi_heads.box_head).__name__}")
     if max_boxes < 1:

@@ -87,10 +87,11 @@ class FFSROIHeads(StandardROIHeads):
             raise ValueError(f"FFS.OUTLIER_MAP must be one of {OUTLIER_MAPS}, got {outlier_map!r}")
         if output_feature_space not in FEATURE_SPACES:
             raise ValueError(f"FFS.OUTPUT_FEATURE_SPACE must be one of {FEATURE_SPACES}, got {output_feature_space!r}")
-        self._splittable = (isinstance(self.box_head, nn.Sequential) and len(self.box_head) > 1
-                            and isinstance(self.box_head[-1], nn.ReLU))
+        # whether the box head ends in a ReLU after other layers, i.e. has a pre-activation space
+        self.has_preactivation = (isinstance(self.box_head, nn.Sequential) and len(self.box_head) > 1
+                                  and isinstance(self.box_head[-1], nn.ReLU))
         for key, space in (("FEATURE_SPACE", feature_space), ("OUTPUT_FEATURE_SPACE", output_feature_space)):
-            if space == "preactivation" and not self._splittable:
+            if space == "preactivation" and not self.has_preactivation:
                 raise ValueError(f"FFS.{key} 'preactivation' needs a box head whose last layer is a ReLU "
                                  f"(e.g. FastRCNNConvFCHead with NUM_FC >= 1); got {type(self.box_head).__name__}")
         self.synthesizer = synthesizer
@@ -155,7 +156,7 @@ class FFSROIHeads(StandardROIHeads):
         """``(output, preactivation)`` of the box head on pooled box features: its output ``(N, D)`` (what the
         box predictor sees) and its last layer before the final ReLU ``(N, D)``, computed by the same layers in
         one pass; the latter is None for a box head that does not end in a ReLU."""
-        if not self._splittable:
+        if not self.has_preactivation:
             return self.box_head(pooled).flatten(1), None
         x = pooled
         for layer in list(self.box_head)[:-1]:
