@@ -56,7 +56,7 @@ def parse_args(argv=None):
                    help=f"post-hoc scorer (repeatable; default: {' '.join(POSTHOC_SCORERS)})")
     p.add_argument("--fuse", nargs="+", action="append", default=None, metavar="SCORE",
                    help="parts of a fused score: energy, flow_loglik or scorers (repeatable, one fused score each; "
-                        f"default: {'; '.join(' '.join(f) for f in DEFAULT_FUSE)})")
+                        f"default: {'; '.join(' '.join(f) for f in DEFAULT_FUSE)}, those whose parts are computed)")
     p.add_argument("--no-fuse", action="store_true", help="no fused score")
     p.add_argument("--option", type=_option, action="append", default=[],
                    help="scorer argument SCORER.NAME=VALUE (JSON value), e.g. knn.k=10 (repeatable)")
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         options.setdefault(scorer, {})[name] = value
     try:
         check_replaceable_folder(args.output_dir, REPORT_MARKER)  # before any work
-        fuse = [] if args.no_fuse else [tuple(f) for f in (args.fuse or DEFAULT_FUSE)]
+        fuse = [] if args.no_fuse else None if args.fuse is None else [tuple(f) for f in args.fuse]
         comparison, info = compare_box_scores(args.train, args.id, args.ood, scorers=scorers, fuse=fuse,
                                               thres=args.thres, min_score=args.min_score, options=options,
                                               protocol=args.protocol, proposals=args.proposals)

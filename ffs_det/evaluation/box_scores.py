@@ -32,7 +32,7 @@ from scipy.stats import norm
 
 from ..atomic_io import child_folder
 from ..density.metrics import ood_metrics
-from ..density.scorers import fit_and_score
+from ..density.scorers import fit_and_score, make_scorer
 from .records import load_records, save_records
 
 logger = logging.getLogger(__name__)
@@ -232,14 +232,15 @@ def _fused(parts, calibration, negatives, scores, sets):
 
 
 def compare_box_scores(train_records: str, id_records: str, ood_records: Sequence[str],
-                       scorers: Sequence[str] = POSTHOC_SCORERS, fuse: Sequence[Sequence[str]] = DEFAULT_FUSE,
+                       scorers: Sequence[str] = POSTHOC_SCORERS, fuse: Optional[Sequence[Sequence[str]]] = None,
                        thres: Optional[float] = None, min_score: float = 0.5,
                        options: Optional[Dict[str, dict]] = None, protocol: str = "papers",
                        evaluation=None, proposals: Optional[str] = None):
     """Energy, the records' ``flow_loglik`` (FFS models), post-hoc box-level scorers and fused scores, on the
     same kept detections: returns ``(comparison, info)`` with a :class:`~ffs_det.density.report.Comparison` of
     ``{score: {set: kept scores}}``. ``fuse``: the parts of each fused score (two or more of those scores each,
-    named ``"+".join(parts)``; ``()``: none).
+    named ``"+".join(parts)``; ``()``: none; None: those of :data:`DEFAULT_FUSE` whose parts are all among the
+    scores).
 
     The kept detections, threshold and FPR95 point are those of eval_ood under ``protocol`` (or ``thres``),
     or of ``evaluation`` (an :class:`~ffs_det.evaluation.ood_report.OODEvaluation` of these records, whose
@@ -250,6 +251,13 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     from .ood_report import RecordSet, detection_confidence, evaluate_ood
 
     options = options or {}
+    for scorer in scorers:  # a wrong scorer name or option is an error before any fitting
+        make_scorer(scorer, options.get(scorer, {}))
+    unknown = sorted(set(options) - set(scorers))
+    if unknown:
+        raise ValueError(f"options for {unknown}: not among the scorers ({', '.join(scorers)})")
+    if fuse is None:
+        fuse = [parts for parts in DEFAULT_FUSE if set(parts) <= set(scorers) | set(STORED_SCORES)]
     if isinstance(fuse, str) or any(isinstance(parts, str) for parts in fuse):
         raise ValueError(f"fuse: give a list of part lists, e.g. [('energy', 'fde')], got {fuse!r}")
     fuse = [tuple(parts) for parts in fuse]
@@ -299,7 +307,9 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     for parts in fuse:
         name = "+".join(parts)
         if not all(part in scores for part in parts):
-            failed[name] = f"parts not computed: {[p for p in parts if p not in scores]}"
+            missing = [p for p in parts if p not in scores]
+            failed[name] = (f"parts not computed: {missing}" + (" (flow_loglik is in the records of FFS models "
+                            "applied with apply_net --flow-loglik)" if "flow_loglik" in missing else ""))
             continue
         usable = negatives if all(part in negatives for part in parts) else {}
         scores[name], weights[name] = _fused(parts, calibration, usable, scores, sets)
