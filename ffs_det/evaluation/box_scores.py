@@ -13,7 +13,7 @@ and ``tools/compare_scores.py``). The training images are split by image id: eve
 * scorers are fitted on the foreground proposals and ground-truth boxes (labels: their ground-truth class) of the
   fit images when the proposals are given, else on the fit images' training detections matched to ground truth
   (else ``score >= min_score``; labels: predicted classes). Proposals give a density many boxes per object
-  (about 30k on the shapes world against about 1.5k detections);
+  (about 23k on the shapes world's 600 training images against about 1.5k matched detections);
 * the fused score is calibrated on the calibration images' matched training detections (the kind of box that
   is scored at test time), with the calibration images' background proposals as in-image negatives.
 
