@@ -33,7 +33,7 @@ from scipy.stats import norm
 from ..atomic_io import child_folder
 from ..density.metrics import ood_metrics
 from ..density.scorers import fit_and_score, make_scorer
-from .records import load_records, save_records
+from .records import load_records, proposal_foreground, save_records
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
                          f"{_space(meta)!r} space (width {feats.shape[1]}); save both with the same --feature-space")
     calib_images = np.unique(train["image_id"][calib])
     in_calib = np.isin(prop["image_id"], calib_images)
-    foreground = prop["gt_class"] < int(pmeta["num_classes"])
+    foreground = proposal_foreground(prop, pmeta["num_classes"])
     rows = foreground & ~in_calib
     if rows.sum() < 2:
         raise ValueError(f"records {proposals}: {int(rows.sum())} foreground proposals outside the calibration "

@@ -35,20 +35,15 @@ from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
 from ..data.validate import CheckedDatasetMapper, check_image_files
+from .records import proposal_foreground
 
-__all__ = ["proposal_records", "foreground", "DEFAULT_MAX_PER_IMAGE", "DEFAULT_MAX_BACKGROUND_PER_IMAGE"]
+__all__ = ["proposal_records", "DEFAULT_MAX_PER_IMAGE", "DEFAULT_MAX_BACKGROUND_PER_IMAGE", "DEFAULT_MAX_BOXES"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PER_IMAGE = 50
 DEFAULT_MAX_BACKGROUND_PER_IMAGE = 10
 DEFAULT_MAX_BOXES = 200_000
-
-
-def foreground(arrays, meta) -> np.ndarray:
-    """Boolean ``(N,)``: the rows of proposal records that are foreground (a ground-truth box or a proposal of
-    IoU >= the extraction's threshold), i.e. those a density is fitted on."""
-    return arrays["gt_class"] < int(meta["num_classes"])
 
 
 def _ground_truth(d: dict):
@@ -127,6 +122,8 @@ def proposal_records(cfg, model, dataset_name: str, max_per_image: int = DEFAULT
                          f"{max_background_per_image}")
     if not 0.0 < iou <= 1.0:
         raise ValueError(f"iou must be in (0, 1], got {iou}")
+    if getattr(model, "proposal_generator", None) is None:
+        raise ValueError("proposal features need a detector with a proposal generator (an RPN); this model has none")
     if space == "preactivation" and not getattr(model.roi_heads, "has_preactivation", False):
         raise ValueError("proposal features in the 'preactivation' space need a box head whose last layer is a ReLU "
                          f"(e.g. FastRCNNConvFCHead); got {type(model.roi_heads.box_head).__name__}")
@@ -161,7 +158,7 @@ def proposal_records(cfg, model, dataset_name: str, max_per_image: int = DEFAULT
         raise ValueError(f"dataset {dataset_name!r}: no annotated object in any image: proposal features need "
                          "the ID training set with its annotations")
     arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    num_fg = int((arrays["gt_class"] < model.roi_heads.num_classes).sum())
+    num_fg = int(proposal_foreground(arrays, model.roi_heads.num_classes).sum())
     info = {"num_images": len(dicts), "max_per_image_used": max_per_image, "num_foreground": num_fg, "num_background": int(len(arrays["image_id"])) - num_fg,
             "num_gt": sum(len(_ground_truth(d)[0]) for d in dicts)}
     return arrays, info

@@ -44,7 +44,8 @@ import numpy as np
 
 from ..atomic_io import atomic_open
 
-__all__ = ["REQUIRED", "OPTIONAL", "REQUIRED_META", "save_records", "load_records", "validate_records"]
+__all__ = ["REQUIRED", "OPTIONAL", "REQUIRED_META", "save_records", "load_records", "validate_records",
+           "proposal_foreground"]
 
 # what numpy raises on a corrupt archive or .npy header (its header parser uses ast and tokenize)
 _CORRUPT = (OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError, zipfile.BadZipFile, zlib.error)
@@ -119,6 +120,12 @@ def validate_records(arrays: Dict[str, np.ndarray], meta: dict, path: str = "<me
         if int(arrays["gt_matched"].sum()) > num_gt:
             _fail(path, "gt_matched", f"{int(arrays['gt_matched'].sum())} matches but only num_gt={num_gt} boxes")
     return n
+
+
+def proposal_foreground(arrays: Dict[str, np.ndarray], num_classes: int) -> np.ndarray:
+    """Boolean ``(N,)``: the rows of proposal records that are foreground (a ground-truth box, or a proposal
+    overlapping one enough), those a density is fitted on; background proposals have ``gt_class == K``."""
+    return arrays["gt_class"] < int(num_classes)
 
 
 def _coerce(key: str, arr) -> np.ndarray:
