@@ -48,9 +48,10 @@ def parse_args(argv=None):
                              "(default; dense, where post-hoc densities score best) or its output (what the "
                              "classifier sees; FFS.OUTPUT_FEATURE_SPACE)")
     parser.add_argument("--proposals-of", action="append", default=[], metavar="DATASET",
-                        help="for this --test-dataset (annotated, e.g. the ID training set) also store the features "
-                             "of its foreground proposals (IoU >= 0.5 with a ground-truth box) and ground-truth "
-                             "boxes in proposals.npz (repeatable)")
+                        help="for this --test-dataset (annotated in the model's classes: the ID training set) also "
+                             "store the features of its foreground proposals (IoU >= 0.5 with a ground-truth box), "
+                             "its ground-truth boxes and up to 10 background proposals per image in proposals.npz "
+                             "(repeatable)")
     parser.add_argument("--max-proposals-per-image", type=int, default=50,
                         help="foreground proposals kept per image for --proposals-of (a seeded random choice)")
     parser.add_argument("--flow-loglik", action="store_true",

@@ -141,6 +141,9 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     model = model if model is not None else load_model(cfg)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     with_map = _has_model_annotations(dataset_meta, dicts, num_classes, getattr(model, "class_names", None))
+    if proposals is not None and not with_map:
+        raise ValueError(f"dataset {dataset_name!r}: proposal features need a set annotated in the model's classes "
+                         "(the ID training set); this one is an OOD set, unannotated, or in other classes")
     loader = build_detection_test_loader(dicts, mapper=CheckedDatasetMapper(cfg, False),
                                          sampler=InferenceSampler(len(dicts)), num_workers=cfg.DATALOADER.NUM_WORKERS)
     start = time.perf_counter()

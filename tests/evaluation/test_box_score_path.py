@@ -86,11 +86,17 @@ def test_proposal_records_hold_foreground_ground_truth_and_background_boxes(appl
     assert summary["num_foreground"] == int(fg.sum()) and summary["max_per_image"] == 7
 
 
-def test_proposals_of_a_set_not_applied_is_refused(applied, capsys):
+def test_proposals_of_a_set_not_applied_or_not_in_the_models_classes_is_refused(applied, tmp_path, capsys):
     root, out, common, overrides = applied
     assert _tool("apply_net").main([*common, "--save-features", "--proposals-of", "bp_ood", "--test-dataset", "bp_id",
                                     "--output-dir", str(root / "refused"), *overrides]) == 2
     assert "--proposals-of bp_ood: not among the --test-dataset names" in capsys.readouterr().err
+    assert not (root / "refused").exists()
+    json_path, image_root = write_tiny_coco(str(tmp_path / "other"), num_images=2, seed=9)
+    assert _tool("apply_net").main([*common, "--save-features", "--register-coco-ood", "bp_other", json_path,
+                                    image_root, "--proposals-of", "bp_other", "--test-dataset", "bp_other",
+                                    "--output-dir", str(root / "refused"), *overrides]) == 2
+    assert "proposal features need a set annotated in the model's classes" in capsys.readouterr().err
     assert not (root / "refused").exists()
 
 
