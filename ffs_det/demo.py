@@ -149,12 +149,9 @@ def _projection(model, cfg, out: str, evaluation, method: str, seed: int) -> Dic
     from .evaluation.projection import feature_summary, projection_png
 
     model = model or load_model(cfg)
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # the picture's outliers are the same on every run of this job
-    try:
-        synthetic = model.roi_heads.synthesize_outliers(NUM_PROJECTED_OUTLIERS).cpu().numpy()
-    finally:
-        torch.random.set_rng_state(gen_state)
+    # the picture's outliers are the same on every run of this job, whatever the training's stream did
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    synthetic = model.roi_heads.synthesize_outliers(NUM_PROJECTED_OUTLIERS, generator=generator).cpu().numpy()
     kept = {}
     for role, name in (("id", ID_SET), ("ood", OOD_SET)):
         has = "features" in evaluation.sets[name].arrays

@@ -15,7 +15,7 @@ from torch import nn
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 
-__all__ = ["FeatureFlow", "COUPLINGS", "INITS", "PERMUTATION_SEEDS", "standard_normal_log_prob"]
+__all__ = ["FeatureFlow", "COUPLINGS", "INITS", "PERMUTATION_SEEDS", "standard_normal_log_prob", "seeded_init"]
 
 # name -> (FrEIA block, name of its clamp argument or None when the block has no affine part)
 COUPLINGS = {
@@ -24,6 +24,18 @@ COUPLINGS = {
     "nice": (Fm.NICECouplingBlock, None),
     "allinone": (Fm.AllInOneBlock, "affine_clamping"),
 }
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int):
+    """Modules built in this block draw their initial weights from the CPU generator seeded with ``seed``; the
+    CPU generator's state is restored after, and no CUDA generator is touched (``torch.manual_seed`` would
+    seed, or queue a seeding of, every CUDA generator: on a GPU every run would then share one stream for
+    detectron2's proposal sampling, whatever its ``SEED``). Build modules on the CPU in this block, then move
+    them to their device."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        yield
 
 
 @contextlib.contextmanager

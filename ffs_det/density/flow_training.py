@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .flow import FeatureFlow
+from .flow import FeatureFlow, seeded_init
 from .streaming import FeatureRows
 
 __all__ = ["FlowConfig", "minibatches", "train_flow", "fit_flow", "flow_log_prob", "finite_or_floor"]
@@ -37,8 +37,7 @@ class FlowConfig:
 
     def build(self, dim: int) -> FeatureFlow:
         """The untrained flow, seeded without touching the global random state."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)  # subnet initialisation
+        with seeded_init(self.seed):  # subnet initialisation
             flow = FeatureFlow(dim, coupling=self.coupling, blocks=self.blocks, hidden=self.hidden,
                                clamp=self.clamp, seed=self.seed)
         return flow.to(self.device)

@@ -6,8 +6,10 @@ model that owns it) with two methods:
 * ``observe(features, labels) -> dict of losses``: shows the strategy this step's inlier features
   (e.g. foreground box features and their classes). The flow strategy returns its NLL loss
   (``loss_flow_nll``) on the detached features; the Gaussian strategy updates its queues.
-* ``sample() -> Tensor (M, dim)``: synthetic outlier features, detached; ``M == 0`` when the strategy
-  cannot produce any yet.
+* ``sample(generator=None) -> Tensor (M, dim)``: synthetic outlier features, detached; ``M == 0`` when the
+  strategy cannot produce any yet. With a ``seed`` the draws come from the strategy's own generator (seeded
+  with ``seed`` + process rank, on the features' device); its state is part of the module's state dict, so a
+  resumed training continues the stream instead of replaying it.
 * ``log_prob(features) -> Tensor (N,)``: the strategy's log-density of features (nats), for diagnostics such
   as where the outliers lie among the inliers; NaN where the strategy has no density (yet).
 
@@ -24,10 +26,10 @@ Strategies:
   accumulated in float64 and floored when it is not positive definite (:func:`shared_covariance_factor`).
 * ``"none"``: no outliers (plain training).
 """
-import contextlib
+import hashlib
 import logging
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -42,6 +44,46 @@ logger = logging.getLogger(__name__)
 SYNTHESIS_KINDS = ("flow", "gaussian", "none")
 
 
+# a checkpointed draw stream: version, device type code, rank (int32), state length (uint32), state, zero padding;
+# fixed size, so checkpoint loading (which compares shapes) always accepts it. 5056 bytes: the CPU generator's
+# state; CUDA's is 16
+_STREAM_BYTES = 8192
+_STREAM_HEADER = 10
+_STREAM_DEVICES = (None, "cpu", "cuda")
+
+
+def _process_rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _encode_stream(device_type: Optional[str], rank: int, state: Optional[torch.Tensor]) -> torch.Tensor:
+    out = torch.zeros(_STREAM_BYTES, dtype=torch.uint8)
+    if state is None or device_type not in _STREAM_DEVICES or state.numel() > _STREAM_BYTES - _STREAM_HEADER:
+        return out  # no stream yet (or a device whose state is not kept): a resumed run starts a new one
+    out[0] = 1
+    out[1] = _STREAM_DEVICES.index(device_type)
+    out[2:6] = torch.tensor(list(int(rank).to_bytes(4, "little")), dtype=torch.uint8)
+    out[6:10] = torch.tensor(list(state.numel().to_bytes(4, "little")), dtype=torch.uint8)
+    out[_STREAM_HEADER:_STREAM_HEADER + state.numel()] = state.to(torch.uint8).flatten()
+    return out
+
+
+def _decode_stream(state) -> Optional[Tuple[str, int, torch.Tensor]]:
+    """``(device type, rank, generator state)`` of :func:`_encode_stream`'s tensor; None for no stream or a
+    tensor that is not one (then a new stream starts)."""
+    if not torch.is_tensor(state) or state.dtype != torch.uint8 or state.numel() != _STREAM_BYTES:
+        return None
+    raw = state.detach().cpu().flatten()
+    if int(raw[0]) != 1 or not 1 <= int(raw[1]) < len(_STREAM_DEVICES):
+        return None
+    size = int.from_bytes(bytes(raw[6:10].tolist()), "little")
+    if size > _STREAM_BYTES - _STREAM_HEADER:
+        return None
+    rank = int.from_bytes(bytes(raw[2:6].tolist()), "little")
+    return _STREAM_DEVICES[int(raw[1])], rank, raw[_STREAM_HEADER:_STREAM_HEADER + size].clone()
+
+
 class OutlierSynthesizer(nn.Module):
     """Base class: see the module docstring for the contract."""
 
@@ -53,37 +95,13 @@ class OutlierSynthesizer(nn.Module):
             raise ValueError(f"feature width must be >= 1, got dim={dim}")
         self.dim = int(dim)
         self.seed = None if seed is None else int(seed)
-        self._rng_state = None
-
-    @contextlib.contextmanager
-    def _draws(self, device: torch.device):
-        """Random draws of ``sample()``: from the synthesizer's own stream when it has a ``seed`` (seeded with
-        ``seed + process rank``), so sampling leaves the global random stream -- and with it the detector's
-        proposal sampling and augmentation -- exactly as without synthesis; else from the global stream."""
-        if self.seed is None:
-            yield
-            return
-        device = torch.device(device)
-        cuda = device.type == "cuda"
-        with torch.random.fork_rng(devices=[device] if cuda else []):
-            if self._rng_state is None:
-                rank = torch.distributed.get_rank() if (torch.distributed.is_available()
-                                                        and torch.distributed.is_initialized()) else 0
-                torch.random.default_generator.manual_seed(self.seed + rank)
-                if cuda:
-                    with torch.cuda.device(device):
-                        torch.cuda.manual_seed(self.seed + rank)
-            else:
-                torch.set_rng_state(self._rng_state[0])
-                if cuda:
-                    torch.cuda.set_rng_state(self._rng_state[1], device)
-            yield
-            self._rng_state = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
 
     def observe(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {}
 
-    def sample(self) -> torch.Tensor:
+    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Synthetic outliers ``(M, dim)``; their random draws come from ``generator`` when given, else from
+        the synthesizer's own stream (with a ``seed``) or the global one."""
         return self._empty()
 
     def log_prob(self, features: torch.Tensor) -> torch.Tensor:
@@ -100,11 +118,64 @@ class OutlierSynthesizer(nn.Module):
         return torch.zeros(0, self.dim, device=ref.device, dtype=ref.dtype)
 
 
+class SampledSynthesizer(OutlierSynthesizer):
+    """Base of the strategies that draw random samples: their draw stream and its checkpointed state."""
+
+    def __init__(self, dim: int, seed: Optional[int] = None):
+        super().__init__(dim, seed)
+        self._generator: Optional[torch.Generator] = None
+        self._saved_stream: Optional[Tuple[str, int, torch.Tensor]] = None  # restored from a checkpoint, unused yet
+
+    def _stream(self, device) -> Optional[torch.Generator]:
+        """The generator of ``sample()``'s draws on ``device``: with a ``seed``, the synthesizer's own stream
+        (seeded with ``seed + process rank``), so sampling leaves the global random streams -- and with them the
+        detector's proposal sampling and augmentation, on every device -- exactly as without synthesis; None
+        (the global stream) without one. A stream restored from a checkpoint continues where it was saved when
+        the device type and rank match; otherwise it is reseeded from that saved state (a new stream, not a
+        replay of the first one)."""
+        if self.seed is None:
+            return None
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self._generator is not None and self._generator.device == device:
+            return self._generator
+        rank = _process_rank()
+        gen = torch.Generator(device=device)
+        saved, self._saved_stream = self._saved_stream, None
+        if saved is not None and saved[0] == device.type and saved[1] == rank:
+            gen.set_state(saved[2])
+        elif saved is not None:
+            digest = hashlib.sha256(bytes([*saved[0].encode(), 0]) + saved[2].numpy().tobytes()
+                                    + f"{self.seed}:{rank}".encode()).digest()
+            gen.manual_seed(int.from_bytes(digest[:8], "little"))
+            logger.info("synthesis stream saved on %s rank %d, resumed on %s rank %d: reseeded from its saved state",
+                        saved[0], saved[1], device.type, rank)
+        else:
+            gen.manual_seed(self.seed + rank)
+        self._generator = gen
+        return gen
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The draw stream's state, checkpointed with the model (a fixed-size uint8 tensor, see
+        :func:`_encode_stream`), so that ``--resume`` continues the stream instead of replaying it."""
+        if self._generator is not None:
+            gen = self._generator
+            return _encode_stream(gen.device.type, _process_rank(), gen.get_state())
+        if self._saved_stream is not None:
+            return _encode_stream(*self._saved_stream)
+        return _encode_stream(None, 0, None)
+
+    def set_extra_state(self, state) -> None:
+        self._saved_stream = _decode_stream(state)
+        self._generator = None
+
+
 class NoSynthesis(OutlierSynthesizer):
     """Plain training: observes nothing, synthesizes nothing."""
 
 
-class FlowTailSynthesizer(OutlierSynthesizer):
+class FlowTailSynthesizer(SampledSynthesizer):
     """FFS: low-likelihood samples of a normalizing flow trained on the inlier features."""
 
     kind = "flow"
@@ -175,10 +246,10 @@ class FlowTailSynthesizer(OutlierSynthesizer):
         return True
 
     @torch.no_grad()
-    def sample(self) -> torch.Tensor:
+    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         device = self.flow._device()
-        with self._draws(device):
-            z = torch.randn(self.sample_from, self.dim, device=device, dtype=self.flow._dtype())
+        z = torch.randn(self.sample_from, self.dim, device=device, dtype=self.flow._dtype(),
+                        generator=generator or self._stream(device))
         x, log_det_inverse = self.flow.inverse_with_log_det(z)
         # log p(x) = log N(z) + log|det dz/dx| = log N(z) - log|det dx/dz|; the standardisation adds the
         # same constant to every candidate, so it does not change which ones are the least likely
@@ -190,7 +261,7 @@ class FlowTailSynthesizer(OutlierSynthesizer):
         return x.detach()
 
 
-class GaussianTailSynthesizer(OutlierSynthesizer):
+class GaussianTailSynthesizer(SampledSynthesizer):
     """VOS: tail samples of class-conditional Gaussians with a shared covariance."""
 
     kind = "gaussian"
@@ -239,12 +310,11 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
         return bool((self.count >= self.queue_size).all())
 
     @torch.no_grad()
-    def sample(self) -> torch.Tensor:
+    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         if not self.ready:
             return self._empty()
         means, chol = self._fit()
-        with self._draws(chol.device):
-            e = self._tail_noise(chol.device, chol.dtype)  # (C, select, D)
+        e = self._tail_noise(chol.device, chol.dtype, generator or self._stream(chol.device))  # (C, select, D)
         return (means[:, None] + e @ chol.T).reshape(-1, self.dim)
 
     def _fit(self):
@@ -271,7 +341,7 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
         const = self.dim * math.log(2 * math.pi) + log_det
         return (-0.5 * (maha + const)).max(dim=1).values.to(features.dtype)
 
-    def _tail_noise(self, device, dtype) -> torch.Tensor:
+    def _tail_noise(self, device, dtype, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """For each class, the ``select`` largest-norm of ``sample_from`` draws ``e ~ N(0, I_D)``: ``(C, select, D)``.
 
         With a shared covariance a class density is monotone in ``|e|^2``, so these are the lowest-density
@@ -281,10 +351,13 @@ class GaussianTailSynthesizer(OutlierSynthesizer):
         as drawing ``sample_from`` full vectors and keeping the largest — without the ``sample_from x D``
         normal draws that dominated this step.
         """
-        shape = (self.num_classes, self.sample_from)
-        sq_norms = torch.distributions.Chi2(torch.tensor(float(self.dim), device=device, dtype=dtype)).sample(shape)
+        # chi-square with D degrees of freedom = 2 Gamma(D / 2, 1), as torch.distributions.Chi2 draws it, but from
+        # ``generator`` and without the distribution's argument validation (a host synchronisation per step)
+        half_dof = torch.full((self.num_classes, self.sample_from), self.dim / 2, device=device, dtype=dtype)
+        sq_norms = (torch._standard_gamma(half_dof, generator=generator) * 2).clamp_min_(torch.finfo(dtype).tiny)
         tail = torch.topk(sq_norms, self.select, dim=1, largest=True).values  # (C, select)
-        directions = torch.randn(self.num_classes, self.select, self.dim, device=device, dtype=dtype)
+        directions = torch.randn(self.num_classes, self.select, self.dim, device=device, dtype=dtype,
+                                 generator=generator)
         directions = directions / directions.norm(dim=2, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
         return directions * tail.sqrt()[..., None]
 

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 # state-dict prefixes of modules used only during training (flow, queues, energy-margin weights): a
 # checkpoint without them still gives the same detections and energies
 TRAINING_ONLY_PREFIXES = ("roi_heads.synthesizer.", "roi_heads.energy_margin.")
+# the synthesis draw stream: checkpoints written before it was saved lack it; resuming one starts a new stream
+STREAM_KEY = "roi_heads.synthesizer._extra_state"
 
 
 class CheckpointMismatchError(ValueError):
@@ -156,6 +158,10 @@ class SafeCheckpointer(DetectionCheckpointer):
         model_keys = list(self.model.state_dict())
         skip = () if self._all_keys else TRAINING_ONLY_PREFIXES
         missing = [k for k in incompatible.missing_keys if not (skip and k.startswith(skip))]
+        if STREAM_KEY in missing:
+            missing.remove(STREAM_KEY)
+            logger.warning("checkpoint %s holds no synthesis draw stream (saved by an earlier version): the "
+                           "resumed run draws from a new stream", getattr(self, "_loading", "?"))
         shapes = [x for x in incompatible.incorrect_shapes if not (skip and x[0].startswith(skip))]
         if not missing and not shapes:
             return

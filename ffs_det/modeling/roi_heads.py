@@ -26,7 +26,7 @@ another OOD score, higher = more in-distribution), and optionally ``features`` (
 ``FFS.OUTPUT_FEATURE_SPACE``: the box head's output or its pre-activation).
 """
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -37,6 +37,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
 from ..density import FeatureFlow, build_synthesizer
+from ..density.flow import seeded_init
 from ..density.synthesis import OutlierSynthesizer
 from .energy import EnergyMargin
 
@@ -118,10 +119,10 @@ class FFSROIHeads(StandardROIHeads):
         shape = ret["box_head"].output_shape
         dim = shape.channels * (shape.height or 1) * (shape.width or 1)
         num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        # the flow and the margin draw their initial weights from their own generator: the global random
-        # stream (detector initialisation, data order) is the same whatever FFS.SYNTHESIS is
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(f.FLOW.SEED)
+        # the flow and the margin draw their initial weights from a CPU generator seeded with FLOW.SEED: the global
+        # random streams (detector initialisation, data order, proposal sampling on every device) are the same
+        # whatever FFS.SYNTHESIS is, and no CUDA generator is seeded here
+        with seeded_init(f.FLOW.SEED):
             flow = None
             if kind == "flow":
                 flow = FeatureFlow(dim, coupling=f.FLOW.COUPLING, blocks=f.FLOW.BLOCKS, hidden=f.FLOW.HIDDEN,
@@ -178,20 +179,22 @@ class FFSROIHeads(StandardROIHeads):
         return synthetic
 
     @torch.no_grad()
-    def synthesize_outliers(self, n: int, max_draws: int = 1000) -> torch.Tensor:
+    def synthesize_outliers(self, n: int, max_draws: int = 1000,
+                            generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Up to ``n`` synthetic outliers of the trained synthesizer, as the box predictor sees them ``(M, D)``;
-        fewer (possibly none) when it cannot synthesise (plain training, VOS queues not full)."""
+        fewer (possibly none) when it cannot synthesise (plain training, VOS queues not full). Their draws come
+        from ``generator`` (on the model's device) when given, else from the synthesizer's stream."""
         out, count = [], 0
         for _ in range(max_draws):
             if count >= n:
                 break
-            batch = self.synthesizer.sample()
+            batch = self.synthesizer.sample(generator)
             if batch.shape[0] == 0:
                 break
             out.append(self.to_box_features(batch))
             count += batch.shape[0]
         if not out:
-            return self.synthesizer.sample()[:0]
+            return self.synthesizer.sample(generator)[:0]
         return torch.cat(out)[:n]
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):

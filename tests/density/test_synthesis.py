@@ -216,7 +216,7 @@ def test_gaussian_queues_are_checkpointed():
     for c in range(2):
         synth.observe(torch.randn(5, 3, generator=gen), torch.full((5,), c, dtype=torch.long))
     state = synth.state_dict()
-    assert set(state) == {"queue", "count"}
+    assert set(state) == {"queue", "count", "_extra_state"}  # _extra_state: the draw stream
     assert state["queue"].shape == (2, 5, 3) and state["count"].tolist() == [5, 5]
 
     fresh = build_synthesizer("gaussian", 3, num_classes=2, queue_size=5, sample_from=50, select=2)
@@ -392,6 +392,64 @@ def test_seeded_synthesis_draws_from_its_own_stream(kind):
     unseeded = make(None)
     unseeded.sample()
     assert not torch.equal(torch.get_rng_state(), state)
+
+
+def _seeded(kind, seed=7):
+    if kind == "flow":
+        return build_synthesizer("flow", 4, flow=random_flow(4), sample_from=30, select=2, seed=seed)
+    s = build_synthesizer("gaussian", 4, num_classes=2, queue_size=5, sample_from=30, select=2, seed=seed)
+    s.observe(torch.randn(10, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1] * 5))
+    return s
+
+
+@pytest.mark.parametrize("kind", ["flow", "gaussian"])
+def test_the_draw_stream_is_checkpointed_and_a_restored_one_continues(kind):
+    a = _seeded(kind)
+    start = a.sample()
+    a.sample()
+    saved = {k: v.clone() for k, v in a.state_dict().items()}
+    assert saved["_extra_state"].dtype == torch.uint8
+    expected = a.sample()  # the next draw of the uninterrupted stream
+    b = _seeded(kind)
+    b.load_state_dict(saved)
+    assert torch.equal(b.sample(), expected)  # continues, not a replay from the start
+    assert torch.equal(_seeded(kind).sample(), start)  # a fresh one starts at the beginning
+    c = _seeded(kind)
+    c.load_state_dict(saved)
+    assert torch.equal(c.state_dict()["_extra_state"], saved["_extra_state"])  # kept until the next draw
+
+
+@pytest.mark.parametrize("kind", ["flow", "gaussian"])
+def test_a_stream_restored_on_another_rank_is_a_new_stream(kind, monkeypatch):
+    import ffs_det.density.synthesis as synthesis
+
+    a = _seeded(kind)
+    first = a.sample()
+    saved = a.state_dict()
+    expected = a.sample()
+    monkeypatch.setattr(synthesis, "_process_rank", lambda: 1)
+    b = _seeded(kind)
+    b.load_state_dict(saved)
+    other = b.sample()
+    assert not torch.equal(other, expected) and not torch.equal(other, first)
+    assert not torch.equal(_seeded(kind).sample(), first)  # rank 1's own stream: seed + 1
+
+
+def test_an_unusable_saved_stream_starts_a_new_one():
+    a = _seeded("flow")
+    first = a.sample()
+    state = a.state_dict()
+    state["_extra_state"] = torch.zeros(3, dtype=torch.uint8)  # not a stream
+    b = _seeded("flow")
+    b.load_state_dict(state)
+    assert torch.equal(b.sample(), first)
+
+
+def test_an_explicit_generator_leaves_the_stream_alone():
+    a, b = _seeded("flow"), _seeded("flow")
+    a.sample(torch.Generator().manual_seed(3))
+    assert torch.equal(a.sample(), b.sample())
+    assert torch.equal(a.sample(torch.Generator().manual_seed(3)), b.sample(torch.Generator().manual_seed(3)))
 
 
 # ------------------------------------------------------------------------- VOS covariance, rank-deficient

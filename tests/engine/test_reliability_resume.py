@@ -16,7 +16,7 @@ import torch
 from detectron2.modeling import build_model
 
 from ffs_det.engine import Trainer
-from ffs_det.engine.checkpoint import CheckpointMismatchError, SafeCheckpointer
+from ffs_det.engine.checkpoint import STREAM_KEY, CheckpointMismatchError, SafeCheckpointer
 from ffs_det.engine.setup import build_cfg
 from ffs_det.engine.trainer import trim_metrics
 
@@ -156,6 +156,13 @@ def test_resume_restores_the_flow_and_optimizer(tiny_set, tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"model_final\.pth does not fit.*subnet1.*"
                                                       r"flow or synthesis settings"):
         Trainer(other).resume_or_load(resume=True)
+    # the flow's draw stream is saved with it; a checkpoint from before it was saved still resumes (new stream)
+    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    assert ckpt["model"].pop(STREAM_KEY).dtype == torch.uint8
+    torch.save(ckpt, tmp_path / "model_final.pth")
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 3
 
 
 def test_trim_metrics_drops_repeated_iterations_and_a_partial_line(tmp_path):

@@ -90,6 +90,29 @@ def test_synthesis_leaves_the_detectors_random_stream_alone(tiny_set, tmp_path, 
         assert any("loss_energy_margin" in r for r in lines)
 
 
+def _forbid_cuda_seeding(monkeypatch):
+    """Record every CUDA seeding (``torch.manual_seed`` seeds every CUDA generator through these)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(("manual_seed_all", seed)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(("manual_seed", seed)))
+    return calls
+
+
+@pytest.mark.parametrize("synthesis", ["gaussian", "flow", "none"])
+def test_building_the_model_seeds_no_cuda_generator(synthesis, monkeypatch):
+    """On a GPU a CUDA seeding here would give every SEED (and every rank) detectron2's proposal sampling
+    stream of FFS.FLOW.SEED; the flow and margin initialisation touch the CPU generator only, and restore it."""
+    calls = _forbid_cuda_seeding(monkeypatch)
+    torch.manual_seed(0)  # the check itself: torch.manual_seed goes through the recorder
+    assert calls == [("manual_seed_all", 0)]
+    calls.clear()
+    cfg = build_cfg(_config(synthesis), ["MODEL.MOBILENET.WEIGHTS", ""])
+    build_model(cfg)
+    from ffs_det.density.flow_training import FlowConfig
+    FlowConfig(seed=5, hidden=8, blocks=1).build(4)
+    assert calls == []
+
+
 def test_vos_has_no_margin_until_every_queue_is_full(tiny_set, tmp_path):
     cfg = build_cfg(_config("gaussian"), tiny_opts(tmp_path, "gaussian", dataset="tiny_ffs_train", start_iter=0)
                     + ["FFS.QUEUE_SIZE", "100000", "MODEL.MOBILENET.WEIGHTS", ""])

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..flow import seeded_init
 from ..flow_training import minibatches
 from ..inputs import as_features, as_labels, linear_head
 from ..streaming import FeatureRows, Rows, as_feature_rows, column_mean_std, is_streamed
@@ -210,8 +211,7 @@ class HEATScorer(Scorer):
                    sgld_noise=float(self.sgld_noise))
         gen = torch.Generator().manual_seed(int(self.seed))
         energies = {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.seed))  # MLP initialisation
+        with seeded_init(int(self.seed)):  # MLP initialisation
             for name in priors:
                 if name == "gmm":
                     prior = _GMMPrior(x, labels, self.gmm_covariance, float(self.ridge), int(self.seed))
