@@ -15,7 +15,8 @@ from torch import nn
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 
-__all__ = ["FeatureFlow", "COUPLINGS", "INITS", "PERMUTATION_SEEDS", "standard_normal_log_prob", "seeded_init"]
+__all__ = ["FeatureFlow", "COUPLINGS", "INITS", "PERMUTATION_SEEDS", "standard_normal_log_prob", "seeded_init",
+           "full_precision", "widen"]
 
 # name -> (FrEIA block, name of its clamp argument or None when the block has no affine part)
 COUPLINGS = {
@@ -24,6 +25,21 @@ COUPLINGS = {
     "nice": (Fm.NICECouplingBlock, None),
     "allinone": (Fm.AllInOneBlock, "affine_clamping"),
 }
+
+
+# the precisions automatic mixed precision (AMP) computes in
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def full_precision(device):
+    """Autocast off on ``device``'s type, for densities, log-determinants and Gaussian draws: under AMP they
+    would run in half precision (an NLL with 3 significant digits, sample errors of ~0.03 on values ~7.5)."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
+def widen(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``x`` in ``dtype`` when it is in a half precision (an AMP output); as it is otherwise."""
+    return x.to(dtype) if x.dtype in LOW_PRECISION else x
 
 
 @contextlib.contextmanager
@@ -129,10 +145,12 @@ class FeatureFlow(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``x (N, dim) -> (z (N, dim), log|det dz/dx| (N,))``."""
         self._check(x)
+        x = widen(x, self._dtype())
         if x.shape[0] == 0:  # FrEIA's AllInOneBlock indexes the first row; an empty batch maps to itself
             return x.clone(), x.new_zeros(0)
-        z, log_det = self.inn(x)
-        return z, self._per_sample(log_det, x)
+        with full_precision(x.device):
+            z, log_det = self.inn(x)
+            return z, self._per_sample(log_det, x)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """``z (N, dim) -> x (N, dim)``."""
@@ -141,15 +159,18 @@ class FeatureFlow(nn.Module):
     def inverse_with_log_det(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``z -> (x, log|det dx/dz|)``; the log-det is minus the forward one at ``x``."""
         self._check(z)
+        z = widen(z, self._dtype())
         if z.shape[0] == 0:
             return z.clone(), z.new_zeros(0)
-        x, log_det = self.inn(z, rev=True)
-        return x, self._per_sample(log_det, z)
+        with full_precision(z.device):
+            x, log_det = self.inn(z, rev=True)
+            return x, self._per_sample(log_det, z)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-density of each row of ``x`` in nats."""
+        """Log-density of each row of ``x`` in nats (in the flow's precision, also under AMP)."""
         z, log_det = self(x)
-        return standard_normal_log_prob(z) + log_det
+        with full_precision(z.device):
+            return standard_normal_log_prob(z) + log_det
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood (nats per sample); 0 with a live graph for an empty batch.

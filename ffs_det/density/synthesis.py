@@ -34,7 +34,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from .flow import FeatureFlow, standard_normal_log_prob
+from .flow import FeatureFlow, full_precision, standard_normal_log_prob, widen
 
 __all__ = ["OutlierSynthesizer", "NoSynthesis", "FlowTailSynthesizer", "GaussianTailSynthesizer",
            "build_synthesizer", "shared_covariance_factor", "SYNTHESIS_KINDS"]
@@ -198,13 +198,14 @@ class FlowTailSynthesizer(SampledSynthesizer):
         self.register_buffer("stats_count", torch.zeros((), dtype=torch.long))
 
     def observe(self, features, labels):
-        features = features.detach()
+        features = widen(features.detach(), self.flow._dtype())  # AMP: the flow learns in its own precision
         if self.standardize and self.training:
             self._update_stats(features)
-        u, log_scale = self._standardized(features)
-        nll = self.flow.nll(u)
-        # change of variables x = mean + scale * u: -log p(x) = -log p(u) + sum log scale
-        return {"loss_flow_nll": nll + log_scale if features.shape[0] else nll}
+        with full_precision(features.device):
+            u, log_scale = self._standardized(features)
+            nll = self.flow.nll(u)
+            # change of variables x = mean + scale * u: -log p(x) = -log p(u) + sum log scale
+            return {"loss_flow_nll": nll + log_scale if features.shape[0] else nll}
 
     @torch.no_grad()
     def _update_stats(self, features: torch.Tensor) -> None:
@@ -238,8 +239,10 @@ class FlowTailSynthesizer(SampledSynthesizer):
         return (features - self.running_mean.to(features.dtype)) / scale, scale.log().sum()
 
     def log_prob(self, features: torch.Tensor) -> torch.Tensor:
-        u, log_scale = self._standardized(features)
-        return self.flow.log_prob(u) - log_scale
+        features = widen(features, self.flow._dtype())
+        with full_precision(features.device):
+            u, log_scale = self._standardized(features)
+            return self.flow.log_prob(u) - log_scale
 
     @property
     def ready(self) -> bool:
@@ -250,15 +253,16 @@ class FlowTailSynthesizer(SampledSynthesizer):
         device = self.flow._device()
         z = torch.randn(self.sample_from, self.dim, device=device, dtype=self.flow._dtype(),
                         generator=generator or self._stream(device))
-        x, log_det_inverse = self.flow.inverse_with_log_det(z)
-        # log p(x) = log N(z) + log|det dz/dx| = log N(z) - log|det dx/dz|; the standardisation adds the
-        # same constant to every candidate, so it does not change which ones are the least likely
-        log_px = standard_normal_log_prob(z) - log_det_inverse
-        keep = torch.topk(log_px, self.select, largest=False).indices
-        x = x[keep]
-        if self.standardize:
-            x = self.running_mean.to(x.dtype) + self._scale().to(x.dtype) * x
-        return x.detach()
+        with full_precision(device):
+            x, log_det_inverse = self.flow.inverse_with_log_det(z)
+            # log p(x) = log N(z) + log|det dz/dx| = log N(z) - log|det dx/dz|; the standardisation adds the
+            # same constant to every candidate, so it does not change which ones are the least likely
+            log_px = standard_normal_log_prob(z) - log_det_inverse
+            keep = torch.topk(log_px, self.select, largest=False).indices
+            x = x[keep]
+            if self.standardize:
+                x = self.running_mean.to(x.dtype) + self._scale().to(x.dtype) * x
+            return x.detach()
 
 
 class GaussianTailSynthesizer(SampledSynthesizer):
@@ -315,7 +319,8 @@ class GaussianTailSynthesizer(SampledSynthesizer):
             return self._empty()
         means, chol = self._fit()
         e = self._tail_noise(chol.device, chol.dtype, generator or self._stream(chol.device))  # (C, select, D)
-        return (means[:, None] + e @ chol.T).reshape(-1, self.dim)
+        with full_precision(chol.device):
+            return (means[:, None] + e @ chol.T).reshape(-1, self.dim)
 
     def _fit(self):
         """Class means ``(C, D)`` and a lower-triangular factor ``L`` of the shared covariance (``L L^T``),
@@ -334,12 +339,13 @@ class GaussianTailSynthesizer(SampledSynthesizer):
         if not self.ready:
             return super().log_prob(features)
         means, chol = self._fit()
-        diff = features.to(chol.dtype)[:, None, :] - means[None]  # (N, C, D)
-        sol = torch.linalg.solve_triangular(chol, diff.reshape(-1, self.dim).T, upper=False)  # (D, N*C)
-        maha = (sol * sol).sum(0).reshape(features.shape[0], -1)  # (N, C)
-        log_det = 2 * torch.log(torch.diagonal(chol)).sum()
-        const = self.dim * math.log(2 * math.pi) + log_det
-        return (-0.5 * (maha + const)).max(dim=1).values.to(features.dtype)
+        with full_precision(chol.device):
+            diff = features.to(chol.dtype)[:, None, :] - means[None]  # (N, C, D)
+            sol = torch.linalg.solve_triangular(chol, diff.reshape(-1, self.dim).T, upper=False)  # (D, N*C)
+            maha = (sol * sol).sum(0).reshape(features.shape[0], -1)  # (N, C)
+            log_det = 2 * torch.log(torch.diagonal(chol)).sum()
+            const = self.dim * math.log(2 * math.pi) + log_det
+            return (-0.5 * (maha + const)).max(dim=1).values.to(widen(features).dtype)
 
     def _tail_noise(self, device, dtype, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """For each class, the ``select`` largest-norm of ``sample_from`` draws ``e ~ N(0, I_D)``: ``(C, select, D)``.

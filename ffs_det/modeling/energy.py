@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..density.flow import full_precision, widen
+
 __all__ = ["EnergyMargin", "MARGIN_REDUCTIONS"]
 
 MARGIN_REDUCTIONS = ("mean", "balanced")
@@ -53,14 +55,16 @@ class EnergyMargin(nn.Module):
         return energies, targets
 
     def forward(self, inlier_logits: torch.Tensor, outlier_logits: torch.Tensor) -> torch.Tensor:
-        """Logistic loss of inlier (label 1) vs outlier (label 0) energies."""
-        energies, targets = self._inputs(inlier_logits, outlier_logits)
-        lr_logits = self.logistic(energies[:, None])
-        if self.reduction == "balanced":
-            ce = F.cross_entropy(lr_logits, targets, reduction="none")
-            parts = [ce[targets == label].mean() for label in (1, 0) if bool((targets == label).any())]
-            return sum(parts) / len(parts) if parts else ce.sum()
-        return F.cross_entropy(lr_logits, targets, reduction="sum") / max(energies.shape[0], 1)
+        """Logistic loss of inlier (label 1) vs outlier (label 0) energies; in float32 under AMP (in half
+        precision the weighted log-sum-exp's floor underflows to log 0)."""
+        with full_precision(inlier_logits.device):
+            energies, targets = self._inputs(widen(inlier_logits), widen(outlier_logits))
+            lr_logits = self.logistic(energies[:, None])
+            if self.reduction == "balanced":
+                ce = F.cross_entropy(lr_logits, targets, reduction="none")
+                parts = [ce[targets == label].mean() for label in (1, 0) if bool((targets == label).any())]
+                return sum(parts) / len(parts) if parts else ce.sum()
+            return F.cross_entropy(lr_logits, targets, reduction="sum") / max(energies.shape[0], 1)
 
     @torch.no_grad()
     def diagnostics(self, inlier_logits: torch.Tensor, outlier_logits: torch.Tensor) -> Dict[str, float]:
@@ -68,8 +72,9 @@ class EnergyMargin(nn.Module):
         each side: ``margin_inlier_accuracy``, ``margin_outlier_accuracy`` and their mean,
         ``margin_accuracy`` (balanced: with one outlier per ~100 inliers, plain accuracy would say 99% for
         a margin that calls everything an inlier)."""
-        energies, targets = self._inputs(inlier_logits, outlier_logits)
-        correct = self.logistic(energies[:, None]).argmax(dim=1) == targets
+        with full_precision(inlier_logits.device):
+            energies, targets = self._inputs(widen(inlier_logits), widen(outlier_logits))
+            correct = self.logistic(energies[:, None]).argmax(dim=1) == targets
         out = {}
         for side, label in (("inlier", 1), ("outlier", 0)):
             sel = targets == label

@@ -521,3 +521,39 @@ def test_gaussian_covariance_of_non_finite_queues_is_one_clear_error():
     queue[1, 3, 5] = float("nan")
     with pytest.raises(ValueError, match="NaN or infinite"):
         shared_covariance_factor(queue, 0.0)
+
+
+# --------------------------------------------------------------------------- automatic mixed precision
+
+def _autocast():
+    """CPU autocast to bfloat16: what AMP does to the ROI head on a GPU (float16 there), on this machine."""
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_flow_nll_samples_and_densities_stay_float32_under_autocast(standardize):
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)) * 3 + 5
+    make = lambda: build_synthesizer("flow", 8, flow=random_flow(8), sample_from=40, select=3,  # noqa: E731
+                                     standardize=standardize, seed=1)
+    ref, amp, rounded = make(), make(), make()
+    labels = torch.zeros(64, dtype=torch.long)
+    want = ref.observe(x, labels)["loss_flow_nll"].detach()
+    # the reference for AMP: the same features rounded to bfloat16, as a box head under autocast gives them
+    want_rounded = rounded.observe(x.to(torch.bfloat16).float(), labels)["loss_flow_nll"].detach()
+    with _autocast():
+        got = amp.observe(x.to(torch.bfloat16), labels)["loss_flow_nll"].detach()
+        sample, density = amp.sample(), amp.log_prob(x)
+    assert got.dtype == sample.dtype == density.dtype == torch.float32
+    torch.testing.assert_close(got, want_rounded, rtol=1e-6, atol=1e-5)
+    assert abs(float(got) - float(want)) < 0.01 * abs(float(want)) + 0.05  # bfloat16 features: ~3 digits
+    torch.testing.assert_close(sample, rounded.sample(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(density, rounded.log_prob(x), rtol=1e-6, atol=1e-4)
+
+
+def test_gaussian_samples_stay_float32_under_autocast():
+    make = lambda: _seeded("gaussian")  # noqa: E731
+    ref, amp = make(), make()
+    with _autocast():
+        got = amp.sample()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref.sample(), rtol=1e-6, atol=1e-6)

@@ -65,3 +65,19 @@ def test_diagnostics_report_energies_and_accuracy():
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EnergyMargin(3, **kwargs)
+
+
+def test_the_margin_is_float32_under_autocast():
+    """AMP gives the ROI head half-precision logits; the margin's log-sum-exp and logistic loss stay float32."""
+    gen = torch.Generator().manual_seed(0)
+    inl, out = torch.randn(20, 5, generator=gen) * 4, torch.randn(3, 5, generator=gen) * 4
+    margin = EnergyMargin(5, weight_init="uniform")
+    with torch.no_grad():
+        margin.class_weights[0] = -1.0  # a class whose weight is cut to 0 by the ReLU
+    want = margin(inl, out)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = margin(inl.to(torch.bfloat16), out.to(torch.bfloat16))
+    assert got.dtype == torch.float32 and torch.isfinite(got)
+    want_rounded = margin(inl.to(torch.bfloat16).float(), out.to(torch.bfloat16).float())
+    torch.testing.assert_close(got, want_rounded, rtol=1e-6, atol=1e-6)
+    assert abs(float(got) - float(want)) < 0.05
