@@ -14,7 +14,8 @@
   energy-margin weights) may differ. Resuming from ``last_checkpoint`` requires every key, those included.
 
 Unreadable files (missing, truncated, not a checkpoint, or a pickle that ``torch.load(weights_only=True)``
-refuses) raise ``FileNotFoundError`` / ``ValueError`` naming the file. Files ending in ``.pkl`` (detectron2
+refuses) raise ``FileNotFoundError`` / ``ValueError`` naming the file. ``.pth`` and pycls ``.pyth`` files are
+read with ``weights_only=True`` onto the CPU (tensors saved on a GPU load on a machine without one). Files ending in ``.pkl`` (detectron2
 and Caffe2 model-zoo weights) are still read by detectron2 with :mod:`pickle`, which can run code: load
 only ``.pkl`` files from sources you trust (see docs/reliability.md).
 """
@@ -135,18 +136,33 @@ class SafeCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
     def _torch_load(self, f):
-        try:
-            return super()._torch_load(f)
+        try:  # explicit: torch < 2.6 defaults to weights_only=False, which runs code from the file
+            return torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated zip, not a torch file, or a pickle weights_only refuses
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"checkpoint {f}: cannot be read as a torch checkpoint ({type(e).__name__}: "
                              f"{first})") from None
 
     def _load_file(self, filename):
-        data = super()._load_file(filename)
+        if filename.endswith(".pyth"):
+            data = self._pycls_file(filename)
+        else:
+            data = super()._load_file(filename)
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
             raise ValueError(f"checkpoint {filename}: holds no model state dict")
         return data
+
+    def _pycls_file(self, filename):
+        """A pycls ``.pyth`` file (the RegNetX ImageNet weights), read as detectron2 reads it (its
+        ``model_state``, without BatchNorm counters, matched by name heuristics) but onto the CPU and with
+        ``weights_only``: detectron2 reads it with a bare ``torch.load``, which fails for tensors saved on a GPU
+        on a machine without one, and with torch < 2.6 runs code from the file."""
+        data = self._torch_load(filename)
+        state = data.get("model_state") if isinstance(data, dict) else None
+        if not isinstance(state, dict):
+            raise ValueError(f"checkpoint {filename}: a .pyth (pycls) file must hold a 'model_state' dict")
+        model = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        return {"model": model, "__author__": "pycls", "matching_heuristics": True}
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
