@@ -6,7 +6,8 @@
   tools/train_net.py --config-file VOC/ffs_regnetx.yaml --eval-only MODEL.WEIGHTS output/VOC/ffs_regnetx/model_final.pth
 
 A --config-file that does not exist as given is looked up under configs/. Without GPUs, --num-gpus N
-runs N CPU processes. Trailing KEY VALUE pairs override the config. An OUTPUT_DIR that already holds a
+runs N CPU processes; so does a config with MODEL.DEVICE cpu on a machine with GPUs (they are hidden from
+its processes, which then use gloo). Trailing KEY VALUE pairs override the config. An OUTPUT_DIR that already holds a
 run is continued with --resume and otherwise refused, as is one another training is using. On SIGTERM
 training finishes its step, saves a checkpoint, says so and exits with status 143; --resume continues
 it. A wrong input (config key, dataset path, class count, checkpoint, unreadable image, non-finite loss)
@@ -28,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 from ffs_det.data import add_dataset_args, apply_dataset_args
 from ffs_det.engine import Trainer
 from ffs_det.engine.checkpoint import CheckpointSaveError, SafeCheckpointer
-from ffs_det.engine.setup import build_cfg, check_inputs, claim_output_dir, setup_cfg
+from ffs_det.engine.setup import build_cfg, check_inputs, claim_output_dir, launch_environment, setup_cfg
 from ffs_det.engine.trainer import TrainingInterrupted
 from ffs_det.exit_status import BAD_INPUT, FAILED, INPUT_ERRORS, INTERRUPTED, error
 
@@ -93,6 +94,7 @@ if __name__ == "__main__":
             apply_dataset_args(args)
             cfg = build_cfg(args.config_file, args.opts)
             check_inputs(cfg, eval_only=args.eval_only, world_size=max(args.num_gpus, 1) * args.num_machines)
+            os.environ.update(launch_environment(cfg, args.num_gpus))  # CPU processes: gloo, even where CUDA is
             if not args.eval_only and args.machine_rank == 0:  # one training per OUTPUT_DIR, never overwritten
                 stack.enter_context(claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume))
         except INPUT_ERRORS as e:

@@ -180,6 +180,26 @@ def check_inputs(cfg, eval_only: bool = False, world_size: int = 1) -> None:
         check_num_classes(cfg)
 
 
+def launch_environment(cfg, num_processes: int) -> dict:
+    """Environment for the training processes detectron2's launcher spawns on this machine.
+
+    The launcher picks the NCCL backend and one GPU per process whenever CUDA is available, whatever
+    ``MODEL.DEVICE`` says; CPU processes need gloo (NCCL has no CPU tensors, DDP over CPU parameters fails).
+    For a CPU config with several processes the GPUs are hidden from them (``CUDA_VISIBLE_DEVICES=""``), so
+    the launcher picks gloo. A CUDA config asking for more processes than there are GPUs is refused here,
+    before spawning (the launcher would fail in every process). Returns the variables to set."""
+    if num_processes <= 1:
+        return {}
+    if cfg.MODEL.DEVICE.startswith("cpu"):
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    if cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if num_processes > count:
+            raise ConfigError(f"--num-gpus {num_processes} with MODEL.DEVICE {cfg.MODEL.DEVICE}, but this machine has "
+                              f"{count} GPU(s): use --num-gpus {count}, or MODEL.DEVICE cpu for CPU processes")
+    return {}
+
+
 # files that mark OUTPUT_DIR as holding a (possibly interrupted) training run
 RUN_FILES = ("last_checkpoint", "model_final.pth", "metrics.json")
 
