@@ -266,7 +266,14 @@ class FlowTailSynthesizer(SampledSynthesizer):
 
 
 class GaussianTailSynthesizer(SampledSynthesizer):
-    """VOS: tail samples of class-conditional Gaussians with a shared covariance."""
+    """VOS: tail samples of class-conditional Gaussians with a shared covariance.
+
+    Under torch.distributed every process keeps its own queues, filled with its own images' boxes, and samples
+    from them, as the released VOS code does (deeplearning-wisc/vos 6dd9c27,
+    ``detection/modeling/roihead_gmm.py``: a per-process ``data_dict``); the queues are buffers that DDP does
+    not broadcast (``broadcast_buffers=False``). A checkpoint holds the main process's queues, which every
+    process starts from on ``--resume``.
+    """
 
     kind = "gaussian"
 
@@ -286,6 +293,7 @@ class GaussianTailSynthesizer(SampledSynthesizer):
         self.register_buffer("queue", torch.zeros(num_classes, queue_size, dim))
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
         self._warned_floor = False
+        self._ready = False
 
     def observe(self, features, labels):
         if features.dim() != 2 or features.shape[1] != self.dim:
@@ -296,22 +304,38 @@ class GaussianTailSynthesizer(SampledSynthesizer):
             raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
         features = features.detach().to(device=self.queue.device, dtype=self.queue.dtype)
         labels = labels.to(features.device)
-        classes = torch.unique(labels).tolist()
+        if labels.numel() == 0:
+            return {}
+        # two host synchronisations per step (label range, per-class counts), not two per class
+        low, high = torch.stack([labels.min(), labels.max()]).tolist()
         # validate every label before touching any queue, so a bad batch leaves the state unchanged
-        bad = [c for c in classes if not 0 <= c < self.num_classes]
-        if bad:
+        if low < 0 or high >= self.num_classes:
+            bad = sorted(set(torch.unique(labels).tolist()) - set(range(self.num_classes)))
             raise ValueError(f"class label {bad[0]} outside [0, {self.num_classes})")
-        for c in classes:
-            new = features[labels == c][-self.queue_size:]
+        per_class = torch.bincount(labels, minlength=self.num_classes).tolist()
+        # each class's rows in their order in the batch
+        by_class = features[torch.argsort(labels, stable=True)].split(per_class)
+        for c, rows in enumerate(by_class):
+            if not per_class[c]:
+                continue
+            new = rows[-self.queue_size:]
             n = new.shape[0]
             # FIFO: drop the n oldest rows, append the new ones at the end
             self.queue[c] = torch.cat([self.queue[c, n:], new], dim=0)
-            self.count[c] = min(self.queue_size, int(self.count[c]) + n)
+            self.count[c].add_(n).clamp_(max=self.queue_size)
         return {}
 
     @property
     def ready(self) -> bool:
-        return bool((self.count >= self.queue_size).all())
+        # queues only fill up, so once ready the answer is kept (no host synchronisation per step); a loaded
+        # state dict asks again
+        if not self._ready:
+            self._ready = bool((self.count >= self.queue_size).all())
+        return self._ready
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._ready = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -276,6 +276,9 @@ class FFSROIHeads(StandardROIHeads):
             storage.put_scalar(f"ffs/{name}", value, smoothing_hint=False)
 
     def _guard_nonfinite(self, losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        # one host synchronisation per step for all of them; the per-loss check only when one is not finite
+        if not losses or bool(torch.stack([torch.isfinite(v).all() for v in losses.values()]).all()):
+            return losses
         for name, value in list(losses.items()):
             if torch.isfinite(value).all():
                 continue
