@@ -20,8 +20,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write the results as JSON to this file")
     parser.add_argument("--sections", default=None,
-                        help="comma-separated sections to run (default: all): training_step, inference, synthesis, "
-                             "metrics, flow_fit, knn, memory, fit_memory, extraction")
+                        help="comma-separated sections to run (default: all, but paper_detector only on a GPU): "
+                             "training_step, inference, synthesis, paper_detector, metrics, flow_fit, knn, memory, "
+                             "fit_memory, extraction")
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -23,7 +23,8 @@ from ..data.shapes import ID_CLASSES, render_scene
 from ..engine.setup import build_cfg
 from .timing import interleaved, paired_ratio, summarize
 
-__all__ = ["MODES", "PAPER_HEAD_OPTS", "detector_cfg", "shapes_inputs", "build_models", "time_training_steps", "time_inference"]
+__all__ = ["MODES", "PAPER_HEAD_OPTS", "PAPER_DETECTOR", "detector_cfg", "shapes_inputs", "build_models",
+           "time_training_steps", "time_inference", "step_peak_memory"]
 
 # benchmark name -> config file
 MODES = {"plain": "Shapes/vanilla_mobilenet.yaml", "vos": "Shapes/vos_mobilenet.yaml",
@@ -42,9 +43,15 @@ PAPER_HEAD_OPTS = {
 }
 
 
-def detector_cfg(mode: str, device: str = "cpu", images_per_batch: int = None, extra_opts=()):
-    """The config of ``mode`` (plus ``extra_opts``, detectron2 ``KEY VALUE`` pairs); the MobileNetV2 trunk
-    is randomly initialised (no weight file is read — the step time does not depend on the weight values)."""
+# The papers' whole detector: configs/VOC/*_regnetx.yaml (RegNetX-4.0GF FPN, 1024-d box head, 20 classes, 512
+# RoIs per image, the released VOS/FFS settings), trained at 800 px; randomly initialised (no ImageNet file read)
+PAPER_DETECTOR = {"plain": "VOC/vanilla_regnetx.yaml", "vos": "VOC/vos_regnetx.yaml", "ffs": "VOC/ffs_regnetx.yaml"}
+
+
+def detector_cfg(mode: str, device: str = "cpu", images_per_batch: int = None, extra_opts=(), configs=None):
+    """The config of ``mode`` in ``configs`` (default :data:`MODES`; plus ``extra_opts``, detectron2 ``KEY VALUE``
+    pairs); the trunk is randomly initialised (no weight file is read — the step time does not depend on the
+    weight values)."""
     opts = ["MODEL.DEVICE", device, "MODEL.MOBILENET.WEIGHTS", "", "MODEL.WEIGHTS", ""]
     # learning rates 0: the timed steps repeat one batch, which can drive a moving flow to a non-finite NLL;
     # with the weights held fixed every step costs the same work (the optimizer still runs its update)
@@ -52,7 +59,7 @@ def detector_cfg(mode: str, device: str = "cpu", images_per_batch: int = None, e
     if images_per_batch:
         opts += ["SOLVER.IMS_PER_BATCH", str(images_per_batch)]
     opts += list(extra_opts)
-    cfg = build_cfg(MODES[mode], opts, cpu_fallback=False)
+    cfg = build_cfg((configs or MODES)[mode], opts, cpu_fallback=False)
     cfg.freeze()
     return cfg
 
@@ -120,6 +127,34 @@ def time_training_steps(models: Dict[str, torch.nn.Module], cfgs, batch: Sequenc
     out["ratio_rounds"] = {f"{mode}/plain": [a / b for a, b in zip(times[mode], times["plain"])]
                            for mode in models if mode != "plain"}
     out["images_per_batch"] = len(batch)
+    return out
+
+
+def step_peak_memory(models: Dict[str, torch.nn.Module], cfgs, batch: Sequence[Dict], device: str) -> Dict:
+    """Per model: the CUDA memory one training step (forward, backward, optimizer) allocates at its peak above
+    what was allocated before it (the models, their gradients and optimizer state of earlier steps stay
+    resident), and the model's parameter and buffer bytes; empty on a CPU."""
+    if torch.device(device).type != "cuda":
+        return {}
+    out = {}
+    for mode, model in models.items():
+        opt = build_optimizer(cfgs[mode], model)
+        model.train()
+        for measured in (False, True):  # the first step allocates gradients and optimizer state
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            with EventStorage(cfgs[mode].FFS.START_ITER):
+                losses = model(batch)
+                opt.zero_grad(set_to_none=False)
+                sum(losses.values()).backward()
+                opt.step()
+            torch.cuda.synchronize(device)
+            if measured:
+                held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+                out[mode] = {"step_peak_mb": (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20,
+                             "resident_mb": before / 2 ** 20, "model_mb": held / 2 ** 20}
+        del opt
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 from .. import __version__
 from .timing import ratio_spread
 
-__all__ = ["SIZES", "TARGETS", "SECTIONS", "run_benchmark", "format_measurements", "load_average"]
+__all__ = ["SIZES", "TARGETS", "SECTIONS", "CPU_DEFAULT_SECTIONS", "run_benchmark", "format_measurements", "load_average"]
 
 # per-mode sizes; "quick" finishes in well under a minute on 2 CPU cores
 SIZES = {
@@ -22,7 +22,8 @@ SIZES = {
                   memory_sizes=(256, 1024), memory_fit_steps=3,
                   fit_memory=dict(sizes=(1000, 4000), dim=64, steps=3, scorers=("mahalanobis", "fde")),
                   extraction=dict(n=16, configs=((1, 0), (2, 0))),
-                  knn=dict(n_train=2000, n_query=200, dim=256, k=50, warmup=0, repeats=1)),
+                  knn=dict(n_train=2000, n_query=200, dim=256, k=50, warmup=0, repeats=1),
+                  paper_detector=dict(images=1, min_size=128, warmup=0, repeats=1)),
     "full": dict(train_images=4, train_warmup=2, train_repeats=10, infer_images=8, infer_warmup=1,
                  infer_repeats=7, synth_warmup=3, synth_repeats=21, paper_warmup=1, paper_repeats=5,
                  metric_scores=2_000_000, metric_warmup=1, metric_repeats=5,
@@ -30,7 +31,8 @@ SIZES = {
                  memory_sizes=(1000, 8000, 32000), memory_fit_steps=20,
                  fit_memory=dict(sizes=(10_000, 100_000, 1_000_000), dim=512, steps=20, scorers=None),
                  extraction=dict(n=256, configs=((1, 0), (2, 0), (1, 1), (1, 2))),
-                 knn=dict(n_train=100_000, n_query=10_000, dim=256, k=50, warmup=0, repeats=3)),
+                 knn=dict(n_train=100_000, n_query=10_000, dim=256, k=50, warmup=0, repeats=3),
+                 paper_detector=dict(images=4, min_size=800, warmup=2, repeats=10)),
 }
 
 # ratio name -> (where it is in the results, comparison, target); a target of None: reported, not judged.
@@ -40,6 +42,8 @@ TARGETS = {
     "ffs_step/plain_step (shapes)": (("training_step", "ratios", "ffs/plain"), "<=", 1.05),
     "ffs_step/plain_step (paper heads)": (("training_step_paper", "ratios", "ffs/plain"), "<=", 1.05),
     "vos_step/plain_step (paper heads)": (("training_step_paper", "ratios", "vos/plain"), None, None),
+    "ffs_step/plain_step (paper detector)": (("paper_detector", "ratios", "ffs/plain"), None, None),
+    "vos_step/plain_step (paper detector)": (("paper_detector", "ratios", "vos/plain"), None, None),
     "ffs_synthesis/vos_synthesis (shapes)": (("synthesis", "config", "ratios", "ffs/vos"), None, None),
     "ffs_synthesis/vos_synthesis (paper)": (("synthesis", "paper", "ratios", "ffs/vos"), "<=", 0.2),
     "ffs_imgs_per_s/plain_imgs_per_s": (("inference", "ratios", "ffs/plain"), ">=", 0.98),
@@ -49,9 +53,11 @@ TARGETS = {
     "extraction 2_processes/1_process": (("extraction", "speedup_2_processes"), None, None),
 }
 
-# the sections run_benchmark can run, in order
-SECTIONS = ("training_step", "inference", "synthesis", "metrics", "flow_fit", "knn", "memory", "fit_memory",
-            "extraction")
+# the sections run_benchmark can run, in order; "paper_detector" (the papers' RegNetX detector at 800 px) runs by
+# default on a GPU only (on a CPU a full run of it takes tens of minutes): ask for it with --sections
+SECTIONS = ("training_step", "inference", "synthesis", "paper_detector", "metrics", "flow_fit", "knn", "memory",
+            "fit_memory", "extraction")
+CPU_DEFAULT_SECTIONS = tuple(x for x in SECTIONS if x != "paper_detector")
 
 
 def load_average():
@@ -88,8 +94,8 @@ def run_benchmark(quick: bool = False, device: str = "cpu", threads: Optional[in
                   log: Callable[[str], None] = print, sections: Optional[Sequence[str]] = None) -> Dict:
     """Run the measurements of ``sections`` (default: all of :data:`SECTIONS`); returns the results dict
     (also the JSON written by the CLI)."""
-    from .detector import (MODES, PAPER_HEAD_OPTS, build_models, detector_cfg, shapes_inputs, time_inference,
-                           time_training_steps)
+    from .detector import (MODES, PAPER_DETECTOR, PAPER_HEAD_OPTS, build_models, detector_cfg, shapes_inputs,
+                           step_peak_memory, time_inference, time_training_steps)
     from .extract_throughput import measure_extraction
     from .fit_memory import measure_fit_memory
     from .flow_fit import fit_race
@@ -98,7 +104,8 @@ def run_benchmark(quick: bool = False, device: str = "cpu", threads: Optional[in
     from .metrics import time_metrics
     from .synthesis import PAPER_SETTINGS, settings_from_cfgs, time_synthesis
 
-    chosen = list(SECTIONS) if not sections else list(sections)
+    default = SECTIONS if device.startswith("cuda") else CPU_DEFAULT_SECTIONS
+    chosen = list(default) if not sections else list(sections)
     unknown = [x for x in chosen if x not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown benchmark section(s) {unknown}; choose from {', '.join(SECTIONS)}")
@@ -156,6 +163,20 @@ def run_benchmark(quick: bool = False, device: str = "cpu", threads: Optional[in
             "paper": time_synthesis(PAPER_SETTINGS, size["paper_warmup"], size["paper_repeats"], device),
         }
 
+    pd = size["paper_detector"]
+    if section("paper_detector", f"detector: training steps of the papers' RegNetX-4.0GF FPN detector "
+                                 f"({', '.join(PAPER_DETECTOR.values())}), {pd['images']} images at {pd['min_size']} px"):
+        opts = ["INPUT.MIN_SIZE_TRAIN", f"({pd['min_size']},)", "INPUT.MAX_SIZE_TRAIN", str(max(1333, pd["min_size"]))]
+        paper_cfgs = {m: detector_cfg(m, device, pd["images"], opts, configs=PAPER_DETECTOR) for m in PAPER_DETECTOR}
+        paper_models = build_models(paper_cfgs, seed)
+        batch = shapes_inputs(paper_cfgs["plain"], pd["images"], seed, train=True)
+        results["paper_detector"] = time_training_steps(paper_models, paper_cfgs, batch, pd["warmup"], pd["repeats"],
+                                                        device)
+        results["paper_detector"]["configs"] = dict(PAPER_DETECTOR)
+        results["paper_detector"]["min_size"] = pd["min_size"]
+        results["paper_detector"]["peak_memory"] = step_peak_memory(paper_models, paper_cfgs, batch, device)
+        del paper_models
+
     if section("metrics", f"metrics: ood_metrics vs sklearn on {size['metric_scores']:,} scores"):
         results["metrics"] = time_metrics(size["metric_scores"], size["metric_warmup"], size["metric_repeats"],
                                           seed)
@@ -199,12 +220,16 @@ def _ms(x):
 def format_measurements(r: Dict) -> str:
     """The results as a plain-text table (medians) of the sections that ran, then the ratios."""
     rows = []
-    for key, label in (("training_step", "shapes heads"), ("training_step_paper", "paper heads")):
+    for key, label in (("training_step", "shapes heads"), ("training_step_paper", "paper heads"),
+                       ("paper_detector", "paper detector")):
         if key in r:
             ts = r[key]
             for m in ("plain", "vos", "ffs"):
                 rows.append((f"train step {m}, {label} ({ts['images_per_batch']} imgs)", _ms(ts[m]["median_s"]),
                              f"IQR {_ms(ts[m]['iqr_s'])}, n={ts[m]['repeats']}"))
+    for m, mem in r.get("paper_detector", {}).get("peak_memory", {}).items():
+        rows.append((f"train step {m}, paper detector: peak memory", f"{mem['step_peak_mb']:.0f} MB",
+                     f"above {mem['resident_mb']:.0f} MB resident (models {mem['model_mb']:.0f} MB)"))
     for setting in ("config", "paper") if "synthesis" in r else ():
         s = r["synthesis"][setting]
         st = s["settings"]

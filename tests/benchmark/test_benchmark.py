@@ -39,8 +39,9 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
     assert len(r["memory"]["rows"]) == len(r["memory"]["sizes"]) >= 2
     for row in r["memory"]["rows"]:
         assert row["total_peak_rss_over_baseline_mb"] >= 0
-    from ffs_det.benchmark.runner import SECTIONS, TARGETS
-    assert set(r["targets"]) == set(TARGETS) and "ffs_step/plain_step (paper heads)" in TARGETS
+    from ffs_det.benchmark.runner import CPU_DEFAULT_SECTIONS, TARGETS
+    assert set(r["targets"]) == {name for name, (path, _, _) in TARGETS.items() if path[0] in r}
+    assert "ffs_step/plain_step (paper heads)" in r["targets"] and "paper_detector" not in r  # GPU-only default
     for name, t in r["targets"].items():
         if t["target"] is None:  # reported without a verdict
             assert t["met"] is None, (name, t)
@@ -54,7 +55,7 @@ def test_quick_benchmark_writes_complete_json(tmp_path):
     rounds = r["targets"]["ffs_imgs_per_s/plain_imgs_per_s"]["rounds"]
     assert rounds["rounds"] == len(r["inference"]["ratio_rounds"]["ffs/plain"]) and rounds["min"] <= rounds["median"]
     assert r["training_step_paper"]["opts"]["all"][:2] == ["MODEL.ROI_BOX_HEAD.FC_DIM", "1024"]
-    assert set(r["section_seconds"]) == set(SECTIONS)
+    assert set(r["section_seconds"]) == set(CPU_DEFAULT_SECTIONS)
     fm = r["fit_memory"]
     assert {row["scorer"] for row in fm["rows"]} == {"mahalanobis", "fde"} and len(fm["rows"]) == 4
     assert all(row["peak_rss_mb"] >= row["baseline_rss_mb"] > 0 for row in fm["rows"])
@@ -68,3 +69,21 @@ def test_sections_select_and_reject(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--quick", "--sections",
                            "nonsense"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "unknown benchmark section" in proc.stderr
+
+
+def test_the_papers_detector_section_runs_on_request(tmp_path):
+    """The RegNetX-4.0GF FPN VOC configs (tiny images in --quick): step times and ratios; peak memory on a GPU."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--quick", "--threads", "1",
+                           "--sections", "paper_detector", "--output", str(out)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    pd = r["paper_detector"]
+    assert pd["configs"]["ffs"] == "VOC/ffs_regnetx.yaml"
+    for mode in ("plain", "vos", "ffs"):
+        assert _finite_positive(pd[mode]["median_s"])
+    assert "loss_energy_margin" in pd["ffs"]["losses"] and "loss_energy_margin" in pd["vos"]["losses"]
+    assert _finite_positive(r["targets"]["ffs_step/plain_step (paper detector)"]["value"])
+    assert pd["peak_memory"] == {}  # measured on a GPU only
+    assert "train step ffs, paper detector" in proc.stdout
