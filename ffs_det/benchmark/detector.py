@@ -95,10 +95,10 @@ def build_models(cfgs: Dict[str, object], seed: int = 0) -> Dict[str, torch.nn.M
         torch.manual_seed(seed)
         model = build_model(cfg)
         synth = model.roi_heads.synthesizer
-        if synth.kind == "gaussian":
-            with torch.no_grad():
-                synth.queue.normal_()
-                synth.count.fill_(synth.queue_size)
+        if synth.kind == "gaussian":  # every queue full of random features (observe keeps the statistics)
+            device = synth.queue.device
+            synth.observe(torch.randn(synth.num_classes * synth.queue_size, synth.dim, device=device),
+                          torch.arange(synth.num_classes, device=device).repeat_interleave(synth.queue_size))
         models[mode] = model
     return models
 

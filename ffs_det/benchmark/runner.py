@@ -237,6 +237,9 @@ def format_measurements(r: Dict) -> str:
             detail = (f"queue {st['vos']['queue_size']} x {st['num_classes']} cls, draw {st['vos']['sample_from']}/cls"
                       if m == "vos" else f"{st['ffs']['sample_from']} latents, hidden {st['ffs']['hidden']}")
             rows.append((f"synthesis {m} ({setting}, {st['dim']}-d)", _ms(s[m]["median_s"]), detail))
+        if "vos_observe" in s:
+            rows.append((f"synthesis vos observe ({setting}, {st['dim']}-d)", _ms(s["vos_observe"]["median_s"]),
+                         f"{st['vos'].get('step_rows')} rows, covariance {st['vos'].get('covariance')}"))
     if "inference" in r:
         inf = r["inference"]
         for m in ("plain", "ffs"):

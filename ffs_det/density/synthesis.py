@@ -23,7 +23,8 @@ Strategies:
 * ``"gaussian"`` (VOS, Du et al., ICLR 2022): class-conditional Gaussians with one shared covariance,
   estimated from per-class FIFO queues of ``queue_size`` features; ``sample_from`` draws per class, keep
   the ``select`` lowest-density ones per class. Nothing until every queue is full. The covariance is
-  accumulated in float64 and floored when it is not positive definite (:func:`shared_covariance_factor`).
+  accumulated in float64 (from running sums, or recomputed every step: ``covariance``) and floored when it
+  is not positive definite (:func:`covariance_factor`).
 * ``"none"``: no outliers (plain training).
 """
 import hashlib
@@ -37,11 +38,17 @@ from torch import nn
 from .flow import FeatureFlow, full_precision, standard_normal_log_prob, widen
 
 __all__ = ["OutlierSynthesizer", "NoSynthesis", "FlowTailSynthesizer", "GaussianTailSynthesizer",
-           "build_synthesizer", "shared_covariance_factor", "SYNTHESIS_KINDS"]
+           "build_synthesizer", "shared_covariance_factor", "covariance_factor", "SYNTHESIS_KINDS",
+           "COVARIANCE_UPDATES"]
 
 logger = logging.getLogger(__name__)
 
 SYNTHESIS_KINDS = ("flow", "gaussian", "none")
+# how VOS keeps its shared covariance: "exact" (recomputed from the queues every step, as the released code) or
+# "running" (float64 sums updated with the rows entering and leaving the queues; the same covariance up to
+# float64 rounding, rebuilt exactly every REFRESH updates)
+COVARIANCE_UPDATES = ("running", "exact")
+REFRESH = 1000
 
 
 # a checkpointed draw stream: version, device type code, rank (int32), state length (uint32), state, zero padding;
@@ -278,8 +285,11 @@ class GaussianTailSynthesizer(SampledSynthesizer):
     kind = "gaussian"
 
     def __init__(self, dim: int, num_classes: int, queue_size: int = 1000, sample_from: int = 10000,
-                 select: int = 1, eps: float = 1e-4, seed: Optional[int] = None):
+                 select: int = 1, eps: float = 1e-4, seed: Optional[int] = None, covariance: str = "running"):
         super().__init__(dim, seed)
+        if covariance not in COVARIANCE_UPDATES:
+            raise ValueError(f"covariance update must be one of {COVARIANCE_UPDATES}, got {covariance!r}")
+        self.covariance = covariance
         if not 1 <= select <= sample_from:
             raise ValueError(f"need 1 <= select <= sample_from, got select={select}, sample_from={sample_from}")
         if num_classes < 1 or queue_size < 1:
@@ -294,6 +304,11 @@ class GaussianTailSynthesizer(SampledSynthesizer):
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
         self._warned_floor = False
         self._ready = False
+        # "running": float64 sums of the queued rows per class and of their outer products over all classes, kept
+        # in step with the queues (not saved: rebuilt from the queues after a load, and every REFRESH updates)
+        self.register_buffer("_row_sums", torch.zeros(num_classes, dim, dtype=torch.float64), persistent=False)
+        self.register_buffer("_gram", torch.zeros(dim, dim, dtype=torch.float64), persistent=False)
+        self._updates = 0  # since the sums were last rebuilt from the queues
 
     def observe(self, features, labels):
         if features.dim() != 2 or features.shape[1] != self.dim:
@@ -315,14 +330,24 @@ class GaussianTailSynthesizer(SampledSynthesizer):
         per_class = torch.bincount(labels, minlength=self.num_classes).tolist()
         # each class's rows in their order in the batch
         by_class = features[torch.argsort(labels, stable=True)].split(per_class)
+        entering, leaving = [], []
         for c, rows in enumerate(by_class):
             if not per_class[c]:
                 continue
             new = rows[-self.queue_size:]
             n = new.shape[0]
+            if self.covariance == "running":
+                dropped = self.queue[c, :n].clone()  # zeros while the queue is not full: they add nothing
+                entering.append(new)
+                leaving.append(dropped)
+                self._row_sums[c] += new.sum(0, dtype=torch.float64) - dropped.sum(0, dtype=torch.float64)
             # FIFO: drop the n oldest rows, append the new ones at the end
             self.queue[c] = torch.cat([self.queue[c, n:], new], dim=0)
             self.count[c].add_(n).clamp_(max=self.queue_size)
+        if entering:
+            new, old = torch.cat(entering).to(torch.float64), torch.cat(leaving).to(torch.float64)
+            self._gram += new.T @ new - old.T @ old
+            self._updates += 1
         return {}
 
     @property
@@ -335,7 +360,29 @@ class GaussianTailSynthesizer(SampledSynthesizer):
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._ready = False
+        self._updates = REFRESH  # the running sums are rebuilt from the loaded queues
         super()._load_from_state_dict(*args, **kwargs)
+
+    def _moments(self):
+        """Class means ``(C, D)`` and the shared covariance ``(D, D)`` of the queues, float64: recomputed from the
+        queues (``covariance="exact"``), or from the running sums (``"running"``: ``(sum x x^T - Q sum_c mu_c
+        mu_c^T) / (C Q)``, a ``C Q``-th of the work for each row that entered the queues since the last step)."""
+        x = self.queue.detach()
+        if self.covariance == "exact":
+            x = x.to(torch.float64)
+            means = x.mean(dim=1)
+            centered = (x - means[:, None]).reshape(-1, self.dim)
+            return means, centered.T @ centered / centered.shape[0]
+        if self._updates >= REFRESH:  # rebuilt exactly, so rounding cannot accumulate
+            x = x.to(torch.float64)
+            self._row_sums.copy_(x.sum(dim=1))
+            flat = x.reshape(-1, self.dim)
+            self._gram.copy_(flat.T @ flat)
+            self._updates = 0
+        q = self.queue_size
+        means = self._row_sums / q
+        cov = (self._gram - q * (means.T @ means)) / (self.num_classes * q)
+        return means, (cov + cov.T) / 2
 
     @torch.no_grad()
     def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -349,7 +396,8 @@ class GaussianTailSynthesizer(SampledSynthesizer):
     def _fit(self):
         """Class means ``(C, D)`` and a lower-triangular factor ``L`` of the shared covariance (``L L^T``),
         from the queues, in the queue's dtype; see :func:`shared_covariance_factor`."""
-        means, chol, floored = shared_covariance_factor(self.queue, self.eps)
+        means, cov = self._moments()
+        chol, floored = covariance_factor(cov, self.eps)
         if floored and not self._warned_floor:
             logger.warning("VOS: the shared covariance of the %d x %d queued features is not positive definite "
                            "(rank-deficient queues?); its eigenvalues were floored (logged once)",
@@ -396,20 +444,27 @@ def shared_covariance_factor(queue: torch.Tensor, eps: float, floor: float = 1e-
     """Class means and a lower Cholesky factor of the shared covariance of per-class features ``queue (C, Q, D)``.
 
     Means and covariance ``(1/(C Q)) sum_c sum_i (x_ci - mu_c)(x_ci - mu_c)^T + eps I`` are accumulated in
-    float64. When that matrix is still not positive definite (``eps`` too small for rank-deficient queues: fewer
-    features than dimensions, duplicated rows, or an ill-conditioned float32 queue), its eigenvalues are floored
-    at ``max(eps, floor * largest eigenvalue)`` and the Cholesky factor of the floored matrix is returned.
-    Returns ``(means (C, D), chol (D, D), floored)``, float64.
+    float64; :func:`covariance_factor` factors it. Returns ``(means (C, D), chol (D, D), floored)``, float64.
     """
     x = queue.detach().to(torch.float64)
     means = x.mean(dim=1)
     centered = (x - means[:, None]).reshape(-1, x.shape[-1])
-    eye = torch.eye(x.shape[-1], device=x.device, dtype=torch.float64)
-    cov = centered.T @ centered / centered.shape[0] + float(eps) * eye
+    chol, floored = covariance_factor(centered.T @ centered / centered.shape[0], eps, floor)
+    return means, chol, floored
+
+
+def covariance_factor(cov: torch.Tensor, eps: float, floor: float = 1e-6):
+    """A lower Cholesky factor of ``cov + eps I`` (float64) and whether it had to be floored: when that matrix is
+    not positive definite (``eps`` too small for rank-deficient queues: fewer features than dimensions,
+    duplicated rows, or an ill-conditioned float32 queue), its eigenvalues are floored at
+    ``max(eps, floor * largest eigenvalue)`` and the Cholesky factor of the floored matrix is returned.
+    One host synchronisation (the factorisation's status) when it succeeds."""
+    eye = torch.eye(cov.shape[-1], device=cov.device, dtype=torch.float64)
+    cov = cov.to(torch.float64) + float(eps) * eye
     chol, info = torch.linalg.cholesky_ex(cov)
     if int(info) == 0:
-        return means, chol, False
-    if not torch.isfinite(x).all():
+        return chol, False
+    if not torch.isfinite(cov).all():
         raise ValueError("VOS: the queued features contain NaN or infinite values")
     vals, vecs = torch.linalg.eigh((cov + cov.T) / 2)
     vals = vals.clamp_min(max(float(eps), floor * float(vals[-1].clamp_min(0)), torch.finfo(torch.float64).tiny))
@@ -420,13 +475,13 @@ def shared_covariance_factor(queue: torch.Tensor, eps: float, floor: float = 1e-
     if int(info) != 0:
         raise ValueError(f"VOS: could not factor the shared covariance even after flooring its eigenvalues "
                          f"(largest {float(vals[-1]):.3g}); the queued features may be non-finite")
-    return means, chol, True
+    return chol, True
 
 
 def build_synthesizer(kind: str, dim: int, num_classes: int = 1, *, flow: Optional[FeatureFlow] = None,
                       sample_from: int = 200, select: int = 1, queue_size: int = 1000,
                       eps: float = 1e-4, standardize: bool = False, momentum: float = 0.05,
-                      seed: Optional[int] = None) -> OutlierSynthesizer:
+                      seed: Optional[int] = None, covariance: str = "running") -> OutlierSynthesizer:
     """Build the synthesis strategy ``kind`` (one of :data:`SYNTHESIS_KINDS`)."""
     if kind == "flow":
         if flow is None:
@@ -437,7 +492,7 @@ def build_synthesizer(kind: str, dim: int, num_classes: int = 1, *, flow: Option
                                    momentum=momentum, seed=seed)
     if kind == "gaussian":
         return GaussianTailSynthesizer(dim, num_classes, queue_size=queue_size, sample_from=sample_from,
-                                       select=select, eps=eps, seed=seed)
+                                       select=select, eps=eps, seed=seed, covariance=covariance)
     if kind == "none":
         return NoSynthesis(dim)
     raise ValueError(f"unknown synthesis {kind!r}; choose one of {SYNTHESIS_KINDS}")

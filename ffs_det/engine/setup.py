@@ -67,6 +67,8 @@ def build_cfg(config_file: str = "", opts=(), *, extra_files=(), cpu_fallback: b
         cfg.MODEL.DEVICE = "cpu"
     if cfg.FFS.SYNTHESIS not in ("flow", "gaussian", "none"):
         raise ConfigError(f"FFS.SYNTHESIS must be 'flow', 'gaussian' or 'none', got {cfg.FFS.SYNTHESIS!r}")
+    if cfg.FFS.COV_UPDATE not in ("running", "exact"):
+        raise ConfigError(f"FFS.COV_UPDATE must be 'running' or 'exact', got {cfg.FFS.COV_UPDATE!r}")
     if cfg.FFS.NONFINITE not in ("raise", "skip"):
         raise ConfigError(f"FFS.NONFINITE must be 'raise' or 'skip', got {cfg.FFS.NONFINITE!r}")
     if cfg.FFS.LOG_PERIOD < 1:

@@ -130,6 +130,7 @@ class FFSROIHeads(StandardROIHeads):
                                   permutation_seeds=f.FLOW.PERMUTATION_SEEDS)
             synthesizer = build_synthesizer(kind, dim, num_classes, flow=flow, sample_from=f.SAMPLE_FROM,
                                             select=f.SELECT, queue_size=f.QUEUE_SIZE, eps=f.COV_EPS,
+                                            covariance=f.COV_UPDATE,
                                             standardize=f.FLOW.STANDARDIZE, momentum=f.FLOW.STATS_MOMENTUM,
                                             seed=None if f.SAMPLE_SEED < 0 else f.SAMPLE_SEED)
             energy_margin = None

@@ -235,6 +235,8 @@ def test_train_net_cli_bad_inputs(tiny_data, tmp_path):
     base = ["--config-file", "Shapes/ffs_mobilenet.yaml", "--register-coco", "t", json_path, image_root,
             "DATASETS.TRAIN", "('t',)", "DATASETS.TEST", "()", "OUTPUT_DIR", tmp_path]
     assert _cli("train_net.py", *base, "FFS.NOPE", "1") == "error: command-line override: Non-existent key: FFS.NOPE"
+    assert _cli("train_net.py", *base, "FFS.COV_UPDATE", "fast") == ("error: FFS.COV_UPDATE must be 'running' or "
+                                                                    "'exact', got 'fast'")
     msg = _cli("train_net.py", *base, "MODEL.ROI_HEADS.NUM_CLASSES", "5")
     assert msg == ("error: MODEL.ROI_HEADS.NUM_CLASSES is 5 but training set 't' has 3 classes (disc, block, wedge); "
                    "set MODEL.ROI_HEADS.NUM_CLASSES 3")
