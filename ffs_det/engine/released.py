@@ -61,7 +61,9 @@ DROPPED = {
     r"proposal_generator\.anchor_generator\.cell_anchors\.\d+": "rebuilt from MODEL.ANCHOR_GENERATOR",
 }
 # ffs_det keys with no released counterpart: a new model's values are what the released code has
-FRESH = (r"roi_heads\.synthesizer\.(queue|count)", r"roi_heads\.synthesizer\.(running_mean|running_var|stats_count)")
+# (the synthesis draw stream: a new model's, which has not drawn yet)
+FRESH = (r"roi_heads\.synthesizer\.(queue|count)", r"roi_heads\.synthesizer\.(running_mean|running_var|stats_count)",
+         r"roi_heads\.synthesizer\._extra_state")
 
 
 def _matches(patterns, key: str) -> bool:

@@ -149,6 +149,9 @@ def test_two_process_cpu_launch_keeps_ranks_in_sync(tiny_set, tmp_path):
     states = [torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in range(2)]
     assert states[0]["iter"] == states[1]["iter"] == 4
     for key, value in states[0]["model"].items():
+        if key == "roi_heads.synthesizer._extra_state":  # each rank draws its outliers from its own stream
+            assert not torch.equal(value, states[1]["model"][key])
+            continue
         assert torch.equal(value, states[1]["model"][key]), key
     # synthesis was active: the energy-margin weights moved away from their initialisation
     assert not torch.equal(states[0]["model"]["roi_heads.energy_margin.logistic.weight"],
