@@ -304,11 +304,11 @@ class GaussianTailSynthesizer(SampledSynthesizer):
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
         self._warned_floor = False
         self._ready = False
-        # "running": float64 sums of the queued rows per class and of their outer products over all classes, kept
-        # in step with the queues (not saved: rebuilt from the queues after a load, and every REFRESH updates)
-        self.register_buffer("_row_sums", torch.zeros(num_classes, dim, dtype=torch.float64), persistent=False)
-        self.register_buffer("_gram", torch.zeros(dim, dim, dtype=torch.float64), persistent=False)
-        self._updates = 0  # since the sums were last rebuilt from the queues
+        # "running": float64 sums of the queued rows per class (C, D) and of their outer products over all classes
+        # (D, D), on the queues' device, kept in step with the queues by observe. Not state: None until first
+        # needed, after a load or a move to another device; then, and every REFRESH updates, rebuilt from the queues
+        self._sums: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._updates = 0
 
     def observe(self, features, labels):
         if features.dim() != 2 or features.shape[1] != self.dim:
@@ -328,6 +328,9 @@ class GaussianTailSynthesizer(SampledSynthesizer):
             bad = sorted(set(torch.unique(labels).tolist()) - set(range(self.num_classes)))
             raise ValueError(f"class label {bad[0]} outside [0, {self.num_classes})")
         per_class = torch.bincount(labels, minlength=self.num_classes).tolist()
+        # running sums to update; None: they are rebuilt from the queues when next needed
+        sums = self._sums if self.covariance == "running" and self._sums is not None \
+            and self._sums[1].device == self.queue.device else None
         # each class's rows in their order in the batch
         by_class = features[torch.argsort(labels, stable=True)].split(per_class)
         entering, leaving = [], []
@@ -336,17 +339,17 @@ class GaussianTailSynthesizer(SampledSynthesizer):
                 continue
             new = rows[-self.queue_size:]
             n = new.shape[0]
-            if self.covariance == "running":
+            if sums is not None:
                 dropped = self.queue[c, :n].clone()  # zeros while the queue is not full: they add nothing
                 entering.append(new)
                 leaving.append(dropped)
-                self._row_sums[c] += new.sum(0, dtype=torch.float64) - dropped.sum(0, dtype=torch.float64)
+                sums[0][c] += new.sum(0, dtype=torch.float64) - dropped.sum(0, dtype=torch.float64)
             # FIFO: drop the n oldest rows, append the new ones at the end
             self.queue[c] = torch.cat([self.queue[c, n:], new], dim=0)
             self.count[c].add_(n).clamp_(max=self.queue_size)
         if entering:
             new, old = torch.cat(entering).to(torch.float64), torch.cat(leaving).to(torch.float64)
-            self._gram += new.T @ new - old.T @ old
+            sums[1].add_(new.T @ new - old.T @ old)
             self._updates += 1
         return {}
 
@@ -360,28 +363,22 @@ class GaussianTailSynthesizer(SampledSynthesizer):
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._ready = False
-        self._updates = REFRESH  # the running sums are rebuilt from the loaded queues
+        self._sums = None  # rebuilt from the loaded queues
         super()._load_from_state_dict(*args, **kwargs)
 
     def _moments(self):
         """Class means ``(C, D)`` and the shared covariance ``(D, D)`` of the queues, float64: recomputed from the
         queues (``covariance="exact"``), or from the running sums (``"running"``: ``(sum x x^T - Q sum_c mu_c
         mu_c^T) / (C Q)``, a ``C Q``-th of the work for each row that entered the queues since the last step)."""
-        x = self.queue.detach()
         if self.covariance == "exact":
-            x = x.to(torch.float64)
-            means = x.mean(dim=1)
-            centered = (x - means[:, None]).reshape(-1, self.dim)
-            return means, centered.T @ centered / centered.shape[0]
-        if self._updates >= REFRESH:  # rebuilt exactly, so rounding cannot accumulate
-            x = x.to(torch.float64)
-            self._row_sums.copy_(x.sum(dim=1))
+            return queue_moments(self.queue)
+        if self._sums is None or self._sums[1].device != self.queue.device or self._updates >= REFRESH:
+            x = self.queue.detach().to(torch.float64)  # rebuilt exactly, so rounding cannot accumulate
             flat = x.reshape(-1, self.dim)
-            self._gram.copy_(flat.T @ flat)
-            self._updates = 0
+            self._sums, self._updates = (x.sum(dim=1), flat.T @ flat), 0
         q = self.queue_size
-        means = self._row_sums / q
-        cov = (self._gram - q * (means.T @ means)) / (self.num_classes * q)
+        means = self._sums[0] / q
+        cov = (self._sums[1] - q * (means.T @ means)) / (self.num_classes * q)
         return means, (cov + cov.T) / 2
 
     @torch.no_grad()
@@ -446,11 +443,17 @@ def shared_covariance_factor(queue: torch.Tensor, eps: float, floor: float = 1e-
     Means and covariance ``(1/(C Q)) sum_c sum_i (x_ci - mu_c)(x_ci - mu_c)^T + eps I`` are accumulated in
     float64; :func:`covariance_factor` factors it. Returns ``(means (C, D), chol (D, D), floored)``, float64.
     """
+    means, cov = queue_moments(queue)
+    chol, floored = covariance_factor(cov, eps, floor)
+    return means, chol, floored
+
+
+def queue_moments(queue: torch.Tensor):
+    """Class means ``(C, D)`` and shared covariance ``(D, D)`` (without ridge) of ``queue (C, Q, D)``, in float64."""
     x = queue.detach().to(torch.float64)
     means = x.mean(dim=1)
     centered = (x - means[:, None]).reshape(-1, x.shape[-1])
-    chol, floored = covariance_factor(centered.T @ centered / centered.shape[0], eps, floor)
-    return means, chol, floored
+    return means, centered.T @ centered / centered.shape[0]
 
 
 def covariance_factor(cov: torch.Tensor, eps: float, floor: float = 1e-6):
