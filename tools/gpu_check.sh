@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: everything that can only be checked on a CUDA machine, in one run (sized for under 8 minutes
-# on one GPU; not yet timed on one). Run it from an environment where `make env` (or an install with official detectron2) has been done:
+# on one GPU; not yet timed on one). Run it from an environment where `make env` (or an install with
+# official detectron2) has been done:
 #
 #   bash tools/gpu_check.sh [OUT_DIR]      # default OUT_DIR: gpu_check
 #
