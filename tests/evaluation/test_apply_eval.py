@@ -36,6 +36,8 @@ def trained(tmp_path_factory):
     from ffs_det.data import register_coco
     register_coco("e2e_train", id_json, id_root)
     cfg = build_cfg("Shapes/ffs_mobilenet.yaml", tiny_opts(root / "model", "flow", dataset="e2e_train", max_iter=6))
+    from detectron2.utils.env import seed_all_rng
+    seed_all_rng(0)  # the same model whatever the tests before this one drew
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -78,7 +80,9 @@ def test_apply_net_then_eval_ood(trained, capsys):
         coco_dt = coco_gt.loadRes(json.load(f))
     ev = COCOeval(coco_gt, coco_dt, "bbox")
     ev.evaluate(), ev.accumulate(), ev.summarize()
-    assert summary["bbox"]["AP50"] == pytest.approx(100 * ev.stats[1], abs=1e-6)
+    # the json's rounding (scores to 5 decimals, boxes to 0.01 px) can reorder near-tied scores or move an IoU
+    # across 0.5; apply_net evaluates the unrounded detections
+    assert summary["bbox"]["AP50"] == pytest.approx(100 * ev.stats[1], abs=0.01)
     with open(out / "e2e_id" / "coco_detections.json") as f:
         dets = json.load(f)
     assert len(dets) == n and {d["category_id"] for d in dets} <= {1, 2, 3}
