@@ -2,7 +2,6 @@
 (their ROI heads: deeplearning-wisc/vos detection/modeling/roihead_gmm.py, nish03/FFS
 Flow-Feature-Synthesis/detection/modeling/flow_generator.py; trunk, FPN, RPN and box head/predictor carry
 detectron2's names on both sides)."""
-import importlib.util
 import os
 
 import numpy as np
@@ -14,17 +13,9 @@ from detectron2.modeling import build_model
 from ffs_det.engine.checkpoint import SafeCheckpointer
 from ffs_det.engine.released import convert_state_dict
 from ffs_det.engine.setup import build_cfg
-from repo_paths import REPO_ROOT
+from repo_paths import load_tool
 
 DIM, HIDDEN = 1024, 2048  # the box head's width and the released flow's subnet width
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("convert_checkpoint",
-                                                  os.path.join(REPO_ROOT, "tools", "convert_checkpoint.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cfg(config, *opts):
@@ -71,7 +62,7 @@ def test_released_voc_checkpoints_load_into_ffs_det(tmp_path, config, flow, caps
     src = tmp_path / "model_final.pth"
     torch.save({"model": released, "iteration": 23999, "optimizer": {}, "scheduler": {}}, src)
     out = tmp_path / "converted.pth"
-    assert _tool().main(["--config-file", config, "--input", str(src), "--output", str(out)]) == 0
+    assert load_tool("convert_checkpoint").main(["--config-file", config, "--input", str(src), "--output", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
 
     model = build_model(cfg)
@@ -137,7 +128,7 @@ def test_drop_classes_for_the_released_bdd_model(tmp_path, capsys):
     released = released_state(cfg, True, 10)
     src = tmp_path / "bdd.pth"
     torch.save({"model": released}, src)
-    tool = _tool()
+    tool = load_tool("convert_checkpoint")
     out = tmp_path / "bdd_converted.pth"
     assert tool.main(["--config-file", "BDD/ffs_regnetx.yaml", "--input", str(src), "--output", str(out)]) == 2
     assert "--drop-classes 8,9" in capsys.readouterr().err and not out.exists()

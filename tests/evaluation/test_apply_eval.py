@@ -1,5 +1,4 @@
 """apply_net -> eval_ood end to end on tiny generated sets with a briefly trained FFS model."""
-import importlib.util
 import json
 import os
 import shutil
@@ -10,44 +9,26 @@ import torch
 
 from ffs_det.atomic_io import file_sha256
 from ffs_det.density.metrics import ood_metrics
-from ffs_det.engine import Trainer
-from ffs_det.engine.setup import build_cfg
 from ffs_det.evaluation.detections import match_to_ground_truth
 from ffs_det.evaluation.records import load_records
 
-from detector_utils import tiny_opts, write_tiny_coco
-from repo_paths import REPO_ROOT as REPO
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from detector_utils import train_tiny_id_ood
+from repo_paths import load_tool
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    id_json, id_root = write_tiny_coco(str(root / "id"), num_images=8, seed=1)
-    ood_json, ood_root = write_tiny_coco(str(root / "ood"), num_images=4, seed=2)
-    register = ["--register-coco", "e2e_train", id_json, id_root, "--register-coco", "e2e_id", id_json, id_root,
-                "--register-coco", "e2e_ood", ood_json, ood_root]
-    from ffs_det.data import register_coco
-    register_coco("e2e_train", id_json, id_root)
-    cfg = build_cfg("Shapes/ffs_mobilenet.yaml", tiny_opts(root / "model", "flow", dataset="e2e_train", max_iter=6))
-    from detectron2.utils.env import seed_all_rng
-    seed_all_rng(0)  # the same model whatever the tests before this one drew
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    return root, register, os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    # seeded: the same model whatever the tests before this one drew
+    register, weights = train_tiny_id_ood(root, "e2e", "Shapes/ffs_mobilenet.yaml", "flow", num_id=8, num_ood=4,
+                                          id_seed=1, ood_seed=2, seed=0)
+    return root, register, weights
 
 
 def test_apply_net_then_eval_ood(trained, capsys):
     root, register, weights = trained
     out = root / "inference"
-    assert _tool("apply_net").main(["--config-file", "Shapes/ffs_mobilenet.yaml", "--flow-loglik",
+    assert load_tool("apply_net").main(["--config-file", "Shapes/ffs_mobilenet.yaml", "--flow-loglik",
                                     "--test-dataset", "e2e_id",
                              "--test-dataset", "e2e_ood", "--inference-config", "Inference/standard_nms.yaml",
                              "--output-dir", str(out), *register, "MODEL.WEIGHTS", weights,
@@ -88,7 +69,7 @@ def test_apply_net_then_eval_ood(trained, capsys):
     assert len(dets) == n and {d["category_id"] for d in dets} <= {1, 2, 3}
 
     report_dir = root / "report"
-    assert _tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
+    assert load_tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
                                    str(out / "e2e_ood" / "records.npz"), "--thres", "0.0",
                                    "--output-dir", str(report_dir)]) == 0
     with open(report_dir / "metrics.json") as f:
@@ -102,7 +83,7 @@ def test_apply_net_then_eval_ood(trained, capsys):
     assert (got["n_id"], got["n_ood"]) == (n, len(ood_arrays["score"]))
     # an FFS model's records carry the flow's log-density per detection, usable as the OOD score
     assert arrays["flow_loglik"].shape == (n,) and np.isfinite(arrays["flow_loglik"]).all()
-    assert _tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
+    assert load_tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
                                    str(out / "e2e_ood" / "records.npz"), "--thres", "0.0", "--score-key",
                                    "flow_loglik", "--output-dir", str(root / "report_flow")]) == 0
     flow = json.loads((root / "report_flow" / "metrics.json").read_text())[name]
@@ -129,15 +110,15 @@ def test_records_of_two_checkpoints_are_not_mixed(trained, tmp_path, capsys):
     apply = ["--config-file", "Shapes/ffs_mobilenet.yaml", "--output-dir", str(out), *register,
              "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "INPUT.MIN_SIZE_TEST", "128", "FFS.FLOW.HIDDEN", "64",
              "MODEL.WEIGHTS", str(model)]
-    assert _tool("apply_net").main(["--test-dataset", "e2e_id", "--test-dataset", "e2e_ood", *apply]) == 0
+    assert load_tool("apply_net").main(["--test-dataset", "e2e_id", "--test-dataset", "e2e_ood", *apply]) == 0
     assert load_records(str(out / "e2e_id" / "records.npz"))[1]["weights_sha256"] == file_sha256(str(model))
     # retrained into the same path, then applied to the ID set only (as a run killed after it leaves things)
     state = torch.load(model, map_location="cpu", weights_only=True)
     state["model"]["roi_heads.box_predictor.cls_score.bias"] += 1.0
     torch.save(state, model)
-    assert _tool("apply_net").main(["--test-dataset", "e2e_id", *apply]) == 0
+    assert load_tool("apply_net").main(["--test-dataset", "e2e_id", *apply]) == 0
     capsys.readouterr()
-    assert _tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
+    assert load_tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
                                    str(out / "e2e_ood" / "records.npz"), "--thres", "0.0",
                                    "--output-dir", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
@@ -147,7 +128,7 @@ def test_records_of_two_checkpoints_are_not_mixed(trained, tmp_path, capsys):
     # a dataset folder holding other files is refused before inference, and left as it is
     (out / "e2e_ood" / "notes.txt").write_text("mine")
     before = sorted(os.listdir(out / "e2e_ood"))
-    assert _tool("apply_net").main(["--test-dataset", "e2e_ood", *apply, "MODEL.WEIGHTS", weights]) == 2
+    assert load_tool("apply_net").main(["--test-dataset", "e2e_ood", *apply, "MODEL.WEIGHTS", weights]) == 2
     assert (f"error: e2e_ood: output folder {out / 'e2e_ood'} holds files apply_net did not write (notes.txt); choose "
             "a new or empty folder, or remove them (nothing was written)") in capsys.readouterr().err.splitlines()
     assert sorted(os.listdir(out / "e2e_ood")) == before
@@ -163,7 +144,7 @@ def test_ood_sets_get_no_box_ap_and_records_carry_the_models_class_names(trained
     renamed = tmp_path / "renamed.json"
     renamed.write_text(json.dumps(data))
     out = tmp_path / "inference"
-    assert _tool("apply_net").main([
+    assert load_tool("apply_net").main([
         "--config-file", "Shapes/ffs_mobilenet.yaml", "--test-dataset", "e2e_id", "--test-dataset", "renamed",
         "--test-dataset", "marked", "--output-dir", str(out), *register,
         "--register-coco", "renamed", str(renamed), register[-1], "--register-coco-ood", "marked", ood_json,
@@ -175,6 +156,6 @@ def test_ood_sets_get_no_box_ap_and_records_carry_the_models_class_names(trained
         assert "num_gt" not in meta and "gt_matched" not in arrays
         assert "bbox" not in json.loads((out / name / "metrics.json").read_text())
     assert "bbox" in json.loads((out / "e2e_id" / "metrics.json").read_text())
-    assert _tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
+    assert load_tool("eval_ood").main(["--id", str(out / "e2e_id" / "records.npz"), "--ood",
                                    str(out / "renamed" / "records.npz"), "--ood", str(out / "marked" / "records.npz"),
                                    "--thres", "0.0", "--output-dir", str(tmp_path / "report")]) == 0

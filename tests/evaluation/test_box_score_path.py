@@ -1,6 +1,5 @@
 """The post-hoc box-score path end to end: pre-activation features, proposal features of the training set,
 tools/compare_scores.py, and a stock detectron2 Faster R-CNN through apply_net."""
-import importlib.util
 import json
 import os
 
@@ -8,41 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from ffs_det.engine import Trainer
 from ffs_det.engine.setup import build_cfg
 from ffs_det.evaluation.records import load_records, save_records
 
-from detector_utils import tiny_opts, write_tiny_coco
-from repo_paths import REPO_ROOT as REPO
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from detector_utils import train_tiny_id_ood, write_tiny_coco
+from repo_paths import load_tool
 
 
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory):
     """A briefly trained plain model, applied to its training set (with proposals), an ID and an OOD set."""
     root = tmp_path_factory.mktemp("boxpath")
-    id_json, id_root = write_tiny_coco(str(root / "id"), num_images=10, seed=3)
-    ood_json, ood_root = write_tiny_coco(str(root / "ood"), num_images=6, seed=4)
-    register = ["--register-coco", "bp_train", id_json, id_root, "--register-coco", "bp_id", id_json, id_root,
-                "--register-coco", "bp_ood", ood_json, ood_root]
-    from ffs_det.data import register_coco
-    register_coco("bp_train", id_json, id_root)
-    cfg = build_cfg("Shapes/vanilla_mobilenet.yaml", tiny_opts(root / "model", "none", dataset="bp_train", max_iter=6))
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    register, weights = train_tiny_id_ood(root, "bp", "Shapes/vanilla_mobilenet.yaml", "none", num_id=10, num_ood=6,
+                                          id_seed=3, ood_seed=4)
     common = ["--config-file", "Shapes/vanilla_mobilenet.yaml", "--inference-config", "Inference/standard_nms.yaml",
               *register]
     overrides = ["MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "INPUT.MIN_SIZE_TEST", "128"]
     out = root / "inference"
-    assert _tool("apply_net").main([*common, "--save-features", "--proposals-of", "bp_train",
+    assert load_tool("apply_net").main([*common, "--save-features", "--proposals-of", "bp_train",
                                     "--max-proposals-per-image", "7", "--test-dataset", "bp_train",
                                     "--test-dataset", "bp_id", "--test-dataset", "bp_ood", "--output-dir", str(out),
                                     *overrides]) == 0
@@ -53,7 +35,7 @@ def test_preactivation_features_are_the_box_heads_last_layer_before_its_relu(app
     root, out, common, overrides = applied
     pre, meta = load_records(str(out / "bp_id" / "records.npz"))
     assert meta["feature_space"] == "preactivation" and (pre["features"] < 0).any()
-    assert _tool("apply_net").main([*common, "--save-features", "--feature-space", "output", "--test-dataset",
+    assert load_tool("apply_net").main([*common, "--save-features", "--feature-space", "output", "--test-dataset",
                                     "bp_id", "--output-dir", str(root / "output_space"), *overrides]) == 0
     post, meta = load_records(str(root / "output_space" / "bp_id" / "records.npz"))
     assert meta["feature_space"] == "output"
@@ -88,12 +70,12 @@ def test_proposal_records_hold_foreground_ground_truth_and_background_boxes(appl
 
 def test_proposals_of_a_set_not_applied_or_not_in_the_models_classes_is_refused(applied, tmp_path, capsys):
     root, out, common, overrides = applied
-    assert _tool("apply_net").main([*common, "--save-features", "--proposals-of", "bp_ood", "--test-dataset", "bp_id",
+    assert load_tool("apply_net").main([*common, "--save-features", "--proposals-of", "bp_ood", "--test-dataset", "bp_id",
                                     "--output-dir", str(root / "refused"), *overrides]) == 2
     assert "--proposals-of bp_ood: not among the --test-dataset names" in capsys.readouterr().err
     assert not (root / "refused").exists()
     json_path, image_root = write_tiny_coco(str(tmp_path / "other"), num_images=2, seed=9)
-    assert _tool("apply_net").main([*common, "--save-features", "--register-coco-ood", "bp_other", json_path,
+    assert load_tool("apply_net").main([*common, "--save-features", "--register-coco-ood", "bp_other", json_path,
                                     image_root, "--proposals-of", "bp_other", "--test-dataset", "bp_other",
                                     "--output-dir", str(root / "refused"), *overrides]) == 2
     assert "proposal features need a set annotated in the model's classes" in capsys.readouterr().err
@@ -107,7 +89,7 @@ def test_compare_scores_cli_fits_on_proposals(applied, capsys):
             "--scorer", "mahalanobis", "--scorer", "knn", "--option", "knn.k=3", "--fuse", "energy", "knn",
             "--thres", "0.0"]
     report = root / "scores"
-    assert _tool("compare_scores").main([*args, "--output-dir", str(report)]) == 0
+    assert load_tool("compare_scores").main([*args, "--output-dir", str(report)]) == 0
     printed = capsys.readouterr().out
     assert "energy+knn" in printed and "proposals" in printed
     result = json.loads((report / "scores.json").read_text())
@@ -117,14 +99,14 @@ def test_compare_scores_cli_fits_on_proposals(applied, capsys):
     names = set(os.listdir(report))
     assert {"scores.md", "scores.csv", "scores.json", "roc_bp_ood.png", "hist_knn_bp_ood.png"} <= names
     # a rerun replaces the report; a folder holding a user's file is refused before any work
-    assert _tool("compare_scores").main([*args, "--output-dir", str(report)]) == 0
+    assert load_tool("compare_scores").main([*args, "--output-dir", str(report)]) == 0
     (root / "mine").mkdir()
     (root / "mine" / "notes.txt").write_text("keep")
-    assert _tool("compare_scores").main([*args, "--output-dir", str(root / "mine")]) == 2
+    assert load_tool("compare_scores").main([*args, "--output-dir", str(root / "mine")]) == 2
     assert (root / "mine" / "notes.txt").read_text() == "keep" and len(os.listdir(root / "mine")) == 1
     capsys.readouterr()
     # an option for a scorer that is not run is named, not ignored
-    assert _tool("compare_scores").main([*args, "--option", "gmm.components=2", "--output-dir", str(root / "x")]) == 2
+    assert load_tool("compare_scores").main([*args, "--option", "gmm.components=2", "--output-dir", str(root / "x")]) == 2
     assert "gmm" in capsys.readouterr().err and not (root / "x").exists()
 
 
@@ -170,7 +152,7 @@ def test_a_stock_detectron2_config_and_checkpoint_give_records(tmp_path):
     weights = str(tmp_path / "stock.pth")
     torch.save({"model": model.state_dict()}, weights)
     json_path, image_root = write_tiny_coco(str(tmp_path / "data"), num_images=3, seed=5)
-    assert _tool("apply_net").main(["--config-file", stock_yaml, "--save-features", "--register-coco", "stock_id",
+    assert load_tool("apply_net").main(["--config-file", stock_yaml, "--save-features", "--register-coco", "stock_id",
                                     json_path, image_root, "--test-dataset", "stock_id", "--output-dir",
                                     str(tmp_path / "out"), *small, "MODEL.WEIGHTS", weights]) == 0
     arrays, meta = load_records(str(tmp_path / "out" / "stock_id" / "records.npz"))
