@@ -21,6 +21,7 @@ from detectron2.utils.events import EventStorage
 
 from ..data.shapes import ID_CLASSES, render_scene
 from ..engine.setup import build_cfg
+from .synthesis import fill_queues
 from .timing import interleaved, paired_ratio, summarize
 
 __all__ = ["MODES", "PAPER_HEAD_OPTS", "PAPER_DETECTOR", "detector_cfg", "shapes_inputs", "build_models",
@@ -95,10 +96,8 @@ def build_models(cfgs: Dict[str, object], seed: int = 0) -> Dict[str, torch.nn.M
         torch.manual_seed(seed)
         model = build_model(cfg)
         synth = model.roi_heads.synthesizer
-        if synth.kind == "gaussian":  # every queue full of random features (observe keeps the statistics)
-            device = synth.queue.device
-            synth.observe(torch.randn(synth.num_classes * synth.queue_size, synth.dim, device=device),
-                          torch.arange(synth.num_classes, device=device).repeat_interleave(synth.queue_size))
+        if synth.kind == "gaussian":
+            fill_queues(synth)
         models[mode] = model
     return models
 

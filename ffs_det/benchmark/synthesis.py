@@ -13,7 +13,7 @@ import torch
 from ..density import FeatureFlow, build_synthesizer
 from .timing import interleaved, paired_ratio, summarize
 
-__all__ = ["PAPER_SETTINGS", "settings_from_cfgs", "build_synthesizers", "time_synthesis"]
+__all__ = ["PAPER_SETTINGS", "settings_from_cfgs", "build_synthesizers", "fill_queues", "time_synthesis"]
 
 PAPER_SETTINGS = {
     "dim": 1024, "num_classes": 20,
@@ -42,13 +42,19 @@ def build_synthesizers(settings: Dict, device: str = "cpu", seed: int = 0):
     dim, classes, v, f = settings["dim"], settings["num_classes"], settings["vos"], settings["ffs"]
     vos = build_synthesizer("gaussian", dim, classes, queue_size=v["queue_size"], sample_from=v["sample_from"],
                             select=v["select"], covariance=v.get("covariance", "running")).to(device)
-    # every queue full of random features, through observe (which keeps the running statistics)
-    vos.observe(torch.randn(classes * v["queue_size"], dim, device=device),
-                torch.arange(classes, device=device).repeat_interleave(v["queue_size"]))
+    fill_queues(vos)
     flow = FeatureFlow(dim, coupling=f["coupling"], blocks=f["blocks"], hidden=f["hidden"], clamp=f["clamp"])
     ffs = build_synthesizer("flow", dim, classes, flow=flow, sample_from=f["sample_from"],
                             select=f["select"]).to(device)
     return {"vos": vos, "ffs": ffs}
+
+
+def fill_queues(vos) -> None:
+    """Every class queue of a Gaussian (VOS) synthesizer full of N(0, I) features, through ``observe`` (which keeps
+    its running statistics), so that it synthesises."""
+    device = vos.queue.device
+    vos.observe(torch.randn(vos.num_classes * vos.queue_size, vos.dim, device=device),
+                torch.arange(vos.num_classes, device=device).repeat_interleave(vos.queue_size))
 
 
 def time_synthesis(settings: Dict, warmup: int, repeats: int, device: str = "cpu") -> Dict:
