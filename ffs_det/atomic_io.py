@@ -11,14 +11,16 @@ permissions a plain ``open()`` would give it (an existing file's mode is kept), 
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 import uuid
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
-           "check_replaceable_folder", "replace_folder", "file_sha256", "child_folder"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "finite_json", "json_bytes",
+           "atomic_dir", "check_replaceable_folder", "replace_folder", "file_sha256", "child_folder",
+           "check_folder_path", "check_replaceable_tree", "replace_folder_keeping"]
 
 
 def _read_umask() -> int:
@@ -69,10 +71,26 @@ def atomic_write_text(path: str, text: str) -> None:
         f.write(text)
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (also numpy's) replaced by None, so that it is valid JSON (which has
+    no NaN): e.g. an AP of a class without ground truth."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, float) or type(obj).__module__ == "numpy" and hasattr(obj, "dtype") and obj.dtype.kind == "f":
+        return float(obj) if math.isfinite(float(obj)) else None
+    return obj
+
+
+def json_bytes(obj: Any, indent: int = None, default: Callable = None) -> bytes:
+    """``obj`` as strict JSON text (NaN/inf as null, :func:`finite_json`) plus a newline, UTF-8 encoded."""
+    return (json.dumps(finite_json(obj), indent=indent, default=default, allow_nan=False) + "\n").encode()
+
+
 def atomic_write_json(path: str, obj: Any, indent: int = None, default: Callable = None) -> None:
-    with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=indent, default=default)
-        f.write("\n")
+    """``obj`` as strict JSON (:func:`json_bytes`), written atomically."""
+    atomic_write_bytes(path, json_bytes(obj, indent, default))
 
 
 @contextlib.contextmanager
@@ -113,8 +131,7 @@ def check_replaceable_folder(path: str, marker: Optional[str] = None, allowed: S
     """ValueError unless ``path`` may be replaced: absent, empty, or holding only what an earlier run of
     ``tool`` wrote: the names in ``allowed``, and those listed in its ``marker`` file (see
     :func:`replace_folder`)."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"output folder {path} exists and is not a folder")
+    check_folder_path(path)
     if os.path.isdir(path):
         entries = set(os.listdir(path))
         ours = set(allowed)
@@ -147,6 +164,127 @@ def replace_folder(path: str, files: Dict[str, bytes], marker: str) -> List[str]
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+    return [os.path.join(path, *name.split("/")) for name in files]
+
+
+def check_folder_path(path: str, what: str = "output folder") -> None:
+    """ValueError unless ``path`` is a folder or can be created as one: ``path`` itself, or the nearest of its
+    parents that exists, is a file (where ``os.makedirs`` would fail with a bare ``[Errno 17] File exists``
+    or ``[Errno 20] Not a directory``)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what} {path} exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{what} {path} cannot be created: {parent} exists and is not a folder")
+
+
+def _marker_names(path: str, marker: str) -> List[str]:
+    try:
+        with open(os.path.join(path, marker), encoding="utf-8") as f:
+            names = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def check_replaceable_tree(path: str, marker: str, keep: Sequence[str] = (), tool: str = "this tool") -> None:
+    """ValueError unless :func:`replace_folder_keeping` may replace ``path``: absent, empty, or holding only
+    the files an earlier call listed in its ``marker`` file (at any depth, with the folders leading to
+    them) and the entries ``keep`` (relative paths, kept as they are). Stricter than
+    :func:`check_replaceable_folder`, which accepts anything below a listed top-level name."""
+    check_folder_path(path)
+    if os.path.islink(path):
+        raise ValueError(f"output folder {path} is a symbolic link; give the folder it points to "
+                         "(nothing was written)")
+    if not os.path.isdir(path):
+        return
+    listed = _marker_names(path, marker) if os.path.isfile(os.path.join(path, marker)) else []
+    owned_trees = {n.rstrip("/") for n in listed if n.endswith("/")} | {k.strip("/") for k in keep}
+    owned_files = {n for n in listed if not n.endswith("/")} | {marker}
+    parents = {os.path.dirname(n) for n in owned_files | owned_trees}
+    for name in list(parents):
+        while name:
+            name = os.path.dirname(name)
+            parents.add(name)
+    other = []
+    for root, dirs, files in os.walk(path):
+        rel_root = os.path.relpath(root, path).replace(os.sep, "/")
+        rel_root = "" if rel_root == "." else rel_root + "/"
+        for d in sorted(dirs):
+            rel = rel_root + d
+            if rel not in owned_trees and (rel not in parents or os.path.islink(os.path.join(root, d))):
+                other.append(rel + "/")
+        dirs[:] = [d for d in dirs if rel_root + d in parents and rel_root + d not in owned_trees
+                   and not os.path.islink(os.path.join(root, d))]
+        other += [rel_root + f for f in sorted(files) if rel_root + f not in owned_files | owned_trees]
+    if other:
+        shown = ", ".join(other[:3]) + (f", ... ({len(other) - 3} more)" if len(other) > 3 else "")
+        raise ValueError(f"output folder {path} holds files {tool} did not write ({shown}); choose a new or "
+                         "empty folder, or remove them (nothing was written)")
+
+
+def replace_folder_keeping(path: str, files: Dict[str, bytes], marker: str, keep: Sequence[str] = (),
+                           tool: str = "this tool") -> List[str]:
+    """:func:`replace_folder` that carries the entries ``keep`` (relative paths, e.g. a cache folder
+    ``work``) of the existing ``path`` over into the new generation instead of deleting them: ``files`` and
+    ``marker`` are written to a temporary folder, the kept entries are renamed into it, and it takes the
+    place of ``path``. Any other file of the previous generation is gone afterwards; a folder holding files
+    not listed in its ``marker`` (nor kept) raises ValueError (:func:`check_replaceable_tree`) and is left as
+    it is. The marker lists the written files and, with a trailing ``/``, the kept folders. If the swap
+    fails, the kept entries are moved back; killed between the renames, they are in the temporary folder
+    ``.<name>.<hex>.tmp`` beside ``path``. Returns the written paths.
+    """
+    keep = [k.strip("/") for k in keep]
+    for k in keep:
+        if not k or k.startswith("..") or os.path.isabs(k) or any(n == k or n.startswith(k + "/") for n in files):
+            raise ValueError(f"cannot keep {k!r} in {path}: not a relative path below it, or written as a report file")
+    check_replaceable_tree(path, marker, keep, tool)
+    path = os.path.abspath(path)
+    kept = [k for k in keep if os.path.lexists(os.path.join(path, *k.split("/")))]
+    listing = sorted(files) + sorted(k + "/" for k in kept)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    try:
+        for name, data in {**files, marker: (json.dumps(listing, indent=1) + "\n").encode()}.items():
+            target = os.path.join(tmp, *name.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    moved: List[str] = []
+    old = None
+    try:
+        for k in kept:
+            dst = os.path.join(tmp, *k.split("/"))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.rename(os.path.join(path, *k.split("/")), dst)
+            moved.append(k)
+        if os.path.lexists(path):
+            old = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.old")
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except BaseException:
+        restored = True
+        try:
+            if old is not None and not os.path.lexists(path):
+                os.rename(old, path)
+            for k in reversed(moved):
+                os.rename(os.path.join(tmp, *k.split("/")), os.path.join(path, *k.split("/")))
+        except OSError:
+            restored = False  # leave the temporary folder (with the kept entries) for the user
+        if restored:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return [os.path.join(path, *name.split("/")) for name in files]
 
 

@@ -11,11 +11,12 @@ Subcommands:
 import argparse
 import json
 import os
+import sys
 from typing import Dict, List, Optional
 
 from ..exit_status import FAILED, INPUT_ERRORS, OK, error
-from .pipeline import (ModelSpec, SetSpec, evaluate_stores, extract_set, load_classifier, parse_shard,
-                       run_image_benchmark)
+from .pipeline import (ModelSpec, SetSpec, check_extract_target, evaluate_stores, extract_set, load_classifier,
+                       parse_shard, run_image_benchmark)
 from .report import format_benchmark_table
 from .threads import torch_threads
 
@@ -54,7 +55,8 @@ def parse_scorer_options(items: List[str]) -> Dict[str, dict]:
 
 def _model_args(p):
     p.add_argument("--model", required=True, help="torchvision model name (e.g. resnet50, mobilenet_v2) or small_cnn")
-    p.add_argument("--weights", help="local state-dict file (.pth) of the model")
+    p.add_argument("--weights", help="local state-dict file (.pth) of the model (without it: an untrained network, "
+                                     "initialised from --seed)")
     p.add_argument("--num-classes", type=int, help="class count (default: from the weights)")
     p.add_argument("--image-size", type=int, help="side of generated sets (digits/textures/photos); "
                                                   "default 28 for small_cnn, 256 otherwise")
@@ -137,21 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_spec(a) -> ModelSpec:
-    return ModelSpec(a.model, a.weights, a.num_classes, a.image_size)
+    """The classifier; without weights initialised from ``--seed``."""
+    return ModelSpec(a.model, a.weights, a.num_classes, a.image_size, init_seed=a.seed)
 
 
 def _dispatch(a) -> int:
     progress = not a.no_progress
     if a.command == "extract":
-        spec = _model_spec(a)
         shard = parse_shard(a.shard)
+        check_extract_target(a.out, shard)  # before any work
+        spec = _model_spec(a)
         device = a.device
         if shard is not None and a.shard == "auto" and device == "cuda" and "LOCAL_RANK" in os.environ:
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
         model, prep = load_classifier(spec)
         store = extract_set(model, prep, spec, SetSpec(a.data, a.max_samples, a.seed, a.n_generated), a.out,
                             batch_size=a.batch_size, num_workers=a.workers, device=device,
-                            reuse=not a.overwrite, progress=progress, shard=shard)
+                            reuse=not a.overwrite, progress=progress, shard=shard,
+                            warn=lambda message: print(message, file=sys.stderr))
         print(store)
         return OK
     if a.command == "fashion-benchmark":

@@ -33,7 +33,7 @@ from .bundled import digits_images, photo_crops, texture_crops
 from .idx import find_idx_file, read_idx
 
 __all__ = ["ImageSource", "parse_spec", "build_dataset", "find_fashion_mnist", "load_fashion_mnist",
-           "image_folder", "FASHION_MNIST_ENV", "KINDS"]
+           "image_folder", "load_image", "FASHION_MNIST_ENV", "KINDS"]
 
 KINDS = ("folder", "cifar10", "cifar100", "svhn", "fashion-mnist", "digits", "textures", "photos")
 SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"), "svhn": ("train", "test", "extra"),
@@ -163,6 +163,17 @@ def load_fashion_mnist(split: str = "test", root: Optional[str] = None):
 
 # ---- image folders ---------------------------------------------------------------------------------------
 
+def load_image(path: str) -> Image.Image:
+    """The RGB image in the file ``path``; ValueError naming the file when PIL cannot read it (the loader of
+    image folders, instead of PIL's "cannot identify image file" without the folder's context)."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"image {path} cannot be read: not an image file PIL can decode (corrupt, truncated or "
+                         f"another format: {type(e).__name__}); remove or replace it") from None
+
+
 class _ImageFiles(Dataset):
     """A flat folder of images (no class subfolders); labels are -1."""
 
@@ -173,8 +184,7 @@ class _ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        with Image.open(self.files[i]) as img:
-            img = img.convert("RGB")
+        img = load_image(self.files[i])
         return (self.transform(img) if self.transform is not None else img), -1
 
 
@@ -190,7 +200,7 @@ def image_folder(root: str, transform: Callable = None) -> Dataset:
     subdirs = [d for d in os.scandir(root) if d.is_dir()]
     if subdirs:
         try:
-            ds = ImageFolder(root, transform=transform, allow_empty=True)
+            ds = ImageFolder(root, transform=transform, loader=load_image, allow_empty=True)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"image folder {root}: {e}") from None
         if len(ds):

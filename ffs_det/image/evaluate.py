@@ -115,6 +115,8 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
     if len(set(dims.values())) != 1:
         raise ValueError(f"feature stores have different feature widths: {dims}")
     chosen = resolve_scorers(scorers, options)
+    for store in [id_train, id_test, *ood.values()]:  # a NaN/inf row is named here, not as an error of every scorer
+        store.check_finite()
     result = BenchmarkResult(id_name, list(ood))
     sets = {id_name: id_test, **ood}
     head = None

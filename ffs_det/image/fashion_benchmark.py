@@ -18,15 +18,15 @@ from typing import Dict, Optional
 
 import torch
 
-from ..atomic_io import atomic_write_json
+from ..atomic_io import json_bytes
 from ..density import scorers as registry
 
 from .datasets import build_dataset, find_fashion_mnist
 from .evaluate import resolve_scorers
-from .feature_store import FeatureStore
+from .feature_store import FeatureStore, check_store_target
 from .models import LOCAL_MODELS, preprocessing, save_state_dict
 from .pipeline import ModelSpec, SetSpec, run_image_benchmark
-from .report import format_benchmark_table
+from .report import WORK, check_report_folder, format_benchmark_table, report_files, write_benchmark_report
 from .threads import torch_threads
 from .train import accuracy, train_classifier
 
@@ -66,9 +66,9 @@ def preset_options(size: str, scorers=None, options=None) -> Dict[str, dict]:
 def run_fashion_benchmark(output_dir: str, size: str = "full", seed: int = 0, scorers=None, options=None,
                           photos: bool = True, fashion_root: Optional[str] = None, threads: Optional[int] = None,
                           progress: bool = True, log=print) -> dict:
-    """Run the embedded benchmark into ``output_dir`` (report files; features and weights under
-    ``output_dir/work``). Returns ``{"result": BenchmarkResult, "summary": dict, "photos": dict or None,
-    "table": str}``;
+    """Run the embedded benchmark into ``output_dir`` (report files, written as one generation at the end;
+    features and weights under ``output_dir/work``, kept across runs). Returns ``{"result": BenchmarkResult,
+    "summary": dict, "photos": dict or None, "table": str}``;
     the summary (also written as ``summary.json``) holds the classifier's accuracy and wall time per step.
     ``threads`` sets torch's thread count for the run (1 is fastest on a busy two-core machine)."""
     if size not in SIZES:
@@ -79,9 +79,17 @@ def run_fashion_benchmark(output_dir: str, size: str = "full", seed: int = 0, sc
 
 def _run(output_dir, size, seed, scorers, options, photos, fashion_root, progress, log) -> dict:
     cfg = SIZES[size]
+    photo_dir, photo_work = "mobilenet_photos", "mobilenet_photos/" + WORK
+    keep = [WORK] + ([photo_work] if photos else [])
+    check_report_folder(output_dir, keep)  # before any work
+    work = os.path.join(output_dir, WORK)
+    stores = [os.path.join(work, "features", n) for n in ("id_train", "fashion-mnist", "digits", "textures")]
+    if photos:
+        stores += [os.path.join(output_dir, photo_work, "features", n) for n in ("id_train", "photos", "textures")]
+    for path in stores:
+        check_store_target(path)
     find_fashion_mnist(fashion_root)  # fail early, with the how-to-get-it message
     fashion = "fashion-mnist" + (f":{fashion_root}" if fashion_root else "")
-    work = os.path.join(output_dir, "work")
     seconds = {}
 
     t = time.perf_counter()
@@ -99,7 +107,7 @@ def _run(output_dir, size, seed, scorers, options, photos, fashion_root, progres
            "textures": SetSpec("textures", seed=seed, n_generated=cfg["textures"])}
     result = run_image_benchmark(model_spec, SetSpec(f"{fashion}@train", cfg["train"], seed),
                            SetSpec(f"{fashion}@test", cfg["test"], seed), ood, work_dir=work,
-                           output_dir=output_dir, scorers=scorers, options=preset_options(size, scorers, options),
+                           output_dir=None, scorers=scorers, options=preset_options(size, scorers, options),
                            id_name="fashion-mnist", progress=progress, log=log)
     seconds["extract_features"] = result.info["seconds"]["extract"]
     seconds["evaluate_scorers"] = result.info["seconds"]["evaluate"]
@@ -114,12 +122,15 @@ def _run(output_dir, size, seed, scorers, options, photos, fashion_root, progres
         from .photo_check import mobilenet_photo_check
 
         t = time.perf_counter()
-        photo = mobilenet_photo_check(os.path.join(output_dir, "mobilenet_photos"), n_train=cfg["photo_train"],
-                                      n_test=cfg["photo_test"], seed=seed, progress=progress, log=log)
+        photo = mobilenet_photo_check(os.path.join(output_dir, photo_dir), n_train=cfg["photo_train"],
+                                      n_test=cfg["photo_test"], seed=seed, progress=progress, log=log, report=False)
         seconds["mobilenet_photo_check"] = time.perf_counter() - t
         summary["mobilenet_photos"] = photo["summary"]
     summary["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    atomic_write_json(os.path.join(output_dir, "summary.json"), summary, indent=2)
+    extra = {"summary.json": json_bytes(summary, indent=2)}
+    if photo is not None:
+        extra.update({f"{photo_dir}/{name}": data for name, data in report_files(photo["result"]).items()})
+    write_benchmark_report(result, output_dir, extra_files=extra, keep=keep)
     log(f"Fashion-MNIST test accuracy of the classifier: {100 * summary['test_accuracy']:.2f}%")
     log("wall time per step (s): " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
     return {"result": result, "summary": summary, "photos": photo, "table": format_benchmark_table(result)}

@@ -11,7 +11,12 @@ The writer preallocates each ``.npy`` as a memory map in a temporary folder and 
 so a set larger than memory streams to disk; the folder is renamed into place only when all ``N`` rows
 are written. The reader opens the arrays as read-only memory maps with ``allow_pickle=False`` and checks
 every file against the metadata. A store extracted by several processes is a folder of complete stores
-``shard-00000-of-00004/`` ... ``shard-00003-of-00004/`` (consecutive rows of the dataset each), read as one.
+``shard-00000-of-00004/`` ... ``shard-00003-of-00004/`` (consecutive rows of the dataset each, see
+:func:`shard_rows`; each records ``"shard": [I, N]`` in its info), read as one.
+
+A writer only ever replaces a folder that is absent, empty, or a complete unsharded store (its ``meta.json``
+of this format and only the files it lists), see :func:`check_store_target`: a folder holding anything else
+is refused, and nothing is deleted.
 """
 import json
 import os
@@ -21,10 +26,11 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..atomic_io import atomic_dir
+from ..atomic_io import atomic_dir, check_folder_path
 from ..density.streaming import ConcatRows, NpyRows, Rows
 
-__all__ = ["FeatureStore", "FeatureStoreWriter", "FORMAT", "VERSION", "shard_name", "shard_dirs"]
+__all__ = ["FeatureStore", "FeatureStoreWriter", "FORMAT", "VERSION", "shard_name", "shard_dirs", "shard_rows",
+           "check_store_target", "is_store_folder"]
 
 FORMAT = "ffs_det.feature_store"
 VERSION = 1
@@ -55,6 +61,7 @@ class FeatureStoreWriter:
         self._maps: Dict[str, np.memmap] = {}
 
     def __enter__(self) -> "FeatureStoreWriter":
+        check_store_target(self.path)
         self._ctx = atomic_dir(self.path)
         self._tmp = self._ctx.__enter__()
         for name, (shape, dtype) in self.columns.items():
@@ -103,6 +110,7 @@ class FeatureStoreWriter:
             shape, dtype = self.columns[name]
             arrays[name] = {"file": name + ".npy", "shape": [self.length, *shape], "dtype": dtype.str}
         meta = {"format": FORMAT, "version": VERSION, "length": self.length, "arrays": arrays, "info": self.info}
+        check_store_target(self.path)  # again just before the folder is replaced: nothing else appeared there
         with open(os.path.join(self._tmp, META), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.flush()
@@ -158,14 +166,27 @@ class FeatureStore:
             raise FileNotFoundError(f"feature store {self.path} is sharded {n} ways but shard(s) {missing} are "
                                     f"missing or incomplete (still extracting?)")
         self.shards = [FeatureStore(os.path.join(self.path, shard_name(i, n))) for i in range(n)]
+        for i, part in enumerate(self.shards):
+            found = part.info.get("shard")
+            if found != [i, n]:
+                raise ValueError(f"{part.path}: its meta.json says it holds shard {found!r} (info 'shard'), not "
+                                 f"{[i, n]} as the folder name says (a shard folder copied or renamed?)")
+        total = sum(len(p) for p in self.shards)
+        for i, part in enumerate(self.shards):
+            want = len(shard_rows(total, (i, n)))
+            if len(part) != want:
+                raise ValueError(f"{part.path}: {len(part)} rows, but shard {i} of {n} of a {total}-row set holds "
+                                 f"{want} (shards extracted from different sets, or a shard folder copied?)")
         first = self.shards[0]
         for i, part in enumerate(self.shards[1:], 1):
             a, b = first._layout(), part._layout()
             if a != b:
                 raise ValueError(f"{part.path}: arrays {b} differ from shard 0's {a}")
             if _unsharded_info(part.info) != _unsharded_info(first.info):
-                raise ValueError(f"{part.path}: extracted with other settings than shard 0 "
-                                 f"({_unsharded_info(part.info)} vs {_unsharded_info(first.info)})")
+                ours, theirs = _flat(_unsharded_info(part.info)), _flat(_unsharded_info(first.info))
+                diff = [f"{k} {ours.get(k)!r} vs {theirs.get(k)!r}" for k in sorted(set(ours) | set(theirs))
+                        if ours.get(k) != theirs.get(k)]
+                raise ValueError(f"{part.path}: extracted with other settings than shard 0 ({', '.join(diff)})")
         self.length = sum(len(p) for p in self.shards)
         self.info = _unsharded_info(first.info)
         self.meta = {"format": FORMAT, "version": VERSION, "length": self.length, "shards": n, "info": self.info}
@@ -192,6 +213,12 @@ class FeatureStore:
         except (ValueError, OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError) as e:  # corrupt header
             raise ValueError(f"{file}: unreadable or truncated array ({type(e).__name__}: {e})") from None
         want_shape, want_dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+        if len(want_shape) == 0:
+            raise ValueError(f"{meta_path}: array {name!r} has shape [] (0-d); every array of a store needs one row "
+                             f"per sample (shape [{self.length}, ...])")
+        if arr.ndim == 0:
+            raise ValueError(f"{file}: a 0-d array ({arr.dtype}[]), {META} says {want_dtype}{list(want_shape)}; every "
+                             f"array of a store needs one row per sample (shape [{self.length}, ...])")
         if arr.shape != want_shape or arr.dtype != want_dtype:
             raise ValueError(f"{file}: holds {arr.dtype}{list(arr.shape)}, {META} says {want_dtype}{list(want_shape)}")
         if arr.shape[0] != self.length:
@@ -241,6 +268,28 @@ class FeatureStore:
         """An in-memory copy of rows ``start:stop`` of one array."""
         return self.rows(name).read(start, stop)
 
+    def check_finite(self, names: Sequence[str] = ("features", "logits"), block_rows: int = 65536) -> None:
+        """ValueError naming the file when a float array among ``names`` (those the store has) holds NaN or
+        infinite values; reads each array once, block by block."""
+        if self.shards:
+            for part in self.shards:
+                part.check_finite(names, block_rows)
+            return
+        for name in names:
+            if name not in self._arrays or self._arrays[name].dtype.kind not in "fc":
+                continue
+            rows = NpyRows(self._arrays[name].filename)
+            bad, first = 0, None
+            for start, block in rows.blocks(block_rows):
+                row_bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+                if row_bad.any():
+                    first = start + int(np.argmax(row_bad)) if first is None else first
+                    bad += int(row_bad.sum())
+            if bad:
+                raise ValueError(f"{self._arrays[name].filename}: {bad} of {self.length} rows of {name!r} hold NaN or "
+                                 f"infinite values (first at row {first}); scorers cannot use them: re-extract the "
+                                 f"store with a classifier that gives finite outputs")
+
     def load(self, name: str) -> np.ndarray:
         """An in-memory copy of a whole array."""
         return np.array(self[name])
@@ -267,6 +316,69 @@ def shard_dirs(path: str) -> List[Tuple[int, int]]:
 
 
 _SHARD = re.compile(r"shard-(\d{5})-of-(\d{5})")
+
+
+def shard_rows(n: int, shard: Tuple[int, int]) -> range:
+    """The consecutive rows of a set of ``n`` that shard ``(I, N)`` extracts."""
+    i, count = shard
+    return range(n * i // count, n * (i + 1) // count)
+
+
+def check_store_target(path: str) -> None:
+    """ValueError unless a store may be written at ``path``: it is absent, an empty folder, or an unsharded
+    store (a ``meta.json`` of this format and only the files it lists), which is replaced as a whole. A
+    folder holding other files, or a sharded store, is refused: the writer never deletes what it did not
+    write."""
+    check_folder_path(path)
+    if os.path.islink(path):
+        raise ValueError(f"output folder {path} is a symbolic link; give the folder it points to (nothing was written)")
+    if not os.path.isdir(path):
+        return
+    entries = set(os.listdir(path))
+    if not entries:
+        return
+    ours = set()
+    meta = _store_meta(path) if META in entries else None
+    if meta is not None:
+        ours = {META} | {os.path.basename(spec["file"]) for spec in meta["arrays"].values()
+                         if isinstance(spec, dict) and isinstance(spec.get("file"), str)}
+    other = sorted((entries - ours) | {e for e in entries & ours if not os.path.isfile(os.path.join(path, e))})
+    if not other:
+        return
+    shards = [shard_name(i, n) for i, n in shard_dirs(path)]
+    if shards and not ours:
+        shown = ", ".join(shards[:2]) + (", ..." if len(shards) > 2 else "")
+        raise ValueError(f"output folder {path} holds a sharded feature store ({shown}); remove it or choose a new "
+                         f"folder to extract it unsharded, or extract into it with --shard (nothing was written)")
+    shown = ", ".join(other[:3]) + (f", ... ({len(other) - 3} more)" if len(other) > 3 else "")
+    raise ValueError(f"output folder {path} holds files image_ood did not write ({shown}); choose a new or empty "
+                     f"folder, or remove them (nothing was written)")
+
+
+def _store_meta(path: str) -> Optional[dict]:
+    """The ``meta.json`` of ``path`` when it is one of this format with an ``arrays`` object, else None."""
+    try:
+        with open(os.path.join(path, META), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(meta, dict) and meta.get("format") == FORMAT and isinstance(meta.get("arrays"), dict)
+    return meta if ok else None
+
+
+def is_store_folder(path: str) -> bool:
+    """Whether ``path`` holds an unsharded store's ``meta.json`` (complete or not) or shard folders."""
+    return os.path.isdir(path) and (_store_meta(path) is not None or bool(shard_dirs(path)))
+
+
+def _flat(info, prefix: str = "") -> dict:
+    """``{"model": {"init_seed": 0}}`` -> ``{"model.init_seed": 0}``."""
+    if not isinstance(info, dict) or not info:
+        return {prefix[:-1]: info} if prefix else {}
+    out = {}
+    for k, v in info.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
 
 
 def _unsharded_info(info: dict) -> dict:

@@ -85,14 +85,22 @@ def _head_name(model: nn.Module) -> str:
 
 
 def build_classifier(name: str, weights: Optional[str] = None, num_classes: Optional[int] = None,
-                     **kwargs) -> nn.Module:
+                     init_seed: Optional[int] = None, **kwargs) -> nn.Module:
     """Classifier ``name`` in eval mode, with the state dict from the file ``weights`` when given.
 
     ``num_classes`` defaults to the row count of the weights' final linear layer (or the architecture's
-    default without weights). Mismatched keys or shapes raise a ValueError naming the file.
+    default without weights). Mismatched keys or shapes raise a ValueError naming the file. Without
+    ``weights``, the network is randomly initialised: from torch's global random state, or, with
+    ``init_seed``, from that seed (the same network in every process; the caller's random state is left as
+    it was). ``init_seed`` is ignored when ``weights`` are given.
     """
     state = load_state_dict_file(weights) if weights else None
-    model = _make(name, num_classes, **kwargs)
+    if state is None and init_seed is not None:
+        with torch.random.fork_rng(devices=[]):  # the model is built on the CPU: only its generator is used
+            torch.default_generator.manual_seed(int(init_seed))
+            model = _make(name, num_classes, **kwargs)
+    else:
+        model = _make(name, num_classes, **kwargs)
     if state is not None and num_classes is None:
         head_weight = state.get(_head_name(model) + ".weight")
         if head_weight is not None and head_weight.shape[0] != final_linear(model).out_features:

@@ -31,7 +31,9 @@ def classify_photos(model, transform, top: int = 5) -> dict:
 
 
 def mobilenet_photo_check(output_dir: str, n_train: int = 48, n_test: int = 24, seed: int = 0,
-                          progress: bool = True, log=print) -> dict:
+                          progress: bool = True, log=print, report: bool = True) -> dict:
+    """Run the check; feature stores go to ``output_dir/work``, and (with ``report``) the report to
+    ``output_dir`` (the fashion benchmark writes it into its own report instead)."""
     spec = ModelSpec("mobilenet_v2", find_mobilenet_v2_weights(), num_classes=1000)
     model, prep = load_classifier(spec)
     top5 = classify_photos(model, prep.transform)
@@ -40,7 +42,7 @@ def mobilenet_photo_check(output_dir: str, n_train: int = 48, n_test: int = 24, 
     result = run_image_benchmark(spec, SetSpec("photos", seed=seed + 1, n_generated=n_train),
                            SetSpec("photos", seed=seed + 2, n_generated=n_test),
                            {"textures": SetSpec("textures", seed=seed + 3, n_generated=n_test)},
-                           work_dir=os.path.join(output_dir, "work"), output_dir=output_dir,
+                           work_dir=os.path.join(output_dir, "work"), output_dir=output_dir if report else None,
                            scorers={"msp": {}, "energy": {}, "fde": dict(TINY_FDE)}, id_name="photos",
                            batch_size=16, progress=progress, log=log)
     summary = {"top5": top5, "metrics": {k: v.metrics for k, v in result.scorers.items()},

@@ -3,6 +3,10 @@
 
 Each store records in its metadata how it was made (model name/weights, dataset spec, subset), so a later
 ``evaluate`` step can rebuild the classifier and the images for scorers that need them (ReAct, ODIN).
+
+Output folders are checked before any work: a store is only written over an absent or empty folder or a
+store (:func:`~ffs_det.image.feature_store.check_store_target`), a report only over an absent or empty
+folder or an earlier report (:func:`~ffs_det.image.report.check_report_folder`).
 """
 import json
 import os
@@ -12,29 +16,39 @@ from typing import Dict, Mapping, Optional, Tuple
 
 from torch.utils.data import Dataset, Subset
 
-from ..atomic_io import file_sha256
+from ..atomic_io import check_folder_path, file_sha256
 from ..density import scorers as registry
 
 from .datasets import build_dataset, parse_spec
 from .evaluate import evaluate_scorers, resolve_scorers
 from .extract import extract_to_store
-from .feature_store import FeatureStore, shard_name
+from .feature_store import FeatureStore, check_store_target, shard_name, shard_rows
 from .models import LOCAL_MODELS, Preprocessing, build_classifier, preprocessing
-from .report import format_benchmark_table, write_benchmark_report
+from .report import check_report_folder, format_benchmark_table, write_benchmark_report
 from .results import BenchmarkResult
 
-__all__ = ["ModelSpec", "SetSpec", "load_classifier", "extract_set", "parse_shard", "shard_rows", "evaluate_stores", "run_image_benchmark"]
+__all__ = ["ModelSpec", "SetSpec", "load_classifier", "extract_set", "check_extract_target", "parse_shard",
+           "shard_rows", "evaluate_stores", "run_image_benchmark", "untrained_warning"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A classifier: name (torchvision or ``small_cnn``), local weights file, class count, and the side of
-    generated images (digits/textures/photos) fed to its preprocessing."""
+    generated images (digits/textures/photos) fed to its preprocessing.
+
+    Without ``weights`` the network is randomly initialised from ``init_seed`` (default 0), so that every
+    process (every shard of an extraction, a later ``evaluate`` rebuilding it) gets the same network; with
+    ``weights`` the seed plays no part and is dropped (None)."""
 
     name: str
     weights: Optional[str] = None
     num_classes: Optional[int] = None
     image_size: Optional[int] = None
+    init_seed: Optional[int] = None
+
+    def __post_init__(self):
+        seed = None if self.weights else (0 if self.init_seed is None else int(self.init_seed))
+        object.__setattr__(self, "init_seed", seed)
 
     def resolved_image_size(self) -> int:
         return self.image_size or (28 if self.name in LOCAL_MODELS else 256)
@@ -53,7 +67,16 @@ class SetSpec:
 def load_classifier(spec: ModelSpec):
     """``(classifier in eval mode, Preprocessing)``."""
     weights = os.path.abspath(spec.weights) if spec.weights else None
-    return build_classifier(spec.name, weights, spec.num_classes), preprocessing(spec.name, spec.resolved_image_size())
+    model = build_classifier(spec.name, weights, spec.num_classes, init_seed=spec.init_seed)
+    return model, preprocessing(spec.name, spec.resolved_image_size())
+
+
+def untrained_warning(spec: ModelSpec) -> Optional[str]:
+    """The one-line warning for a classifier without weights (None with weights)."""
+    if spec.weights:
+        return None
+    return (f"warning: no --weights given: the features come from an untrained {spec.name} (random initialisation, "
+            f"seed {spec.init_seed}); OOD scores of an untrained network say little")
 
 
 def _dataset(model_spec: ModelSpec, set_spec: SetSpec, prep: Preprocessing) -> Dataset:
@@ -64,6 +87,8 @@ def _dataset(model_spec: ModelSpec, set_spec: SetSpec, prep: Preprocessing) -> D
 def _info(model_spec: ModelSpec, set_spec: SetSpec) -> dict:
     """What a store records about its making; the weights' digest makes a retrained model's stores stale."""
     model = asdict(model_spec)
+    if model["init_seed"] is None:  # with weights: the stores' info as before the seed was recorded
+        del model["init_seed"]
     model["weights"] = os.path.abspath(model_spec.weights) if model_spec.weights else None
     digest = file_sha256(model["weights"]) if model["weights"] else None
     return json.loads(json.dumps({"model": model, "weights_sha256": digest, "dataset": asdict(set_spec)}))
@@ -89,41 +114,74 @@ def parse_shard(value: str, env=None) -> Optional[Tuple[int, int]]:
     return i, n
 
 
-def shard_rows(n: int, shard: Tuple[int, int]) -> range:
-    """The consecutive rows of a set of ``n`` that shard ``(I, N)`` extracts."""
-    i, count = shard
-    return range(n * i // count, n * (i + 1) // count)
+def check_extract_target(path: str, shard: Optional[Tuple[int, int]] = None) -> str:
+    """The folder (absolute: ``--out .`` is replaced as a whole, and the process's working folder with it) a
+    store (or shard ``(I, N)``) extracted to ``path`` goes to, checked before any work: ValueError unless it
+    is absent, empty or a store (:func:`~ffs_det.image.feature_store.check_store_target`); shards go to
+    ``path/shard-I-of-N`` (other files in ``path`` may stay), which must not hold an unsharded store."""
+    if shard is None:
+        check_store_target(path)
+        return os.path.abspath(path)
+    check_folder_path(path)
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        raise ValueError(f"{path} holds an unsharded feature store; remove it before extracting shards into it")
+    target = os.path.join(path, shard_name(*shard))
+    check_store_target(target)
+    return os.path.abspath(target)
 
 
 def extract_set(model, prep: Preprocessing, model_spec: ModelSpec, set_spec: SetSpec, path: str,
                 batch_size: int = 256, num_workers: int = 0, device: str = "cpu", reuse: bool = True,
-                progress: bool = True, log=print, shard: Optional[Tuple[int, int]] = None) -> FeatureStore:
+                progress: bool = True, log=print, shard: Optional[Tuple[int, int]] = None,
+                warn=None) -> FeatureStore:
     """The feature store of one set at ``path``: re-used when it exists with the same model and dataset
     settings (and ``reuse``), else extracted. With ``shard=(I, N)`` only the I-th of N consecutive parts of
     the set is extracted, into ``path/shard-I-of-N`` (N processes fill ``path``, which then reads as one
-    store); the shard's store is returned."""
+    store); the shard's store is returned. ``warn`` (a callable) gets the one-line warning for a classifier
+    without weights, once the inputs are checked."""
     parse_spec(set_spec.spec)
     info = _info(model_spec, set_spec)
+    path = check_extract_target(path, shard)
     if shard is not None:
-        if os.path.isfile(os.path.join(path, "meta.json")):
-            raise ValueError(f"{path} holds an unsharded feature store; remove it before extracting shards into it")
-        path = os.path.join(path, shard_name(*shard))
         info["shard"] = list(shard)
     if reuse and os.path.isfile(os.path.join(path, "meta.json")):
         try:
             store = FeatureStore(path)
             if store.info == info:
                 log(f"re-using features in {path}")
+                if warn is not None and untrained_warning(model_spec):
+                    warn(untrained_warning(model_spec))
                 return store
         except (ValueError, FileNotFoundError) as e:
             log(f"re-extracting {path} ({e})")
     dataset = _dataset(model_spec, set_spec, prep)
     desc = set_spec.spec
     if shard is not None:
+        if shard[1] > len(dataset):
+            raise ValueError(f"--shard {shard[0]}/{shard[1]}: {set_spec.spec} has only {len(dataset)} images, fewer "
+                             f"than the {shard[1]} shards: some shards would be empty and the sharded store could "
+                             f"never be read; use at most {len(dataset)} shards (nothing was written)")
         dataset = Subset(dataset, shard_rows(len(dataset), shard))
         desc = f"{set_spec.spec} [shard {shard[0]}/{shard[1]}]"
+    if warn is not None and untrained_warning(model_spec):
+        warn(untrained_warning(model_spec))
     return extract_to_store(model, dataset, path, batch_size=batch_size, num_workers=num_workers, device=device,
                             info=info, progress=progress, desc=desc)
+
+
+def _inside(output_dir: str, paths) -> list:
+    """The entries of ``output_dir`` (relative paths) that hold one of ``paths`` (the work folder, input
+    stores): a report replacing ``output_dir`` keeps them. A path equal to ``output_dir`` keeps nothing (the
+    report check then refuses the folder)."""
+    root = os.path.realpath(output_dir)
+    out = []
+    for p in paths:
+        rel = os.path.relpath(os.path.realpath(p), root)
+        if rel != "." and not rel.startswith(".." + os.sep) and rel != ".." and not os.path.isabs(rel):
+            top = rel.split(os.sep)[0]
+            if top not in out:
+                out.append(top)
+    return out
 
 
 def _specs_from_store(store: FeatureStore):
@@ -156,7 +214,11 @@ def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_
                     batch_size: int = 256, device: str = "cpu", progress: bool = True, plots: bool = True,
                     log=print, stream: str = "auto") -> BenchmarkResult:
     """Evaluate scorers on stores given by path. When a chosen scorer needs the classifier or raw images
-    and ``rebuild_inputs``, they are rebuilt from the stores' metadata."""
+    and ``rebuild_inputs``, they are rebuilt from the stores' metadata. Input stores inside ``output_dir``
+    are kept when the report replaces it."""
+    keep = _inside(output_dir, [id_train, id_test, *ood.values()]) if output_dir else []
+    if output_dir:
+        check_report_folder(output_dir, keep)  # before any work
     train, test = FeatureStore(id_train), FeatureStore(id_test)
     ood_stores = {name: FeatureStore(p) for name, p in ood.items()}
     model = prep = datasets = None
@@ -174,7 +236,7 @@ def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_
                               device=device, progress=progress, log=log, stream=stream)
     result.info.update({"id_train": id_train, "id_test": id_test, "ood": dict(ood)})
     if output_dir:
-        write_benchmark_report(result, output_dir, plots=plots)
+        write_benchmark_report(result, output_dir, plots=plots, keep=keep)
     return result
 
 
@@ -186,11 +248,26 @@ def run_image_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSp
     """Extract (or re-use) the stores of every set under ``work_dir``, evaluate, report, print the table."""
     if id_name == "id_train" or id_name in ood:
         raise ValueError(f"ID set name {id_name!r} clashes with 'id_train' or an OOD set name")
+    sets = {"id_train": id_train, id_name: id_test, **ood}
+    paths = {name: os.path.join(work_dir, "features", name) for name in sets}
+    keep = _inside(output_dir, [os.path.join(work_dir, "features")]) if output_dir else []
+    if output_dir:  # before any work: the report folder, the specs, the store folders
+        check_report_folder(output_dir, keep)
+        out = os.path.realpath(output_dir)
+        for path in paths.values():
+            if out == os.path.realpath(path) or out.startswith(os.path.realpath(path) + os.sep):
+                raise ValueError(f"output folder {output_dir} is or lies in the feature store folder {path}; choose "
+                                 "another output folder (nothing was written)")
+    for name, set_spec in sets.items():
+        parse_spec(set_spec.spec)
+        check_store_target(paths[name])
+    if untrained_warning(model_spec):
+        log(untrained_warning(model_spec))
     t0 = time.perf_counter()
     model, prep = load_classifier(model_spec)
     stores, datasets = {}, {}
-    for name, set_spec in {"id_train": id_train, id_name: id_test, **ood}.items():
-        stores[name] = extract_set(model, prep, model_spec, set_spec, os.path.join(work_dir, "features", name),
+    for name, set_spec in sets.items():
+        stores[name] = extract_set(model, prep, model_spec, set_spec, paths[name],
                                    batch_size=batch_size, num_workers=num_workers, device=device, reuse=reuse,
                                    progress=progress, log=log)
         if name != "id_train" and _needs(scorers, options, "inputs"):
@@ -204,6 +281,6 @@ def run_image_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSp
                         "ood": {k: asdict(v) for k, v in ood.items()},
                         "seconds": {"extract": round(t1 - t0, 2), "evaluate": round(time.perf_counter() - t1, 2)}})
     if output_dir:
-        write_benchmark_report(result, output_dir, plots=plots)
+        write_benchmark_report(result, output_dir, plots=plots, keep=keep)
     log(format_benchmark_table(result))
     return result
