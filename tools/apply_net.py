@@ -6,7 +6,8 @@
       MODEL.WEIGHTS output/VOC/ffs_regnetx/model_final.pth
 
 Writes <output-dir>/<dataset>/{records.npz, coco_detections.json, metrics.json} for each --test-dataset
-(default output dir: <OUTPUT_DIR of the config>/inference) and prints where. Feed the records to
+(default output dir: <OUTPUT_DIR of the config>/inference) and prints where. Every dataset, its images and its
+output folder are checked before anything is written. Feed the records to
 tools/eval_ood.py. For post-hoc box scores (tools/compare_scores.py), add --save-features and, for the ID
 training set, --proposals-of: its foreground proposals' features (proposals.npz) to fit densities on:
 
@@ -29,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 from ffs_det.atomic_io import child_folder
 from ffs_det.data import add_dataset_args, apply_dataset_args
 from ffs_det.engine.setup import build_cfg
-from ffs_det.evaluation.apply import apply_model, load_model
+from ffs_det.evaluation.apply import apply_model, check_dataset, load_model
 from ffs_det.exit_status import INPUT_ERRORS, OK, error
 
 
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--flow-loglik", action="store_true",
                         help="FFS models: also store each detection's log-density under the trained flow "
                              "(records key flow_loglik, for eval_ood --score-key flow_loglik)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read MODEL.WEIGHTS ending in .pkl with pickle, which RUNS CODE FROM THE FILE: only for "
+                             "files from a source you trust (without it a .pkl is refused)")
     add_dataset_args(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
@@ -78,14 +82,22 @@ def main(argv=None):
         cfg = build_cfg(args.config_file, opts, extra_files=[args.inference_config])
         apply_dataset_args(args)
         out_root = args.output_dir or os.path.join(cfg.OUTPUT_DIR, "inference")
+        if len(set(args.test_dataset)) != len(args.test_dataset):
+            raise ValueError(f"--test-dataset: a dataset is given twice ({', '.join(args.test_dataset)})")
         targets = {dataset: child_folder(out_root, dataset) for dataset in args.test_dataset}
-        model = load_model(cfg)
+        model = load_model(cfg, allow_pickle=args.allow_pickle)
     except INPUT_ERRORS as e:
         return error(e)
+    dicts = {}
+    for dataset, target in targets.items():  # every dataset and output folder before anything is written
+        try:
+            dicts[dataset] = check_dataset(dataset, target, (cfg, model) if dataset in args.proposals_of else None)
+        except INPUT_ERRORS as e:
+            return error(e, f"{dataset}: ")
     for dataset, target in targets.items():
         try:
             proposals = ({"max_per_image": args.max_proposals_per_image} if dataset in args.proposals_of else None)
-            result = apply_model(cfg, dataset, target, model=model, proposals=proposals)
+            result = apply_model(cfg, dataset, target, model=model, proposals=proposals, dicts=dicts[dataset])
         except INPUT_ERRORS + (OSError,) as e:  # OSError: writing failed (status 1)
             return error(e, f"{dataset}: ")
         logging.getLogger("ffs_det").info("%s", json.dumps(result["summary"].get("bbox", {})))

@@ -15,9 +15,10 @@
 
 Unreadable files (missing, truncated, not a checkpoint, or a pickle that ``torch.load(weights_only=True)``
 refuses) raise ``FileNotFoundError`` / ``ValueError`` naming the file. ``.pth`` and pycls ``.pyth`` files are
-read with ``weights_only=True`` onto the CPU (tensors saved on a GPU load on a machine without one). Files ending in ``.pkl`` (detectron2
-and Caffe2 model-zoo weights) are still read by detectron2 with :mod:`pickle`, which can run code: load
-only ``.pkl`` files from sources you trust (see docs/reliability.md).
+read with ``weights_only=True`` onto the CPU (tensors saved on a GPU load on a machine without one). Files
+ending in ``.pkl`` (detectron2 and Caffe2 model-zoo weights) can only be read with :mod:`pickle`, which runs
+code from the file: they are refused (ValueError naming the file) unless the checkpointer is built with
+``allow_pickle=True`` (the tools' ``--allow-pickle``), for files from a source the user trusts.
 """
 import logging
 import os
@@ -30,7 +31,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..atomic_io import atomic_open, atomic_write_text
 
 __all__ = ["SafeCheckpointer", "CheckpointMismatchError", "CheckpointSaveError", "nonfinite_tensors",
-           "TRAINING_ONLY_PREFIXES"]
+           "pickle_refused", "TRAINING_ONLY_PREFIXES"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ def nonfinite_tensors(state_dict) -> List[Tuple[str, int, int]]:
     return bad
 
 
+def pickle_refused(filename: str) -> str:
+    """The message refusing a ``.pkl`` checkpoint read without the opt-in."""
+    return (f"checkpoint {filename}: a .pkl file can only be read with pickle, which runs code from the file; "
+            "pass --allow-pickle if you trust its source, or convert it once to a .pth state dict")
+
+
 def _examples(items, k=3) -> str:
     items = list(items)
     more = f", ... ({len(items) - k} more)" if len(items) > k else ""
@@ -76,9 +83,11 @@ def _examples(items, k=3) -> str:
 class SafeCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer(model, save_dir, full_model=False, **checkpointables)``; see the module doc."""
 
-    def __init__(self, model, save_dir="", *, full_model: bool = False, class_names=None, **kwargs):
+    def __init__(self, model, save_dir="", *, full_model: bool = False, class_names=None,
+                 allow_pickle: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.full_model = full_model
+        self.allow_pickle = allow_pickle  # read .pkl files (pickle: runs code from the file)
         self.class_names = list(class_names) if class_names else None  # saved with every checkpoint
         self._all_keys = False  # resuming: the training-only modules must match as well
 
@@ -144,6 +153,8 @@ class SafeCheckpointer(DetectionCheckpointer):
                              f"{first})") from None
 
     def _load_file(self, filename):
+        if filename.endswith(".pkl") and not self.allow_pickle:
+            raise ValueError(pickle_refused(filename))
         if filename.endswith(".pyth"):
             data = self._pycls_file(filename)
         else:

@@ -16,6 +16,7 @@ from detectron2.engine import default_setup
 
 from ..config import add_ffs_config
 from ..exit_status import one_line
+from .checkpoint import pickle_refused
 
 __all__ = ["CONFIGS_DIR", "resolve_config_file", "build_cfg", "setup_cfg", "ConfigError", "check_inputs",
            "claim_output_dir", "check_config_file"]
@@ -152,11 +153,20 @@ def _is_local(path: str) -> bool:
     return bool(path) and "://" not in path
 
 
-def check_inputs(cfg, eval_only: bool = False, world_size: int = 1) -> None:
+def check_schedule(cfg) -> None:
+    """ConfigError when the synthesis would never start (``FFS.START_ITER >= SOLVER.MAX_ITER``)."""
+    if cfg.FFS.SYNTHESIS != "none" and cfg.FFS.START_ITER >= cfg.SOLVER.MAX_ITER:
+        raise ConfigError(f"FFS.START_ITER {cfg.FFS.START_ITER} >= SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}: "
+                          f"FFS.SYNTHESIS {cfg.FFS.SYNTHESIS!r} would never synthesise an outlier and train a "
+                          "plain detector; lower FFS.START_ITER (or set FFS.SYNTHESIS none)")
+
+
+def check_inputs(cfg, eval_only: bool = False, world_size: int = 1, allow_pickle: bool = False) -> None:
     """Checks that need no model: the datasets the run reads (training and test sets; the test sets are
     evaluated when training ends) are registered and on disk, the training sets have
     ``MODEL.ROI_HEADS.NUM_CLASSES`` classes, ``SOLVER.IMS_PER_BATCH`` splits over ``world_size`` processes,
-    and a local ``MODEL.WEIGHTS`` exists (required for evaluation). Raises ConfigError / FileNotFoundError /
+    and a local ``MODEL.WEIGHTS`` exists (required for evaluation) and is not a ``.pkl`` (pickle) file unless
+    ``allow_pickle``. Raises ConfigError / FileNotFoundError /
     ValueError naming the key, dataset or file.
     """
     from ..data.catalog import require_datasets
@@ -167,15 +177,15 @@ def check_inputs(cfg, eval_only: bool = False, world_size: int = 1) -> None:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS (a trained checkpoint)")
     if _is_local(weights) and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights}")
+    if weights.endswith(".pkl") and not allow_pickle:
+        raise ConfigError(f"MODEL.WEIGHTS: {pickle_refused(weights)}")
     if not eval_only and not cfg.DATASETS.TRAIN:
         raise ConfigError("DATASETS.TRAIN is empty: nothing to train on")
     if not eval_only and (cfg.SOLVER.IMS_PER_BATCH < 1 or cfg.SOLVER.IMS_PER_BATCH % world_size):
         raise ConfigError(f"SOLVER.IMS_PER_BATCH must be a positive multiple of the number of processes "
                           f"({world_size}), got {cfg.SOLVER.IMS_PER_BATCH}")
-    if not eval_only and cfg.FFS.SYNTHESIS != "none" and cfg.FFS.START_ITER >= cfg.SOLVER.MAX_ITER:
-        raise ConfigError(f"FFS.START_ITER {cfg.FFS.START_ITER} >= SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}: "
-                          f"FFS.SYNTHESIS {cfg.FFS.SYNTHESIS!r} would never synthesise an outlier and train a "
-                          "plain detector; lower FFS.START_ITER (or set FFS.SYNTHESIS none)")
+    if not eval_only:
+        check_schedule(cfg)
     # training also evaluates DATASETS.TEST when it ends: check those now rather than after training
     require_datasets(list(cfg.DATASETS.TEST) if eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     if not eval_only:
@@ -239,11 +249,24 @@ def claim_output_dir(output_dir: str, resume: bool):
         yield
 
 
+# where ``--eval-only`` writes (config.yaml, log.txt, inference/) below OUTPUT_DIR: never over a training's files
+EVAL_SUBDIR = "eval"
+
+
+def eval_output_dir(output_dir: str) -> str:
+    """The folder ``--eval-only`` writes into for a config whose ``OUTPUT_DIR`` is ``output_dir``."""
+    return os.path.join(output_dir, EVAL_SUBDIR)
+
+
 def setup_cfg(args):
-    """Build, freeze and log the config of a detectron2-style ``args`` (``config_file``, ``opts``)."""
+    """Build, freeze and log the config of a detectron2-style ``args`` (``config_file``, ``opts``). With
+    ``args.eval_only`` the config's ``OUTPUT_DIR`` becomes :func:`eval_output_dir` of it, so an evaluation of a
+    training run's checkpoint never replaces that run's config.yaml or evaluation files."""
     if args.config_file:
         args.config_file = resolve_config_file(args.config_file)  # default_setup reads it to log it
     cfg = build_cfg(args.config_file, args.opts)
+    if getattr(args, "eval_only", False):
+        cfg.OUTPUT_DIR = eval_output_dir(cfg.OUTPUT_DIR)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -149,7 +149,10 @@ def _no_usable_boxes(names) -> str:
 
 
 class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
+    """detectron2's DefaultTrainer with ffs_det's checkpointer, optimizer, loaders and hooks;
+    ``allow_pickle``: read ``.pkl`` MODEL.WEIGHTS (with pickle, which runs code from the file)."""
+
+    def __init__(self, cfg, allow_pickle: bool = False):
         # DefaultTrainer.__init__, with wrap_ddp instead of create_ddp_model (which assumes CUDA)
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
@@ -163,7 +166,7 @@ class Trainer(DefaultTrainer):
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # the class names travel with every checkpoint, so inference knows them without the training set
         self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-                                             class_names=check_num_classes(cfg) or None)
+                                             class_names=check_num_classes(cfg) or None, allow_pickle=allow_pickle)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

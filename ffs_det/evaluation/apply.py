@@ -43,7 +43,7 @@ from .coco_eval import evaluate_boxes
 from .detections import RecordsEvaluator, annotate_matches
 from .records import save_records
 
-__all__ = ["apply_model", "load_model", "records_cfg", "OUTPUT_FILES"]
+__all__ = ["apply_model", "check_dataset", "load_model", "records_cfg", "OUTPUT_FILES"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +68,16 @@ def records_cfg(cfg):
     return cfg
 
 
-def load_model(cfg):
+def load_model(cfg, allow_pickle: bool = False):
     """Build the model of ``cfg`` (:func:`records_cfg`) and load ``cfg.MODEL.WEIGHTS``: FileNotFoundError when
-    the file is missing, ValueError when it is unreadable or does not fit the model (another architecture or
-    NUM_CLASSES)."""
+    the file is missing, ValueError when it is unreadable, does not fit the model (another architecture or
+    NUM_CLASSES), or is a ``.pkl`` (read with pickle, which runs code from the file) without ``allow_pickle``."""
     weights = cfg.MODEL.WEIGHTS
     if not weights or not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights!r}")
     cfg = records_cfg(cfg)
     model = build_model(cfg)
-    extra = SafeCheckpointer(model, full_model=True).load(weights)
+    extra = SafeCheckpointer(model, full_model=True, allow_pickle=allow_pickle).load(weights)
     names = extra.get("class_names") if isinstance(extra, dict) else None
     valid = (isinstance(names, list) and len(names) == cfg.MODEL.ROI_HEADS.NUM_CLASSES
              and all(isinstance(n, str) for n in names))
@@ -125,25 +125,41 @@ def _check_output_dir(output_dir: str) -> None:
     check_replaceable_folder(output_dir, allowed=OUTPUT_FILES + (PROPOSALS_FILE,), tool="apply_net")
 
 
+def check_dataset(dataset_name: str, output_dir: str, proposals_of=None) -> List[dict]:
+    """The checks of :func:`apply_model` that need no inference, and the dataset's dicts: ``output_dir`` may be
+    replaced (absent, empty or written by apply_net), the dataset is registered, its json valid and its image
+    files exist, and with ``proposals_of=(cfg, model)`` it is annotated in the model's classes (proposal
+    features need that). A caller with several datasets checks them all before writing any."""
+    _check_output_dir(output_dir)
+    dicts = DatasetCatalog.get(dataset_name)  # unknown name / missing files: detectron2's or ffs_det's clear error
+    check_image_files(dicts, f"dataset {dataset_name!r}")
+    if proposals_of is not None:
+        cfg, model = proposals_of
+        if not _has_model_annotations(MetadataCatalog.get(dataset_name), dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                                      getattr(model, "class_names", None)):
+            raise ValueError(f"dataset {dataset_name!r}: proposal features need a set annotated in the model's "
+                             "classes (the ID training set); this one is an OOD set, unannotated, or in other classes")
+    return dicts
+
+
 def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name: Optional[str] = None,
-                proposals: Optional[Dict] = None) -> Dict:
+                proposals: Optional[Dict] = None, dicts: Optional[List[dict]] = None) -> Dict:
     """Run ``model`` (default: built from ``cfg``) on ``dataset_name``; write records, detections and mAP, and
     with ``proposals`` (keyword arguments of :func:`.proposals.proposal_records`, e.g.
     ``{"max_per_image": 50}``) the features of the set's foreground proposals.
 
     The dataset's dicts are read from the catalog once and handed to the loader, the ground-truth matching
-    and the records (which keep each image's file name, ``meta["image_files"]``)."""
-    _check_output_dir(output_dir)  # before the work, not after
+    and the records (which keep each image's file name, ``meta["image_files"]``); ``dicts``: those
+    :func:`check_dataset` returned (default: checked and read here)."""
     cfg = records_cfg(cfg)
-    dicts = DatasetCatalog.get(dataset_name)  # unknown name / missing files: detectron2's or ffs_det's clear error
-    dataset_meta = MetadataCatalog.get(dataset_name)
-    check_image_files(dicts, f"dataset {dataset_name!r}")
     model = model if model is not None else load_model(cfg)
+    if dicts is None:  # before the work, not after
+        dicts = check_dataset(dataset_name, output_dir, (cfg, model) if proposals is not None else None)
+    else:
+        _check_output_dir(output_dir)
+    dataset_meta = MetadataCatalog.get(dataset_name)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     with_map = _has_model_annotations(dataset_meta, dicts, num_classes, getattr(model, "class_names", None))
-    if proposals is not None and not with_map:
-        raise ValueError(f"dataset {dataset_name!r}: proposal features need a set annotated in the model's classes "
-                         "(the ID training set); this one is an OOD set, unannotated, or in other classes")
     loader = build_detection_test_loader(dicts, mapper=CheckedDatasetMapper(cfg, False),
                                          sampler=InferenceSampler(len(dicts)), num_workers=cfg.DATALOADER.NUM_WORKERS)
     start = time.perf_counter()
