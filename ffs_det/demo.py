@@ -374,6 +374,16 @@ def format_summary(rows: List[Dict], summary: Optional[Dict] = None, baseline: s
     return "\n".join(lines)
 
 
+def _check_opts(methods: Sequence[str], opts: List[str], seed: int) -> None:
+    """The config overrides build every method's training and inference config (a wrong key, value or
+    schedule is a ConfigError / ValueError now, not a failed job after the world is generated)."""
+    from .engine.setup import build_cfg, check_schedule
+
+    for method in methods:
+        check_schedule(build_cfg(METHODS[method], list(opts) + ["SEED", str(seed)],
+                                 extra_files=["Inference/standard_nms.yaml"]))
+
+
 def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = None, seeds: Sequence[int] = (0,),
              jobs: int = 1, fresh: bool = False, opts: Optional[List[str]] = None,
              counts: Optional[Dict[str, int]] = None, world_seed: int = 0, threads: int = 0) -> Dict:
@@ -390,10 +400,13 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
     if unknown:
         raise ValueError(f"unknown demo methods {unknown}; choose from {sorted(METHODS)}")
     seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        # a negative SEED is detectron2's "pick a random seed": the methods would no longer share one per job
+        raise ValueError(f"seeds must be a non-empty list of distinct integers >= 0, got {seeds}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    opts = list(opts or [])
+    _check_opts(methods, opts, seeds[0])  # before the world is generated
     start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -402,7 +415,6 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
     output_dir = os.path.abspath(output_dir)
     print(f"[1/3] shapes world -> {output_dir}/datasets/shapes", flush=True)
     generate_world(os.path.join(output_dir, "datasets", "shapes"), counts=counts, seed=world_seed, force=fresh)
-    opts = list(opts or [])
     todo = [(m, s) for s in seeds for m in methods]
     print(f"[2/3] {len(todo)} jobs (methods {', '.join(methods)} x seeds {', '.join(map(str, seeds))}), "
           f"{jobs} at a time; logs in <method>/seed<k>/", flush=True)

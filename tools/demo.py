@@ -35,7 +35,8 @@ def main(argv=None):
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     parser.add_argument("--seeds", type=_ints, default=[0],
-                        help="comma-separated training seeds (cfg.SEED), the same for every method (default: 0)")
+                        help="comma-separated distinct training seeds >= 0 (cfg.SEED), the same for every method "
+                             "(default: 0)")
     parser.add_argument("--jobs", type=int, default=1, help="(method, seed) jobs run at once, one process each")
     parser.add_argument("--fresh", action="store_true", help="regenerate, retrain and re-evaluate everything")
     parser.add_argument("--num-train", type=int, default=None,
@@ -56,8 +57,6 @@ def main(argv=None):
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         parser.error(f"--methods: unknown {unknown or 'empty list'}; choose from {','.join(METHODS)}")
-    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds: give distinct integers, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     counts = {k: v for k, v in (("train", args.num_train), ("val", args.num_val), ("ood", args.num_ood),
