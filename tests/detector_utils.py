@@ -69,19 +69,23 @@ def tiny_opts(output_dir, synthesis, dataset="tiny_train", max_iter=4, start_ite
     ]
 
 
-def train_tiny_id_ood(root, prefix, config, synthesis, num_id, num_ood, id_seed, ood_seed, seed=None, max_iter=6):
+def train_tiny_id_ood(root, prefix, config, synthesis, num_id, num_ood, id_seed, ood_seed, seed=None, max_iter=6,
+                      id_test_seed=None):
     """Write an ID and an OOD tiny set under ``root``, register the ID one as ``<prefix>_train`` and train
     ``config`` on it for ``max_iter`` iterations (all random streams seeded with ``seed`` first, unless None).
     Returns the ``--register-coco`` arguments the CLIs need (``<prefix>_train``, ``<prefix>_id`` — the same
-    images — and ``<prefix>_ood``) and the trained weights."""
+    images, or with ``id_test_seed`` other images of the same classes, under ``root/id_test`` — and
+    ``<prefix>_ood``) and the trained weights."""
     from ffs_det.data import register_coco
     from ffs_det.engine import Trainer
     from ffs_det.engine.setup import build_cfg
 
     id_json, id_root = write_tiny_coco(str(root / "id"), num_images=num_id, seed=id_seed)
     ood_json, ood_root = write_tiny_coco(str(root / "ood"), num_images=num_ood, seed=ood_seed)
-    register = ["--register-coco", f"{prefix}_train", id_json, id_root, "--register-coco", f"{prefix}_id", id_json,
-                id_root, "--register-coco", f"{prefix}_ood", ood_json, ood_root]
+    test_json, test_root = (id_json, id_root) if id_test_seed is None else write_tiny_coco(
+        str(root / "id_test"), num_images=num_id, seed=id_test_seed)
+    register = ["--register-coco", f"{prefix}_train", id_json, id_root, "--register-coco", f"{prefix}_id", test_json,
+                test_root, "--register-coco", f"{prefix}_ood", ood_json, ood_root]
     register_coco(f"{prefix}_train", id_json, id_root)
     cfg = build_cfg(config, tiny_opts(root / "model", synthesis, dataset=f"{prefix}_train", max_iter=max_iter))
     if seed is not None:

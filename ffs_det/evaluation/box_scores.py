@@ -30,14 +30,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from scipy.stats import norm
 
-from ..atomic_io import child_folder
+from ..atomic_io import check_folder_path, child_folder, json_bytes
 from ..density.metrics import ood_metrics
 from ..density.scorers import fit_and_score, make_scorer
-from .records import load_records, proposal_foreground, save_records
+from .records import check_same_model, config_datasets, load_records, proposal_foreground, save_records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_box_scores", "compare_box_scores", "fuse_scores", "fusion_weights", "training_boxes",
+__all__ = ["add_box_scores", "compare_box_scores", "check_training_set", "fuse_scores", "fusion_weights", "training_boxes",
            "TrainingBoxes", "POSTHOC_SCORERS", "DEFAULT_FUSE", "CALIBRATION_EVERY"]
 
 # the box-level scorers compared with the detector's energy by default
@@ -53,6 +53,10 @@ STORED_SCORES = ("energy", "flow_loglik")
 def _features(arrays, meta, path):
     if "features" not in arrays:
         raise ValueError(f"records {path}: 'features': missing; rerun tools/apply_net.py with --save-features")
+    bad = ~np.isfinite(arrays["features"]).all(axis=1)
+    if bad.any():
+        raise ValueError(f"records {path}: 'features': {int(bad.sum())} of {len(bad)} rows hold NaN or infinite "
+                         f"values (e.g. row {int(np.flatnonzero(bad)[0])}); the model that wrote them diverged?")
     return arrays["features"]
 
 
@@ -130,6 +134,7 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
         if pmeta.get(key) != meta.get(key):
             raise ValueError(f"records {proposals}: meta {key} {pmeta.get(key)!r} differs from the training records "
                              f"{train_records} ({meta.get(key)!r}): proposals of another model or set")
+    check_same_model("training", train_records, meta, "proposal", proposals, pmeta)
     if _space(pmeta) != _space(meta) or _features(prop, pmeta, proposals).shape[1] != feats.shape[1]:
         raise ValueError(f"records {proposals}: features in the {_space(pmeta)!r} space (width "
                          f"{prop['features'].shape[1]}), the training records {train_records} in the "
@@ -145,6 +150,30 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
     neg = dict(_inputs(prop, pmeta, proposals, negatives), **_stored(prop, negatives)) if negatives.any() else {}
     return TrainingBoxes(_inputs(prop, pmeta, proposals, rows), prop["gt_class"][rows], calibration, neg,
                          source="proposals", feature_space=_space(pmeta))
+
+
+def _same_detections(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> bool:
+    return all(k in a and k in b and np.array_equal(a[k], b[k]) for k in ("image_id", "score", "boxes"))
+
+
+def check_training_set(train_records: str, scored: Dict[str, tuple]) -> None:
+    """ValueError unless ``train_records`` are the training records of the model that made every scored records
+    file (``{path: (arrays, meta)}``): the same checkpoint and inference settings
+    (:func:`~.records.check_same_model`), not one of the scored sets (by dataset name or detections), and not
+    a set the model's config lists as a test set only (``DATASETS.TEST``, not ``DATASETS.TRAIN``)."""
+    arrays, meta = load_records(train_records)
+    name, train_sets = meta.get("dataset"), config_datasets(meta, "TRAIN")
+    if name in config_datasets(meta, "TEST") and name not in train_sets:
+        raise ValueError(f"training records {train_records} are of {name!r}, a test set of the model's config "
+                         f"(DATASETS.TEST), not a training set (DATASETS.TRAIN: {', '.join(train_sets) or 'none'}); "
+                         "give the records of the ID training set (apply_net --test-dataset on it)")
+    for path, (other, other_meta) in scored.items():
+        check_same_model("training", train_records, meta, "scored", path, other_meta)
+        if os.path.abspath(path) == os.path.abspath(train_records) or other_meta.get("dataset") == name or \
+                _same_detections(arrays, other):
+            raise ValueError(f"training records {train_records} are of the set {name!r} that the records {path} "
+                             f"are of ({other_meta.get('dataset')!r}): fit on the ID training set, not on a set "
+                             "that is scored")
 
 
 def _check_space(boxes: TrainingBoxes, meta: dict, path: str, width: int) -> None:
@@ -169,11 +198,18 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
             raise ValueError(f"records {path}: {key!r}: already present; choose another --key")
         _check_space(boxes, meta, path, _features(arrays, meta, path).shape[1])
         loaded[path] = (arrays, meta)
+    check_training_set(train_records, loaded)
     names = [m.get("dataset") or os.path.splitext(os.path.basename(p))[0] for p, (_, m) in loaded.items()]
     if len(set(names)) != len(names):
         raise ValueError(f"two record files are of the same dataset ({names}); score them separately")
-    for path, name in zip(loaded, names):
-        child_folder(output_dir, name, f"records {path}: dataset name")  # before anything is written
+    inputs = {os.path.abspath(p) for p in [train_records, *([proposals] if proposals else []), *record_paths]}
+    for path, name in zip(loaded, names):  # before anything is fitted or written
+        folder = child_folder(output_dir, name, f"records {path}: dataset name")
+        check_folder_path(folder)
+        target = os.path.join(folder, "records.npz")
+        if os.path.abspath(target) in inputs:
+            raise ValueError(f"--output-dir {output_dir}: {target} is an input of this command; write the scored "
+                             "records to another folder")
     scores = fit_and_score(scorer, boxes.fit, boxes.labels, {p: _inputs(a, m, p) for p, (a, m) in loaded.items()},
                            **scorer_kwargs)
     written = []
@@ -280,6 +316,7 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     if not len(boxes.calibration["features"]):
         raise ValueError(f"records {train_records}: no training detection to calibrate on")
     sets = ev.sets
+    check_training_set(train_records, {rs.path: (rs.arrays, rs.meta) for rs in sets.values()})
     for name, rs in sets.items():
         _check_space(boxes, rs.meta, rs.path, _features(rs.arrays, rs.meta, rs.path).shape[1])
     scores, calibration, negatives = {}, {}, {}
@@ -326,8 +363,6 @@ def render_box_scores(comparison, info: dict) -> Dict[str, bytes]:
     """File name -> contents of a box-score report: ``scores.md`` (the table), ``scores.csv``, ``scores.json``
     (metrics per score and OOD set, and how the scores were fitted), ``roc_<ood set>.png`` (every score's ROC in
     one plot) and ``hist_<score>_<ood set>.png``."""
-    import json
-
     from ..density.report import comparison_csv, comparison_table, hist_png, roc_png, safe_name
 
     title = (f"ID: {comparison.id_name}; protocol {info['protocol']}, kept detections (threshold "
@@ -339,8 +374,7 @@ def render_box_scores(comparison, info: dict) -> Dict[str, bytes]:
              "scores.csv": comparison_csv(comparison, "score").encode()}
     metrics = {score: {o: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for o, m in sets.items()}
                for score, sets in comparison.metrics.items()}
-    files["scores.json"] = (json.dumps({"metrics": metrics, "info": info}, indent=2, allow_nan=False,
-                                       default=float) + "\n").encode()
+    files["scores.json"] = json_bytes({"metrics": metrics, "info": info}, indent=2, default=float)
     for ood in comparison.ood_names:
         curves = {m: (i, o) for m, oo, i, o, _ in comparison.pairs(ood=ood)}
         files[f"roc_{safe_name(ood)}.png"] = roc_png(curves, f"ROC: {comparison.id_name} vs {ood} (kept detections)",

@@ -23,7 +23,6 @@ generation (:func:`ffs_det.atomic_io.replace_folder`): a rerun into it replaces 
 (no stale plot or drawing stays), and a folder holding other files (e.g. an apply_net dataset folder) is
 refused.
 """
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.special import softmax
 
-from ..atomic_io import check_replaceable_folder, replace_folder
+from ..atomic_io import check_replaceable_folder, json_bytes, replace_folder
 from ..density.metrics import optimal_f1_threshold
 from ..density.report import METRIC_KEYS, Comparison, compare, comparison_csv, comparison_table, hist_png, \
     roc_png, safe_name
-from .records import load_records
+from .records import check_same_model, load_records
 
 __all__ = ["RecordSet", "PROTOCOLS", "OODEvaluation", "detection_threshold", "detection_confidence",
            "evaluate_ood", "format_table", "render_report", "write_report", "run_report", "METRIC_KEYS"]
@@ -214,15 +213,7 @@ def _check_pair(id_set: RecordSet, rs: RecordSet) -> None:
     if _same_detections(rs, id_set):
         raise ValueError(f"OOD records {rs.path} hold the same detections as the ID records {id_set.path} "
                          f"(a copy under another dataset name, {rs.name!r}?); give the records of an OOD set")
-    if rs.meta["class_names"] != id_set.meta["class_names"]:
-        raise ValueError(f"OOD records {rs.path} come from a model with classes {rs.meta['class_names']}, "
-                         f"the ID records {id_set.path} from one with {id_set.meta['class_names']}")
-    sha = rs.meta.get("weights_sha256"), id_set.meta.get("weights_sha256")
-    if None not in sha and sha[0] != sha[1]:
-        raise ValueError(f"OOD records {rs.path} come from another checkpoint than the ID records {id_set.path} "
-                         f"(weights sha256 {sha[0][:12]}... vs {sha[1][:12]}..., "
-                         f"{rs.meta.get('weights')} vs {id_set.meta.get('weights')}); rerun apply_net on both "
-                         "sets with one checkpoint")
+    check_same_model("ID", id_set.path, id_set.meta, "OOD", rs.path, rs.meta)
     if rs.meta["model"] != id_set.meta["model"]:
         logger.warning("OOD records %s are from model %r, ID records from %r", rs.path, rs.meta["model"],
                        id_set.meta["model"])
@@ -303,7 +294,7 @@ def _drawings(ev: OODEvaluation, max_images: int, dataset_dir: Optional[str]) ->
 def render_report(ev: OODEvaluation, draw: int = 0, dataset_dir: Optional[str] = None) -> Dict[str, bytes]:
     """File name -> contents: metrics.json, metrics.csv, roc.png, hist_<set>.png, and with ``draw`` > 0
     up to that many images per set with the kept detections drawn (images/<set>/<image id>.png)."""
-    files = {"metrics.json": (json.dumps({name: ev.metrics(name) for name in ev.ood_sets}, indent=2) + "\n").encode()}
+    files = {"metrics.json": json_bytes({name: ev.metrics(name) for name in ev.ood_sets}, indent=2)}
     key, id_name = ev.score_key, ev.id_name
     id_scores = ev.kept_values(key, id_name)
     files["metrics.csv"] = comparison_csv(ev.comparison, "score_key",

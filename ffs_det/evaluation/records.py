@@ -44,8 +44,8 @@ import numpy as np
 
 from ..atomic_io import atomic_open
 
-__all__ = ["REQUIRED", "OPTIONAL", "REQUIRED_META", "save_records", "load_records", "validate_records",
-           "proposal_foreground"]
+__all__ = ["REQUIRED", "OPTIONAL", "REQUIRED_META", "INFERENCE_KEYS", "save_records", "load_records",
+           "validate_records", "proposal_foreground", "inference_settings", "check_same_model", "config_datasets"]
 
 # what numpy raises on a corrupt archive or .npy header (its header parser uses ast and tokenize)
 _CORRUPT = (OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError, zipfile.BadZipFile, zlib.error)
@@ -62,6 +62,66 @@ REQUIRED = {
 OPTIONAL = {"features": (np.float32, 2), "gt_matched": (np.bool_, 1), "flow_loglik": (np.float32, 1)}
 REQUIRED_META = ("dataset", "model", "num_classes", "class_names", "config")
 _FINITE = ("boxes", "score", "energy")
+
+
+# the config keys that change which detections (boxes, scores, features) inference gives for one checkpoint
+INFERENCE_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD",
+                  "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.RPN.NMS_THRESH",
+                  "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "TEST.DETECTIONS_PER_IMAGE",
+                  "TEST.AUG.ENABLED")
+
+
+def _config(meta: dict) -> dict:
+    """The records' ``config`` (a YAML dump, read with ``yaml.safe_load``) as a dict; {} when unreadable."""
+    import yaml
+
+    text = meta.get("config")
+    try:
+        cfg = yaml.safe_load(text) if isinstance(text, str) else None
+    except yaml.YAMLError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _lookup(cfg: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(cfg, dict) or part not in cfg:
+            return None
+        cfg = cfg[part]
+    return cfg
+
+
+def inference_settings(meta: dict) -> Dict[str, object]:
+    """The :data:`INFERENCE_KEYS` values of the records' ``config`` (those it has)."""
+    cfg = _config(meta)
+    return {k: v for k in INFERENCE_KEYS for v in [_lookup(cfg, k)] if v is not None}
+
+
+def config_datasets(meta: dict, which: str) -> Tuple[str, ...]:
+    """``DATASETS.TRAIN`` or ``DATASETS.TEST`` of the records' ``config`` (() when unknown)."""
+    value = _lookup(_config(meta), f"DATASETS.{which}")
+    return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else ()
+
+
+def check_same_model(ref_role: str, ref_path: str, ref_meta: dict, role: str, path: str, meta: dict) -> None:
+    """ValueError unless the records ``path`` (``role``, e.g. "OOD") come from the model and inference settings of
+    the records ``ref_path`` (``ref_role``, e.g. "ID"): the same class names, checkpoint (SHA-256, when both
+    records carry it) and :data:`INFERENCE_KEYS` values (when both carry a config)."""
+    if meta.get("class_names") != ref_meta.get("class_names"):
+        raise ValueError(f"{role} records {path} come from a model with classes {meta.get('class_names')}, "
+                         f"the {ref_role} records {ref_path} from one with {ref_meta.get('class_names')}")
+    sha = meta.get("weights_sha256"), ref_meta.get("weights_sha256")
+    if None not in sha and sha[0] != sha[1]:
+        raise ValueError(f"{role} records {path} come from another checkpoint than the {ref_role} records {ref_path} "
+                         f"(weights sha256 {str(sha[0])[:12]}... vs {str(sha[1])[:12]}..., "
+                         f"{meta.get('weights')} vs {ref_meta.get('weights')}); rerun apply_net on every set with "
+                         "one checkpoint")
+    mine, ref = inference_settings(meta), inference_settings(ref_meta)
+    differ = [k for k in INFERENCE_KEYS if k in mine and k in ref and mine[k] != ref[k]]
+    if differ:
+        shown = ", ".join(f"{k} {mine[k]!r} vs {ref[k]!r}" for k in differ)
+        raise ValueError(f"{role} records {path} were made with other inference settings than the {ref_role} "
+                         f"records {ref_path} ({shown}); rerun apply_net on every set with one config")
 
 
 def _fail(path: str, key: str, msg: str):

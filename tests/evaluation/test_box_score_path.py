@@ -19,7 +19,7 @@ def applied(tmp_path_factory):
     """A briefly trained plain model, applied to its training set (with proposals), an ID and an OOD set."""
     root = tmp_path_factory.mktemp("boxpath")
     register, weights = train_tiny_id_ood(root, "bp", "Shapes/vanilla_mobilenet.yaml", "none", num_id=10, num_ood=6,
-                                          id_seed=3, ood_seed=4)
+                                          id_seed=3, ood_seed=4, id_test_seed=5)
     common = ["--config-file", "Shapes/vanilla_mobilenet.yaml", "--inference-config", "Inference/standard_nms.yaml",
               *register]
     overrides = ["MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "INPUT.MIN_SIZE_TEST", "128"]
@@ -185,3 +185,71 @@ def test_max_boxes_lowers_the_per_image_cap_on_large_sets(applied):
     assert all((proposals & (arrays["image_id"] == i)).sum() <= 2 for i in np.unique(arrays["image_id"]))
     with pytest.raises(ValueError, match="max_boxes must be >= 1"):
         proposal_records(cfg, model, "bp_train", max_boxes=0)
+
+
+def _tree(folder):
+    """{relative path: bytes} of every file below ``folder``."""
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+def test_apply_net_checks_every_dataset_before_writing_any(applied, tmp_path, capsys):
+    import shutil
+
+    root, out, common, overrides = applied
+    mine = tmp_path / "inference"
+    shutil.copytree(out / "bp_id", mine / "bp_id")  # an earlier run's folder, with its features
+    before = _tree(mine)
+    # a later dataset that is not registered: the earlier dataset's folder is not replaced first
+    assert load_tool("apply_net").main([*common, "--save-features", "--test-dataset", "bp_id", "--test-dataset",
+                                        "nope", "--output-dir", str(mine), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "nope" in err and "not registered" in err
+    assert _tree(mine) == before
+    # a later dataset's folder holding a user's file: refused before inference, and nothing was written
+    (mine / "bp_ood").mkdir()
+    (mine / "bp_ood" / "notes.txt").write_text("mine")
+    before = _tree(mine)
+    assert load_tool("apply_net").main([*common, "--test-dataset", "bp_id", "--test-dataset", "bp_ood",
+                                        "--output-dir", str(mine), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "holds files apply_net did not write (notes.txt)" in err and "nothing was written" in err
+    assert _tree(mine) == before
+    assert load_tool("apply_net").main([*common, "--test-dataset", "bp_id", "--test-dataset", "bp_id",
+                                        "--output-dir", str(mine), *overrides]) == 2
+    assert "a dataset is given twice" in capsys.readouterr().err
+
+
+def test_eval_only_writes_below_the_training_run_and_takes_its_lock(applied, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from ffs_det.engine.setup import claim_output_dir, eval_output_dir
+    from repo_paths import REPO_ROOT
+
+    root, out, common, overrides = applied
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = shutil.copy(overrides[1], run / "model_final.pth")
+    (run / "config.yaml").write_text("the training's config\n")
+    (run / "metrics.json").write_text('{"iteration": 3}\n')
+    register = [a for a in common[4:]]  # the --register-coco triples
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "train_net.py"), "--config-file",
+           "Shapes/vanilla_mobilenet.yaml", "--eval-only", *register, "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR",
+           str(run), "DATASETS.TEST", "('bp_id',)", "INPUT.MIN_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with claim_output_dir(eval_output_dir(str(run)), resume=True):  # another evaluation into the same folder
+        busy = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert busy.returncode == 2 and "is in use by another" in busy.stderr, busy.stderr[-2000:]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run / "config.yaml").read_text() == "the training's config\n"
+    assert (run / "metrics.json").read_text() == '{"iteration": 3}\n'
+    assert (run / "eval" / "config.yaml").is_file() and (run / "eval" / "coco_instances_results.json").is_file()
+    assert "copypaste" in (run / "eval" / "log.txt").read_text()

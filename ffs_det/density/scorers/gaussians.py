@@ -132,6 +132,11 @@ def fit_class_gaussians(x, labels, covariance: str = "tied", ridge: float = 1e-6
             for j in k.unique().tolist():
                 rj = r[k == j]
                 scatter[j] += rj.T @ rj
+    spread, size = float(scatter.diagonal(dim1=1, dim2=2).sum()), float((means ** 2).sum(1).max()) * n
+    if not spread > 1e-12 * max(size, 1e-300):  # the covariance would be the ridge alone: distances meaningless
+        raise ValueError(f"{n} training rows in {len(classes)} classes have no spread about their class means (one "
+                         "row per class, or constant features): a covariance cannot be estimated; fit on more, "
+                         "varied rows")
     if covariance == "tied":
         chols = [_cholesky(scatter[0] / n, ridge, "the classes (tied)")]
     else:
