@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["MIN_BOX_SIZE", "BoxFilterStats", "sanitize_xywh"]
+__all__ = ["MIN_BOX_SIZE", "BoxFilterStats", "is_xywh", "sanitize_xywh"]
 
 MIN_BOX_SIZE = 1.0
 
@@ -34,6 +34,12 @@ class BoxFilterStats:
         return (f"{source}: dropped {self.dropped} of {self.total} boxes (non-finite, or narrower/shorter than "
                 f"{MIN_BOX_SIZE:g} px after clipping to the image); clipped {self.clipped} boxes that extended "
                 "outside the image")
+
+
+def is_xywh(box) -> bool:
+    """Whether ``box`` is a list (or tuple) of 4 numbers, as a COCO bbox must be (finite or not)."""
+    return isinstance(box, (list, tuple)) and len(box) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
 
 
 def sanitize_xywh(box: Sequence[float], width: Optional[float], height: Optional[float],

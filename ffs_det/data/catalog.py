@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .boxes import BoxFilterStats, sanitize_xywh
+from .boxes import BoxFilterStats, is_xywh, sanitize_xywh
 from .builtin import BUILTIN_DATASETS, DatasetSpec
 from .paths import default_dataset_dir
 
@@ -67,6 +67,10 @@ def load_coco_detection(name: str, json_file: str, image_root: str) -> List[dict
             if "bbox" not in ann:
                 raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: an annotation of image "
                                  f"{record.get('image_id')} ({record.get('file_name')}) has no 'bbox'")
+            if not is_xywh(ann["bbox"]):
+                raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: an annotation of image "
+                                 f"{record.get('image_id')} ({record.get('file_name')}) has bbox "
+                                 f"{str(ann['bbox'])[:80]}; a bbox is a list of 4 numbers [x, y, width, height]")
             box, outcome = sanitize_xywh(ann["bbox"], record.get("width"), record.get("height"))
             stats.add(outcome)
             if box is not None:
@@ -139,6 +143,7 @@ def _json_categories(name: str, json_file: str) -> Optional[List[str]]:
         unique = len(set(ids)) == len(ids)
     except (OSError, ValueError, KeyError, TypeError):  # e.g. an id that is a list: reported when loaded
         return None
+    _check_category_names(name, json_file, names)
     if not unique:
         seen, dup = set(), []
         for i in ids:
@@ -166,10 +171,20 @@ def get_thing_classes(name: str) -> List[str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: {type(e).__name__}: {e}") from None
     try:
-        return [str(c["name"]) for c in sorted(data["categories"], key=lambda c: c["id"])]
+        names = [str(c["name"]) for c in sorted(data["categories"], key=lambda c: c["id"])]
     except (KeyError, TypeError):
         raise ValueError(f"dataset {name!r}: {json_file} is not a COCO json with categories (a list of "
                          "{'id', 'name'} objects)") from None
+    _check_category_names(name, json_file, names)
+    return names
+
+
+def _check_category_names(name: str, json_file: str, names: List[str]) -> None:
+    """ValueError when a category name is given twice: detections of two classes would be reported as one."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"dataset {name!r}: {json_file} names categor{'ies' if len(dup) > 1 else 'y'} "
+                         f"{', '.join(map(repr, dup))} more than once; category names must be unique")
 
 
 def require_datasets(names: Iterable[str], check_files: bool = True) -> None:

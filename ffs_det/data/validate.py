@@ -33,6 +33,9 @@ def check_num_classes(cfg, dataset_names: Sequence[str] = None) -> List[str]:
     classes = None
     for name in names:
         found = get_thing_classes(name)
+        if not found:
+            raise ValueError(f"training set {name!r} has no classes (the 'categories' of its json are empty); list "
+                             "its categories as {'id', 'name'} objects")
         if len(found) != want:
             shown = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "")
             raise ValueError(f"MODEL.ROI_HEADS.NUM_CLASSES is {want} but training set {name!r} has {len(found)} "

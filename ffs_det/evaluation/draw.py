@@ -5,6 +5,7 @@ cut that keeps 95% of the ID detections, and red (labelled "OOD") below it.
 """
 import io
 import json
+import logging
 import os
 from typing import Dict, Sequence
 
@@ -12,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = ["image_files", "draw_detections"]
+
+logger = logging.getLogger(__name__)
 
 ID_COLOUR, OOD_COLOUR = (40, 200, 60), (230, 40, 40)
 MIN_SIDE = 480
@@ -27,13 +30,18 @@ def image_files(json_file: str, image_root: str) -> Dict[int, str]:
 def draw_detections(arrays: Dict[str, np.ndarray], files: Dict[int, str], class_names: Sequence[str],
                     keep: np.ndarray, score_key: str, cut: float, max_images: int) -> Dict[int, bytes]:
     """PNG bytes of up to ``max_images`` images (those with kept detections, the boolean mask ``keep``, whose
-    file exists, lowest ids first)."""
+    file exists, lowest ids first). An image PIL cannot read, or one over its pixel limit (a decompression bomb),
+    is left out with a warning naming it."""
     ids = sorted({int(i) for i in arrays["image_id"][keep]})
     image_ids = [i for i in ids if i in files and os.path.isfile(files[i])][:max_images]
     out = {}
     for image_id in image_ids:
-        with Image.open(files[image_id]) as im:
-            canvas = im.convert("RGB")
+        try:
+            with Image.open(files[image_id]) as im:
+                canvas = im.convert("RGB")
+        except (OSError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+            logger.warning("not drawing image %d (%s): %s: %s", image_id, files[image_id], type(e).__name__, e)
+            continue
         scale = max(1.0, MIN_SIDE / max(canvas.size))  # small images are enlarged so labels stay readable
         if scale > 1:
             canvas = canvas.resize((round(canvas.width * scale), round(canvas.height * scale)), Image.NEAREST)
