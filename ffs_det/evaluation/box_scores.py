@@ -33,7 +33,7 @@ from scipy.stats import norm
 from ..atomic_io import check_folder_path, child_folder, json_bytes
 from ..density.metrics import ood_metrics
 from ..density.scorers import fit_and_score, make_scorer
-from .records import check_same_model, config_datasets, load_records, proposal_foreground, save_records
+from .records import check_detections, check_same_model, config_datasets, load_records, proposal_foreground, save_records
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
     Raises ValueError naming the file when there is too little to fit or calibrate on, or when the proposals
     are of another model, set or feature space."""
     train, meta = load_records(train_records)
+    check_detections(train_records, meta)
     feats = _features(train, meta, train_records)
     if keep is None:
         keep = train["gt_matched"] if "gt_matched" in train else train["score"] >= min_score
@@ -194,6 +195,7 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
     loaded = {}
     for path in record_paths:
         arrays, meta = load_records(path)
+        check_detections(path, meta)
         if key in arrays:
             raise ValueError(f"records {path}: {key!r}: already present; choose another --key")
         _check_space(boxes, meta, path, _features(arrays, meta, path).shape[1])

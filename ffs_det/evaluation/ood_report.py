@@ -35,7 +35,7 @@ from ..atomic_io import check_replaceable_folder, json_bytes, replace_folder
 from ..density.metrics import optimal_f1_threshold
 from ..density.report import METRIC_KEYS, Comparison, compare, comparison_csv, comparison_table, hist_png, \
     roc_png, safe_name
-from .records import check_same_model, load_records
+from .records import check_detections, check_same_model, config_datasets, load_records
 
 __all__ = ["RecordSet", "PROTOCOLS", "OODEvaluation", "detection_threshold", "detection_confidence",
            "evaluate_ood", "format_table", "render_report", "write_report", "run_report", "METRIC_KEYS"]
@@ -67,6 +67,7 @@ class RecordSet:
     @classmethod
     def load(cls, path: str) -> "RecordSet":
         arrays, meta = load_records(path)
+        check_detections(path, meta)
         return cls(path, arrays, meta)
 
 
@@ -214,6 +215,9 @@ def _check_pair(id_set: RecordSet, rs: RecordSet) -> None:
         raise ValueError(f"OOD records {rs.path} hold the same detections as the ID records {id_set.path} "
                          f"(a copy under another dataset name, {rs.name!r}?); give the records of an OOD set")
     check_same_model("ID", id_set.path, id_set.meta, "OOD", rs.path, rs.meta)
+    if rs.name in config_datasets(id_set.meta, "TRAIN"):
+        raise ValueError(f"OOD records {rs.path} are of {rs.name!r}, a training set of the model (DATASETS.TRAIN); "
+                         "give the records of an OOD set")
     if rs.meta["model"] != id_set.meta["model"]:
         logger.warning("OOD records %s are from model %r, ID records from %r", rs.path, rs.meta["model"],
                        id_set.meta["model"])

@@ -45,7 +45,7 @@ import numpy as np
 from ..atomic_io import atomic_open
 
 __all__ = ["REQUIRED", "OPTIONAL", "REQUIRED_META", "INFERENCE_KEYS", "save_records", "load_records",
-           "validate_records", "proposal_foreground", "inference_settings", "check_same_model", "config_datasets"]
+           "validate_records", "proposal_foreground", "inference_settings", "check_detections", "check_same_model", "config_datasets"]
 
 # what numpy raises on a corrupt archive or .npy header (its header parser uses ast and tokenize)
 _CORRUPT = (OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError, zipfile.BadZipFile, zlib.error)
@@ -101,6 +101,15 @@ def config_datasets(meta: dict, which: str) -> Tuple[str, ...]:
     """``DATASETS.TRAIN`` or ``DATASETS.TEST`` of the records' ``config`` (() when unknown)."""
     value = _lookup(_config(meta), f"DATASETS.{which}")
     return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else ()
+
+
+def check_detections(path: str, meta: dict) -> None:
+    """ValueError when the records ``path`` are proposal records (``meta["kind"] == "proposals"``), which hold
+    an annotated set's proposals and ground-truth boxes, not the model's detections."""
+    if meta.get("kind") == "proposals":
+        raise ValueError(f"records {path} are proposal records (apply_net --proposals-of: proposals and "
+                         "ground-truth boxes to fit scorers on), not detections; give the records.npz of that "
+                         "folder")
 
 
 def check_same_model(ref_role: str, ref_path: str, ref_meta: dict, role: str, path: str, meta: dict) -> None:

@@ -209,6 +209,19 @@ def _default_options(options, prep: Optional[Preprocessing]) -> Dict[str, dict]:
     return out
 
 
+def _check_distinct(stores: Mapping[str, FeatureStore]) -> None:
+    """ValueError when two of the stores are one folder, or were extracted from one dataset spec and subset
+    (e.g. the ID training set given as the ID test set: the scorers would be scored on what they were fitted
+    on)."""
+    seen: Dict[object, str] = {}
+    for what, store in stores.items():
+        dataset = store.info.get("dataset")
+        for key in [("path", os.path.realpath(store.path))] + ([("data", json.dumps(dataset, sort_keys=True))]
+                                                             if isinstance(dataset, dict) else []):
+            if key in seen:
+                how = "is the same folder as" if key[0] == "path" else "was extracted from the same data as"
+                raise ValueError(f"{what} store {store.path} {how} the {seen[key]} store; give each set's own store")
+            seen[key] = what
 def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_dir: Optional[str] = None,
                     scorers=None, options=None, id_name: str = "id", rebuild_inputs: bool = True,
                     batch_size: int = 256, device: str = "cpu", progress: bool = True, plots: bool = True,
@@ -221,6 +234,7 @@ def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_
         check_report_folder(output_dir, keep)  # before any work
     train, test = FeatureStore(id_train), FeatureStore(id_test)
     ood_stores = {name: FeatureStore(p) for name, p in ood.items()}
+    _check_distinct({"--id-train": train, "--id-test": test, **{f"--ood {k}": v for k, v in ood_stores.items()}})
     model = prep = datasets = None
     model_spec, _ = _specs_from_store(train)
     if rebuild_inputs and model_spec is not None and _needs(scorers, options, "model"):
@@ -249,6 +263,12 @@ def run_image_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSp
     if id_name == "id_train" or id_name in ood:
         raise ValueError(f"ID set name {id_name!r} clashes with 'id_train' or an OOD set name")
     sets = {"id_train": id_train, id_name: id_test, **ood}
+    seen: Dict[SetSpec, str] = {}
+    for name, spec in sets.items():  # one set in two roles: scorers scored on what they were fitted on
+        if spec in seen:
+            raise ValueError(f"sets {seen[spec]!r} and {name!r} are the same data ({spec.spec}, max_samples "
+                             f"{spec.max_samples}, seed {spec.seed}); give each set its own data")
+        seen[spec] = name
     paths = {name: os.path.join(work_dir, "features", name) for name in sets}
     keep = _inside(output_dir, [os.path.join(work_dir, "features")]) if output_dir else []
     if output_dir:  # before any work: the report folder, the specs, the store folders

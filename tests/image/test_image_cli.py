@@ -109,10 +109,12 @@ def test_sharded_extraction_reads_as_one_store(tmp_path, weights):
     tex = str(tmp_path / "tex")
     assert main(["--threads", "1", "extract", "--model", "small_cnn", "--weights", weights, "--data", "textures",
                  "--n-generated", "40", "--out", tex, "--no-progress"]) == 0
+    test = str(tmp_path / "test")  # the ID test set: other images than the training store's
+    assert main(["--threads", "1", "extract", *args[:7], "60", "--seed", "4", "--no-progress", "--out", test]) == 0
     scores = {}
     for train, stream in [(sharded, "always"), (single, "never")]:
         out = str(tmp_path / f"eval-{stream}")
-        assert main(["--threads", "1", "evaluate", "--id-train", train, "--id-test", single, "--ood", f"tex={tex}",
+        assert main(["--threads", "1", "evaluate", "--id-train", train, "--id-test", test, "--ood", f"tex={tex}",
                      "--scorers", "mahalanobis,knn", "--opt", "knn.k=5", "--output-dir", out, "--no-plots",
                      "--no-progress", "--stream", stream]) == 0
         scores[stream] = np.load(os.path.join(out, "scores.npz"))

@@ -261,11 +261,11 @@ def test_report_folder_is_one_generation(tmp_path, capsys):
 
 def test_run_report_keeps_the_work_folder(tmp_path):
     out = tmp_path / "out"
-    assert main([*RUN, "--ood", "t=textures", "--ood", "d=digits", "--max-ood", "12", "--output-dir", str(out)]) == 0
+    assert main([*RUN, "--ood", "t=textures", "--ood", "d=digits", "--max-ood", "10", "--output-dir", str(out)]) == 0
     assert {"roc_t.png", "roc_d.png", "work"} <= set(os.listdir(out))
     meta = out / "work" / "features" / "t" / "meta.json"
     mtime = os.path.getmtime(meta)
-    assert main([*RUN, "--ood", "t=textures", "--max-ood", "12", "--output-dir", str(out)]) == 0
+    assert main([*RUN, "--ood", "t=textures", "--max-ood", "10", "--output-dir", str(out)]) == 0
     assert "roc_d.png" not in os.listdir(out) and "roc_t.png" in os.listdir(out)
     assert os.path.getmtime(meta) == mtime  # the stores were kept and re-used
     assert json.load(open(out / REPORT_MARKER))[-1] == "work/"
@@ -374,3 +374,28 @@ def test_check_store_target_accepts_absent_empty_and_stores(tmp_path):
     (tmp_path / "e").mkdir()
     check_store_target(str(tmp_path / "e"))
     check_store_target(_store(tmp_path / "s"))
+
+
+def test_one_set_in_two_roles_is_refused(tmp_path, capsys):
+    from ffs_det.image.cli import main
+    from ffs_det.image.feature_store import FeatureStoreWriter
+
+    def store(path, dataset):
+        columns = {"features": ((4,), "float32"), "logits": ((3,), "float32"), "labels": ((), "int64")}
+        with FeatureStoreWriter(str(path), 6, columns, {"dataset": dataset}) as w:
+            rng = np.random.default_rng(0)
+            w.append(features=rng.normal(size=(6, 4)), logits=rng.normal(size=(6, 3)), labels=np.arange(6) % 3)
+        return str(path)
+
+    train = store(tmp_path / "train", {"spec": "digits@train", "seed": 0})
+    test = store(tmp_path / "test", {"spec": "digits@test", "seed": 0})
+    again = store(tmp_path / "again", {"spec": "digits@train", "seed": 0})
+    base = ["evaluate", "--scorers", "knn", "--no-rebuild", "--no-progress", "--output-dir", str(tmp_path / "r")]
+    assert main([*base, "--id-train", train, "--id-test", train, "--ood", f"o={test}"]) == 2
+    assert "--id-test store" in capsys.readouterr().err
+    assert main([*base, "--id-train", train, "--id-test", again, "--ood", f"o={test}"]) == 2
+    assert "was extracted from the same data as the --id-train store" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["run", "--model", "small_cnn", "--id-train", "digits@train", "--id-test", "digits@train",
+                 "--ood", "t=textures", "--output-dir", str(tmp_path / "r2"), "--no-progress"]) == 2
+    assert "are the same data" in capsys.readouterr().err and not (tmp_path / "r2").exists()

@@ -295,3 +295,22 @@ def test_demo_refuses_negative_seeds_and_bad_overrides_before_the_world(tmp_path
                       "50"]) == 2
     assert "FFS.START_ITER 50 >= SOLVER.MAX_ITER 10" in capsys.readouterr().err
     assert not os.path.exists(out / "datasets")
+
+
+def test_proposal_records_or_the_training_set_are_not_evaluated_as_detections(tmp_path, capsys):
+    from ffs_det.evaluation.records import load_records
+
+    idp = _records(tmp_path / "id.npz", "t_val", config=CONFIG)
+    arrays, meta = load_records(idp)
+    arrays["gt_class"], arrays["iou"] = arrays["pred_class"].copy(), np.ones(len(arrays["score"]), np.float32)
+    props = save_records(str(tmp_path / "proposals.npz"), arrays, dict(meta, dataset="t_train", kind="proposals"))
+    out = str(tmp_path / "r")
+    assert load_tool("eval_ood").main(["--id", idp, "--ood", props, "--output-dir", out, "--thres", "0.5"]) == 2
+    assert "are proposal records (apply_net --proposals-of" in capsys.readouterr().err
+    assert load_tool("score_boxes").main(["--scorer", "knn", "--train", props, "--records", idp,
+                                          "--output-dir", out]) == 2
+    assert "are proposal records" in capsys.readouterr().err
+    train = _records(tmp_path / "train.npz", "t_train", seed=3, config=CONFIG)
+    assert load_tool("eval_ood").main(["--id", idp, "--ood", train, "--output-dir", out, "--thres", "0.5"]) == 2
+    assert "a training set of the model (DATASETS.TRAIN)" in capsys.readouterr().err
+    assert not os.path.exists(out)
