@@ -24,6 +24,7 @@ Nothing here sees an OOD label; OOD records are only scored.
 """
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -191,6 +192,9 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
     added ``key`` array (default: the scorer's name) to ``output_dir/<dataset>/records.npz``. Returns the
     written paths."""
     key = key or scorer
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", key):
+        raise ValueError(f"--key {key!r}: a records array name is letters, digits and _ . + - (not starting with . "
+                         "+ or -)")
     boxes = training_boxes(train_records, proposals, min_score)
     loaded = {}
     for path in record_paths:

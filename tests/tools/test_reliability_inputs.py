@@ -141,6 +141,9 @@ def test_score_boxes_refuses_to_overwrite_its_input_and_names_nan_features(tmp_p
                                           "--output-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert f"records {bad}: 'features': 1 of 60 rows hold NaN or infinite values (e.g. row 4)" in err
+    assert load_tool("score_boxes").main(["--scorer", "knn", "--option", "k=3", "--train", train, "--records", idp,
+                                          "--key", "../x", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "--key '../x': a records array name is" in capsys.readouterr().err
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert load_tool("score_boxes").main(["--scorer", "knn", "--option", "k=3", "--train", train, "--records", idp,
