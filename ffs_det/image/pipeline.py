@@ -209,11 +209,21 @@ def _default_options(options, prep: Optional[Preprocessing]) -> Dict[str, dict]:
     return out
 
 
-def _check_distinct(stores: Mapping[str, FeatureStore]) -> None:
+def _network(info: dict) -> Optional[dict]:
+    """Which network a store's features come from: model name, weights digest, initialisation seed."""
+    model = info.get("model")
+    if not isinstance(model, dict):
+        return None
+    return {"model": model.get("name"), "weights_sha256": info.get("weights_sha256"),
+            "init_seed": model.get("init_seed")}
+
+
+def _check_stores(stores: Mapping[str, FeatureStore]) -> None:
     """ValueError when two of the stores are one folder, or were extracted from one dataset spec and subset
     (e.g. the ID training set given as the ID test set: the scorers would be scored on what they were fitted
-    on)."""
+    on), or by another network than the first store's (features of two networks are not comparable)."""
     seen: Dict[object, str] = {}
+    first_name, first = next(iter(stores.items()))
     for what, store in stores.items():
         dataset = store.info.get("dataset")
         for key in [("path", os.path.realpath(store.path))] + ([("data", json.dumps(dataset, sort_keys=True))]
@@ -222,6 +232,12 @@ def _check_distinct(stores: Mapping[str, FeatureStore]) -> None:
                 how = "is the same folder as" if key[0] == "path" else "was extracted from the same data as"
                 raise ValueError(f"{what} store {store.path} {how} the {seen[key]} store; give each set's own store")
             seen[key] = what
+        mine, ref = _network(store.info), _network(first.info)
+        if mine is not None and ref is not None and mine != ref:
+            raise ValueError(f"{what} store {store.path} was extracted by another network than the {first_name} "
+                             f"store ({mine} vs {ref}); extract every set with one model and weights")
+
+
 def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_dir: Optional[str] = None,
                     scorers=None, options=None, id_name: str = "id", rebuild_inputs: bool = True,
                     batch_size: int = 256, device: str = "cpu", progress: bool = True, plots: bool = True,
@@ -234,7 +250,7 @@ def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_
         check_report_folder(output_dir, keep)  # before any work
     train, test = FeatureStore(id_train), FeatureStore(id_test)
     ood_stores = {name: FeatureStore(p) for name, p in ood.items()}
-    _check_distinct({"--id-train": train, "--id-test": test, **{f"--ood {k}": v for k, v in ood_stores.items()}})
+    _check_stores({"--id-train": train, "--id-test": test, **{f"--ood {k}": v for k, v in ood_stores.items()}})
     model = prep = datasets = None
     model_spec, _ = _specs_from_store(train)
     if rebuild_inputs and model_spec is not None and _needs(scorers, options, "model"):

@@ -399,3 +399,22 @@ def test_one_set_in_two_roles_is_refused(tmp_path, capsys):
     assert main(["run", "--model", "small_cnn", "--id-train", "digits@train", "--id-test", "digits@train",
                  "--ood", "t=textures", "--output-dir", str(tmp_path / "r2"), "--no-progress"]) == 2
     assert "are the same data" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
+def test_stores_of_two_networks_are_not_compared(tmp_path, capsys):
+    from ffs_det.image.feature_store import FeatureStoreWriter
+
+    def store(path, dataset, sha):
+        columns = {"features": ((4,), "float32"), "logits": ((3,), "float32"), "labels": ((), "int64")}
+        info = {"dataset": dataset, "model": {"name": "small_cnn"}, "weights_sha256": sha}
+        with FeatureStoreWriter(str(path), 6, columns, info) as w:
+            rng = np.random.default_rng(0)
+            w.append(features=rng.normal(size=(6, 4)), logits=rng.normal(size=(6, 3)), labels=np.arange(6) % 3)
+        return str(path)
+
+    train = store(tmp_path / "train", {"spec": "digits@train"}, "a" * 64)
+    test = store(tmp_path / "test", {"spec": "digits@test"}, "a" * 64)
+    ood = store(tmp_path / "ood", {"spec": "textures"}, "b" * 64)
+    assert main(["evaluate", "--scorers", "knn", "--no-rebuild", "--no-progress", "--output-dir", str(tmp_path / "r"),
+                 "--id-train", train, "--id-test", test, "--ood", f"o={ood}"]) == 2
+    assert "--ood o store" in capsys.readouterr().err and not (tmp_path / "r").exists()
