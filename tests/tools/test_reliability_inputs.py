@@ -317,3 +317,27 @@ def test_proposal_records_or_the_training_set_are_not_evaluated_as_detections(tm
     assert load_tool("eval_ood").main(["--id", idp, "--ood", train, "--output-dir", out, "--thres", "0.5"]) == 2
     assert "a training set of the model (DATASETS.TRAIN)" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+_JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-50, 200) | st.floats(allow_nan=True)
+                            | st.text(max_size=4), lambda inner: st.lists(inner, max_size=5), max_leaves=8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(bbox=st.lists(_JSON_VALUES, max_size=6) | _JSON_VALUES)
+def test_any_bbox_value_loads_or_gives_one_named_error(tmp_path_factory, bbox):
+    from detectron2.data import DatasetCatalog
+
+    from ffs_det.data import register_coco
+
+    tmp_path = tmp_path_factory.mktemp("bbox")
+    json_path, root = _coco(tmp_path, [{"id": 1, "name": "a"}], bbox)
+    name = f"rel_prop_{tmp_path.name}"
+    register_coco(name, json_path, root)
+    try:
+        dicts = DatasetCatalog.get(name)
+    except ValueError as e:
+        assert json_path in str(e) and "bbox" in str(e)
+        return
+    boxes = [a["bbox"] for d in dicts for a in d["annotations"]]
+    assert all(len(b) == 4 and all(np.isfinite(b)) and b[2] >= 1 and b[3] >= 1 for b in boxes)
