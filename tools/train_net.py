@@ -12,9 +12,10 @@ already holds a run is continued with --resume and otherwise refused, as is one 
 --eval-only writes its config.yaml, log and inference/ into OUTPUT_DIR/eval, never over a training's files.
 MODEL.WEIGHTS ending in .pkl are read with pickle, which runs code from the file: they are refused unless
 --allow-pickle is given. On SIGTERM training finishes its step, saves a checkpoint, says so and exits with
-status 143; --resume continues it. A wrong input (config key, dataset path, class count, checkpoint) ends
-the run with one `error: ...` line and exit status 2; a run that fails while training (non-finite loss,
-unreadable image, full disk) with one line and status 1 (ffs_det/exit_status.py).
+status 143; --resume continues it. A wrong input (config key, dataset path, class count, checkpoint, an
+image that cannot be read, also one found while training) ends the run with one `error: ...` line and exit
+status 2; a run that fails while training (non-finite loss, full disk) with one line and status 1
+(ffs_det/exit_status.py).
 """
 import contextlib
 import multiprocessing

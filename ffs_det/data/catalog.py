@@ -41,6 +41,26 @@ def registered_by_ffs_det() -> List[str]:
     return sorted(_REGISTERED)
 
 
+def _bbox_message(image_id, file_name, bbox) -> str:
+    return (f"an annotation of image {image_id} ({file_name}) has bbox {str(bbox)[:80]}; a bbox is a list of 4 "
+            "numbers [x, y, width, height]")
+
+
+def _bad_bbox(json_file: str) -> Optional[str]:
+    """The bbox message of the json's first annotation whose bbox is not 4 numbers (detectron2's loader fails
+    on some with a bare TypeError), or None."""
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            data = json.load(f)
+        files = {img.get("id"): img.get("file_name") for img in data.get("images", [])}
+        for ann in data.get("annotations", []):
+            if "bbox" in ann and not is_xywh(ann["bbox"]):
+                return _bbox_message(ann.get("image_id"), files.get(ann.get("image_id")), ann["bbox"])
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    return None
+
+
 def load_coco_detection(name: str, json_file: str, image_root: str) -> List[dict]:
     """Dataset dicts of a COCO-format json, after checking the files and applying the box rule."""
     if not os.path.isfile(json_file):
@@ -57,7 +77,8 @@ def load_coco_detection(name: str, json_file: str, image_root: str) -> List[dict
                              "--register-coco") from None
         raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: {e}") from None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-        raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: {type(e).__name__}: {e}") from None
+        raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: "
+                         f"{_bad_bbox(json_file) or f'{type(e).__name__}: {e}'}") from None
     if not dicts:
         raise ValueError(f"dataset {name!r}: {json_file} lists no images")
     stats = BoxFilterStats()
@@ -68,9 +89,8 @@ def load_coco_detection(name: str, json_file: str, image_root: str) -> List[dict
                 raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: an annotation of image "
                                  f"{record.get('image_id')} ({record.get('file_name')}) has no 'bbox'")
             if not is_xywh(ann["bbox"]):
-                raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: an annotation of image "
-                                 f"{record.get('image_id')} ({record.get('file_name')}) has bbox "
-                                 f"{str(ann['bbox'])[:80]}; a bbox is a list of 4 numbers [x, y, width, height]")
+                raise ValueError(f"dataset {name!r}: invalid COCO json {json_file}: "
+                                 f"{_bbox_message(record.get('image_id'), record.get('file_name'), ann['bbox'])}")
             box, outcome = sanitize_xywh(ann["bbox"], record.get("width"), record.get("height"))
             stats.add(outcome)
             if box is not None:

@@ -38,7 +38,7 @@ from detectron2.modeling import build_model
 
 from ..atomic_io import atomic_dir, atomic_write_json, check_replaceable_folder, file_sha256
 from ..data.validate import CheckedDatasetMapper, check_image_files
-from ..engine.checkpoint import SafeCheckpointer
+from ..engine.checkpoint import SafeCheckpointer, pickle_refused
 from .coco_eval import evaluate_boxes
 from .detections import RecordsEvaluator, annotate_matches
 from .records import save_records
@@ -74,7 +74,9 @@ def load_model(cfg, allow_pickle: bool = False):
     NUM_CLASSES), or is a ``.pkl`` (read with pickle, which runs code from the file) without ``allow_pickle``."""
     weights = cfg.MODEL.WEIGHTS
     if not weights or not os.path.isfile(weights):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights!r}")
+        raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint not found: {weights or repr(weights)}")
+    if weights.endswith(".pkl") and not allow_pickle:  # before the model is built; SafeCheckpointer refuses it too
+        raise ValueError(f"MODEL.WEIGHTS: {pickle_refused(weights)}")
     cfg = records_cfg(cfg)
     model = build_model(cfg)
     extra = SafeCheckpointer(model, full_model=True, allow_pickle=allow_pickle).load(weights)

@@ -218,6 +218,12 @@ def _network(info: dict) -> Optional[dict]:
             "init_seed": model.get("init_seed")}
 
 
+def _describe(network: dict) -> str:
+    sha = network["weights_sha256"]
+    return (f"{network['model']}, " + (f"weights sha256 {sha[:12]}..." if sha else "no weights")
+            + (f", init seed {network['init_seed']}" if network["init_seed"] is not None else ""))
+
+
 def _check_stores(stores: Mapping[str, FeatureStore]) -> None:
     """ValueError when two of the stores are one folder, or were extracted from one dataset spec and subset
     (e.g. the ID training set given as the ID test set: the scorers would be scored on what they were fitted
@@ -235,7 +241,8 @@ def _check_stores(stores: Mapping[str, FeatureStore]) -> None:
         mine, ref = _network(store.info), _network(first.info)
         if mine is not None and ref is not None and mine != ref:
             raise ValueError(f"{what} store {store.path} was extracted by another network than the {first_name} "
-                             f"store ({mine} vs {ref}); extract every set with one model and weights")
+                             f"store ({_describe(mine)} vs {_describe(ref)}); extract every set with one model and "
+                             "weights")
 
 
 def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_dir: Optional[str] = None,

@@ -223,7 +223,8 @@ def _coco(tmp_path, categories, bbox=(10, 10, 30, 30)):
     return str(path), str(root)
 
 
-@pytest.mark.parametrize("bbox", [["10", "10", "30", "30"], [10, 10, 30], "10,10,30,30", [10, 10, 30, True]])
+@pytest.mark.parametrize("bbox", [["10", "10", "30", "30"], [10, 10, 30], "10,10,30,30", [10, 10, 30, True], True,
+                                  None, 5, {"x": 1}])
 def test_a_malformed_bbox_is_an_error_not_a_dropped_box(tmp_path, bbox):
     from detectron2.data import DatasetCatalog
 
