@@ -58,6 +58,16 @@ def parse_args(argv=None):
     parser.add_argument("--flow-loglik", action="store_true",
                         help="FFS models: also store each detection's log-density under the trained flow "
                              "(records key flow_loglik, for eval_ood --score-key flow_loglik)")
+    parser.add_argument("--safe", action="store_true",
+                        help="also store SAFE's box features (safe_features: the backbone's shortcut conv + BN "
+                             "outputs averaged over each box, read during detection) for compare_scores / "
+                             "score_boxes --scorer safe")
+    parser.add_argument("--safe-fit-of", action="append", default=[], metavar="DATASET",
+                        help="for this --test-dataset (the ID training set) also store the features of the same "
+                             "boxes in FGSM-perturbed images (safe_features_adv), which SAFE's MLP is fitted on; "
+                             "implies --safe (repeatable)")
+    parser.add_argument("--safe-epsilon", type=float, default=8.0,
+                        help="FGSM step of --safe-fit-of on the 0-255 pixel scale (default 8, SAFE's)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read MODEL.WEIGHTS ending in .pkl with pickle, which RUNS CODE FROM THE FILE: only for "
                              "files from a source you trust (without it a .pkl is refused)")
@@ -74,9 +84,12 @@ def main(argv=None):
         ["FFS.OUTPUT_FLOW_LOGLIK", "True"] if args.flow_loglik else []) + (
         ["FFS.OUTPUT_FEATURE_SPACE", args.feature_space] if args.save_features or args.proposals_of else [])
     try:
-        unknown = sorted(set(args.proposals_of) - set(args.test_dataset))
-        if unknown:
-            raise ValueError(f"--proposals-of {', '.join(unknown)}: not among the --test-dataset names")
+        for flag, names in (("--proposals-of", args.proposals_of), ("--safe-fit-of", args.safe_fit_of)):
+            unknown = sorted(set(names) - set(args.test_dataset))
+            if unknown:
+                raise ValueError(f"{flag} {', '.join(unknown)}: not among the --test-dataset names")
+        if not args.safe_epsilon > 0:
+            raise ValueError(f"--safe-epsilon must be > 0, got {args.safe_epsilon}")
         if args.max_proposals_per_image < 0:
             raise ValueError(f"--max-proposals-per-image must be >= 0, got {args.max_proposals_per_image}")
         cfg = build_cfg(args.config_file, opts, extra_files=[args.inference_config])
@@ -97,7 +110,10 @@ def main(argv=None):
     for dataset, target in targets.items():
         try:
             proposals = ({"max_per_image": args.max_proposals_per_image} if dataset in args.proposals_of else None)
-            result = apply_model(cfg, dataset, target, model=model, proposals=proposals, dicts=dicts[dataset])
+            safe = ({"adversarial": dataset in args.safe_fit_of, "epsilon": args.safe_epsilon}
+                    if args.safe or args.safe_fit_of else None)
+            result = apply_model(cfg, dataset, target, model=model, proposals=proposals, dicts=dicts[dataset],
+                                 safe=safe)
         except INPUT_ERRORS + (OSError,) as e:  # OSError: writing failed (status 1)
             return error(e, f"{dataset}: ")
         logging.getLogger("ffs_det").info("%s", json.dumps(result["summary"].get("bbox", {})))

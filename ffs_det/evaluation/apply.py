@@ -145,14 +145,17 @@ def check_dataset(dataset_name: str, output_dir: str, proposals_of=None) -> List
 
 
 def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name: Optional[str] = None,
-                proposals: Optional[Dict] = None, dicts: Optional[List[dict]] = None) -> Dict:
+                proposals: Optional[Dict] = None, dicts: Optional[List[dict]] = None,
+                safe: Optional[Dict] = None) -> Dict:
     """Run ``model`` (default: built from ``cfg``) on ``dataset_name``; write records, detections and mAP, and
     with ``proposals`` (keyword arguments of :func:`.proposals.proposal_records`, e.g.
     ``{"max_per_image": 50}``) the features of the set's foreground proposals.
 
     The dataset's dicts are read from the catalog once and handed to the loader, the ground-truth matching
     and the records (which keep each image's file name, ``meta["image_files"]``); ``dicts``: those
-    :func:`check_dataset` returned (default: checked and read here)."""
+    :func:`check_dataset` returned (default: checked and read here). ``safe``: also SAFE's box features
+    (:mod:`.safe`), ``{"adversarial": bool, "epsilon": float, "layers": list or None}``; with ``adversarial``
+    (the ID training set) also those of the same boxes in FGSM-perturbed images."""
     cfg = records_cfg(cfg)
     model = model if model is not None else load_model(cfg)
     if dicts is None:  # before the work, not after
@@ -164,8 +167,19 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     with_map = _has_model_annotations(dataset_meta, dicts, num_classes, getattr(model, "class_names", None))
     loader = build_detection_test_loader(dicts, mapper=CheckedDatasetMapper(cfg, False),
                                          sampler=InferenceSampler(len(dicts)), num_workers=cfg.DATALOADER.NUM_WORKERS)
+    runner, safe_meta = model, None
+    if safe is not None:
+        from .safe import DEFAULT_EPSILON, SafeFeatureModel
+
+        if safe.get("adversarial") and not with_map:
+            raise ValueError(f"dataset {dataset_name!r}: SAFE's perturbed objects need a set annotated in the "
+                             "model's classes (the ID training set)")
+        epsilon = float(safe.get("epsilon", DEFAULT_EPSILON))
+        runner = SafeFeatureModel(model, safe.get("layers"), epsilon=epsilon,
+                                  records={int(d["image_id"]): d for d in dicts} if safe.get("adversarial") else None)
+        safe_meta = {"layers": runner.layers, "adversarial": bool(safe.get("adversarial")), "epsilon": epsilon}
     start = time.perf_counter()
-    arrays = inference_on_dataset(model, loader, RecordsEvaluator(dataset_name))["records"]
+    arrays = inference_on_dataset(runner, loader, RecordsEvaluator(dataset_name))["records"]
     seconds = time.perf_counter() - start
     class_names = _model_class_names(cfg, model, dataset_name if with_map else None)
     # ground-truth matches and box AP only make sense for annotations in the model's own classes
@@ -185,6 +199,8 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     }
     if "features" in arrays:
         meta["feature_space"] = cfg.FFS.OUTPUT_FEATURE_SPACE
+    if safe_meta is not None:
+        meta["safe"] = safe_meta
     if num_gt is not None:
         meta["num_gt"] = num_gt
     if coco.get("papers_threshold"):

@@ -95,11 +95,48 @@ class TrainingBoxes:
     negatives: Dict[str, np.ndarray] = field(default_factory=dict)  # the same of background proposals (or empty)
     source: str = "detections"  # what the scorers are fitted on: "proposals" or "detections"
     feature_space: str = "output"
+    # SAFE's inputs, when the training records have them: "fit" (every detection of the fit images),
+    # "adversarial" (the same boxes in the perturbed images), "calibration" (the calibration detections)
+    safe: Dict[str, np.ndarray] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"fit_source": self.source, "fit_on": int(len(self.labels)),
-                "calibrated_on": int(len(self.calibration["features"])),
-                "negatives": int(len(self.negatives.get("features", ()))), "feature_space": self.feature_space}
+        out = {"fit_source": self.source, "fit_on": int(len(self.labels)),
+               "calibrated_on": int(len(self.calibration["features"])),
+               "negatives": int(len(self.negatives.get("features", ()))), "feature_space": self.feature_space}
+        if self.safe:
+            out["safe_fit_on"] = {"clean": int(len(self.safe["fit"])),
+                                  "perturbed": int(np.isfinite(self.safe["adversarial"]).all(1).sum())}
+        return out
+
+
+def _safe_inputs(train, calib) -> Dict[str, np.ndarray]:
+    """SAFE's training inputs (:attr:`TrainingBoxes.safe`): as SAFE, every detection of the fit images (not only
+    those matched to ground truth), paired with its box in the perturbed image."""
+    if "safe_features" not in train or "safe_features_adv" not in train:
+        return {}
+    fit = ~np.isin(train["image_id"], np.unique(train["image_id"][calib]))
+    return {"fit": train["safe_features"][fit], "adversarial": train["safe_features_adv"][fit],
+            "calibration": train["safe_features"][calib]}
+
+
+def _scorer_inputs(scorer: str, arrays, meta, path, rows=None) -> Dict[str, np.ndarray]:
+    """What ``scorer`` scores of the records' ``rows``: SAFE its ``safe_features``, the others :func:`_inputs`."""
+    if scorer != "safe":
+        return _inputs(arrays, meta, path, rows)
+    if "safe_features" not in arrays:
+        raise ValueError(f"records {path}: 'safe_features': missing; rerun tools/apply_net.py with --safe")
+    return {"features": arrays["safe_features"][slice(None) if rows is None else rows]}
+
+
+def _fit_inputs(scorer: str, boxes: "TrainingBoxes", train_records: str):
+    """``(X, y, extra fit options, calibration inputs)`` that ``scorer`` is fitted and calibrated on."""
+    if scorer != "safe":
+        return boxes.fit, boxes.labels, {}, boxes.calibration
+    if not boxes.safe:
+        raise ValueError(f"records {train_records}: no 'safe_features_adv' to fit SAFE on; apply the ID training "
+                         "set with tools/apply_net.py --safe-fit-of")
+    return (boxes.safe["fit"], None, {"adversarial": boxes.safe["adversarial"]},
+            {"features": boxes.safe["calibration"]})
 
 
 def _stored(arrays, rows) -> Dict[str, np.ndarray]:
@@ -127,7 +164,7 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
             raise ValueError(f"records {train_records}: {int(fit.sum())} training detections to fit on; need at "
                              "least 2")
         return TrainingBoxes(_inputs(train, meta, train_records, fit), train["pred_class"][fit], calibration,
-                             feature_space=_space(meta))
+                             feature_space=_space(meta), safe=_safe_inputs(train, calib))
     prop, pmeta = load_records(proposals)
     if pmeta.get("kind") != "proposals" or "gt_class" not in prop:
         raise ValueError(f"records {proposals}: not proposal records (meta kind {pmeta.get('kind')!r}); write them "
@@ -151,7 +188,7 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
     negatives = ~foreground & in_calib
     neg = dict(_inputs(prop, pmeta, proposals, negatives), **_stored(prop, negatives)) if negatives.any() else {}
     return TrainingBoxes(_inputs(prop, pmeta, proposals, rows), prop["gt_class"][rows], calibration, neg,
-                         source="proposals", feature_space=_space(pmeta))
+                         source="proposals", feature_space=_space(pmeta), safe=_safe_inputs(train, calib))
 
 
 def _same_detections(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> bool:
@@ -216,8 +253,9 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
         if os.path.abspath(target) in inputs:
             raise ValueError(f"--output-dir {output_dir}: {target} is an input of this command; write the scored "
                              "records to another folder")
-    scores = fit_and_score(scorer, boxes.fit, boxes.labels, {p: _inputs(a, m, p) for p, (a, m) in loaded.items()},
-                           **scorer_kwargs)
+    fit_x, fit_y, fit_extra, _ = _fit_inputs(scorer, boxes, train_records)
+    scores = fit_and_score(scorer, fit_x, fit_y, {p: _scorer_inputs(scorer, a, m, p) for p, (a, m) in loaded.items()},
+                           **fit_extra, **scorer_kwargs)
     written = []
     for (path, (arrays, meta)), name in zip(loaded.items(), names):
         arrays = dict(arrays, **{key: scores[path].astype(np.float32)})
@@ -332,12 +370,14 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
             calibration[key] = boxes.calibration[key]
             if key in boxes.negatives:
                 negatives[key] = boxes.negatives[key]
-    extra = {"__calibration__": boxes.calibration, **({"__negatives__": boxes.negatives} if boxes.negatives else {})}
     failed = {}
     for scorer in scorers:
-        test = {name: _inputs(rs.arrays, rs.meta, rs.path, ev.kept[name]) for name, rs in sets.items()}
+        fit_x, fit_y, fit_extra, calib = _fit_inputs(scorer, boxes, train_records)
+        extra = {"__calibration__": calib, **({"__negatives__": boxes.negatives}
+                                              if boxes.negatives and scorer != "safe" else {})}
+        test = {name: _scorer_inputs(scorer, rs.arrays, rs.meta, rs.path, ev.kept[name]) for name, rs in sets.items()}
         try:
-            out = fit_and_score(scorer, boxes.fit, boxes.labels, {**extra, **test}, **options.get(scorer, {}))
+            out = fit_and_score(scorer, fit_x, fit_y, {**extra, **test}, **fit_extra, **options.get(scorer, {}))
         except ValueError as e:  # e.g. knn's k above the number of training boxes: the other scores go on
             failed[scorer] = str(e)
             logger.warning("box score %s not computed: %s", scorer, e)

@@ -73,8 +73,9 @@ class RecordsEvaluator(DatasetEvaluator):
             }
             if inst.has("flow_loglik"):
                 chunk["flow_loglik"] = inst.flow_loglik.numpy().astype(np.float32)
-            if inst.has("features"):
-                chunk["features"] = inst.features.numpy().astype(np.float32)
+            for field in ("features", "safe_features", "safe_features_adv"):
+                if inst.has(field):
+                    chunk[field] = inst.get(field).numpy().astype(np.float32)
             self._chunks.append(chunk)
 
     def evaluate(self):

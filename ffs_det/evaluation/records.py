@@ -16,7 +16,9 @@ key              dtype     shape        meaning
 ``flow_loglik``  float32   (N,)         FFS models: log-density (nats) of the box under the trained flow
 ===============  ========  ===========  =========================================================
 
-Any other array is allowed if its first dimension is N (e.g. a box-level scorer's output). When ``features`` are
+Optional too: ``safe_features`` (float32 ``(N, S)``, SAFE's backbone features of each box, :mod:`.safe`) and, on
+a training set, ``safe_features_adv`` (the same boxes in FGSM-perturbed images; NaN rows for images without
+ground truth). Any other array is allowed if its first dimension is N (e.g. a box-level scorer's output). When ``features`` are
 present, ``meta["feature_space"]`` says which: ``"output"`` (the box head's output, what the classifier sees) or
 ``"preactivation"`` (its last layer before the final ReLU); records without the key hold output features.
 
@@ -59,7 +61,8 @@ REQUIRED = {
     "energy": (np.float32, 1),
     "logits": (np.float32, 2),
 }
-OPTIONAL = {"features": (np.float32, 2), "gt_matched": (np.bool_, 1), "flow_loglik": (np.float32, 1)}
+OPTIONAL = {"features": (np.float32, 2), "gt_matched": (np.bool_, 1), "flow_loglik": (np.float32, 1),
+            "safe_features": (np.float32, 2), "safe_features_adv": (np.float32, 2)}
 REQUIRED_META = ("dataset", "model", "num_classes", "class_names", "config")
 _FINITE = ("boxes", "score", "energy")
 

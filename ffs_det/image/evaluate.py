@@ -21,10 +21,11 @@ __all__ = ["evaluate_scorers", "resolve_scorers", "streams_fit", "STREAMS"]
 
 def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]] = None,
                     options: Optional[Mapping[str, dict]] = None) -> Dict[str, dict]:
-    """``{scorer name: constructor kwargs}``; ``None`` or ``"all"`` means every registered scorer.
+    """``{scorer name: constructor kwargs}``; ``None`` or ``"all"`` means every registered scorer that needs no
+    fit input besides features, labels and the head (not SAFE, a box-level scorer fitted on perturbed objects).
     ``options`` adds or overrides kwargs per scorer."""
     if scorers is None or scorers == "all":
-        chosen = {name: {} for name in sorted(registry.SCORERS)}
+        chosen = {name: {} for name in sorted(registry.SCORERS) if not registry.SCORERS[name].requires}
     elif isinstance(scorers, str):
         chosen = {s.strip(): {} for s in scorers.split(",") if s.strip()}
     elif isinstance(scorers, Mapping):
@@ -34,6 +35,10 @@ def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]]
     unknown = [s for s in list(chosen) + list(options or {}) if s not in registry.SCORERS]
     if unknown:
         raise ValueError(f"unknown scorer(s) {unknown}; registered: {', '.join(sorted(registry.SCORERS))}")
+    needs = {name: registry.SCORERS[name].requires for name in chosen if registry.SCORERS[name].requires}
+    if needs:
+        raise ValueError(f"scorer(s) {sorted(needs)} need fit inputs the image benchmark does not have "
+                         f"({needs}); they score detector boxes (tools/compare_scores.py)")
     for name, kw in (options or {}).items():
         if name in chosen:
             chosen[name].update(kw)

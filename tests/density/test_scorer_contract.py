@@ -14,6 +14,12 @@ FAST = {"fde": dict(epochs=1, hidden=16, blocks=1), "residual_flow": dict(epochs
         "lid": dict(epochs=1, hidden=8, blocks=1, calibration_rows=20), "knn": dict(k=3), "vim": dict(d=2)}
 
 
+def _fit_extra(name, x):
+    """What a scorer needs besides ``X, y, head``: SAFE its negatives (here the rows with noise added)."""
+    noise = np.random.default_rng(1).normal(size=x.shape)
+    return {"adversarial": x + 2 * noise} if name == "safe" else {}
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
@@ -24,7 +30,7 @@ def data():
 
 def test_the_registry_has_every_scorer():
     assert set(SCORERS) == {"msp", "energy", "odin", "react", "fde", "mahalanobis", "residual_flow", "gmm",
-                            "heat", "knn", "vim", "likelihood_ratio", "lid"}
+                            "heat", "knn", "vim", "likelihood_ratio", "lid", "safe"}
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))
@@ -57,14 +63,15 @@ def test_fit_returns_self_and_marks_fitted_attributes(name, data):
     scorer = build_scorer(name, **FAST.get(name, {}))
     with pytest.raises(NotFittedError, match=f"{name}: call fit"):
         scorer.score(x)
-    assert scorer.fit(x, y, head=head) is scorer
+    extra = _fit_extra(name, x)
+    assert scorer.fit(x, y, head=head, **extra) is scorer
     assert scorer.is_fitted()
     fitted = [k for k in vars(scorer) if k.endswith("_")]
     assert fitted and not set(fitted) & set(option_names(SCORERS[name]))
     scores = scorer.score(x[:7])
     assert scores.dtype == np.float64 and scores.shape == (7,) and np.isfinite(scores).all()
     # the driver gives the same scores
-    again = fit_and_score(name, x, y, {"a": x[:7]}, head=head, **FAST.get(name, {}))["a"]
+    again = fit_and_score(name, x, y, {"a": x[:7]}, head=head, **FAST.get(name, {}), **extra)["a"]
     np.testing.assert_allclose(again, scores, rtol=1e-9, atol=1e-9)
 
 

@@ -253,3 +253,65 @@ def test_eval_only_writes_below_the_training_run_and_takes_its_lock(applied, tmp
     assert (run / "metrics.json").read_text() == '{"iteration": 3}\n'
     assert (run / "eval" / "config.yaml").is_file() and (run / "eval" / "coco_instances_results.json").is_file()
     assert "copypaste" in (run / "eval" / "log.txt").read_text()
+
+
+def test_safe_features_attack_and_scores_on_a_trained_model(applied, tmp_path, capsys):
+    """SAFE end to end: the backbone layers' box features are stored during detection, the training set's boxes
+    are also pooled in FGSM-perturbed images (which raise the detector's loss), and compare_scores fits the MLP."""
+    from ffs_det.evaluation.apply import load_model
+    from ffs_det.evaluation.safe import ATTACK_LOSSES, SAFE_LAYERS, fgsm_images
+    from detectron2.data import DatasetCatalog
+    from detectron2.data import build_detection_test_loader
+    from detectron2.utils.events import EventStorage
+
+    from ffs_det.data.validate import CheckedDatasetMapper
+    from ffs_det.evaluation.safe import _gt_instances
+
+    root, out, common, overrides = applied
+    safe_out = tmp_path / "inference"
+    assert load_tool("apply_net").main([*common, "--save-features", "--safe-fit-of", "bp_train", "--test-dataset",
+                                        "bp_train", "--test-dataset", "bp_id", "--test-dataset", "bp_ood",
+                                        "--output-dir", str(safe_out), *overrides]) == 0
+    train, meta = load_records(str(safe_out / "bp_train" / "records.npz"))
+    test, test_meta = load_records(str(safe_out / "bp_id" / "records.npz"))
+    assert meta["safe"] == {"layers": SAFE_LAYERS["mobilenetv2"], "adversarial": True, "epsilon": 8.0}
+    assert train["safe_features"].shape == (len(train["score"]), 24 + 32 + 64 + 160)
+    assert "safe_features_adv" in train and "safe_features_adv" not in test and not test_meta["safe"]["adversarial"]
+    assert np.isfinite(train["safe_features_adv"]).all() and (train["safe_features_adv"] != train["safe_features"]).any()
+    # the same detections as without --safe: the features are read during the detector's own pass
+    plain, _ = load_records(str(out / "bp_id" / "records.npz"))
+    np.testing.assert_array_equal(plain["boxes"], test["boxes"])
+    # FGSM ascends the detector's training loss
+    cfg = build_cfg("Shapes/vanilla_mobilenet.yaml", overrides + ["DATALOADER.NUM_WORKERS", "0"],
+                    extra_files=["Inference/standard_nms.yaml"])
+    model = load_model(cfg)
+    dicts = DatasetCatalog.get("bp_train")[:3]
+    loader = build_detection_test_loader(dicts, mapper=CheckedDatasetMapper(cfg, False))
+    inputs = [batch[0] for batch in loader]
+    attacked = fgsm_images(model, inputs, dicts, epsilon=0.05)  # a small step: the first-order rise
+
+    def loss(inp, image, record):
+        model.train()
+        with torch.no_grad(), EventStorage(0), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(inp["image_id"]))
+            losses = model([dict(inp, image=image, instances=_gt_instances(record, inp["image"].shape[-2:]))])
+        model.eval()
+        return float(sum(losses[k] for k in ATTACK_LOSSES))
+
+    rises = []
+    for inp, adv, record in zip(inputs, attacked, dicts):
+        assert adv.shape == inp["image"].shape and float((adv - inp["image"].float()).abs().max()) <= 0.05 + 1e-4
+        rises.append(loss(inp, adv, record) - loss(inp, inp["image"].float(), record))
+    assert all(r > 0 for r in rises), rises
+    # the MLP, its fused score, and the error without the perturbed objects
+    args = ["--train", str(safe_out / "bp_train" / "records.npz"), "--id", str(safe_out / "bp_id" / "records.npz"),
+            "--ood", str(safe_out / "bp_ood" / "records.npz"), "--scorer", "safe", "--fuse", "energy", "safe",
+            "--thres", "0.0"]
+    assert load_tool("compare_scores").main([*args, "--output-dir", str(tmp_path / "scores")]) == 0
+    result = json.loads((tmp_path / "scores" / "scores.json").read_text())
+    assert {"energy", "safe", "energy+safe"} <= set(result["metrics"])
+    assert result["info"]["safe_fit_on"]["perturbed"] == result["info"]["safe_fit_on"]["clean"] > 0
+    args[1] = str(out / "bp_train" / "records.npz")  # applied without --safe-fit-of
+    capsys.readouterr()
+    assert load_tool("compare_scores").main([*args, "--output-dir", str(tmp_path / "none")]) == 2
+    assert "no 'safe_features_adv' to fit SAFE on" in capsys.readouterr().err and not (tmp_path / "none").exists()

@@ -4,7 +4,7 @@ from .base import SCORERS, InputScorer, LogitScorer, NotFittedError, Scorer, bui
 
 # scorer modules: importing them registers their scorers
 from . import flow_density, logits, odin, react  # noqa: E402,F401
-from . import gmm, heat, knn, lid, likelihood_ratio, mahalanobis, residual_flow, vim  # noqa: E402,F401
+from . import gmm, heat, knn, lid, likelihood_ratio, mahalanobis, residual_flow, safe, vim  # noqa: E402,F401
 from .apply import fit_and_score, fit_scorer, make_scorer, score_samples  # noqa: E402
 
 __all__ = ["SCORERS", "Scorer", "LogitScorer", "InputScorer", "NotFittedError", "build_scorer", "register_scorer",

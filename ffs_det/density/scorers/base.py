@@ -13,8 +13,10 @@ A scorer follows scikit-learn's estimator conventions:
 Class attributes say what a scorer needs, so that one driver (:mod:`.apply`) can feed every scorer:
 ``kind`` (``"features"``; ``"logits"``: :class:`LogitScorer`; ``"inputs"``: :class:`InputScorer`),
 ``uses_labels``, ``uses_head`` (``"none"``, ``"optional"``, ``"required"``), ``layered`` (``X`` may be
-``{layer: (N, D_l)}``) and ``streams`` (``fit`` also takes ``X`` and ``y`` as row sources of
-:mod:`~ffs_det.density.streaming`, e.g. a feature store's arrays on disk, with memory independent of ``N``).
+``{layer: (N, D_l)}``), ``streams`` (``fit`` also takes ``X`` and ``y`` as row sources of
+:mod:`~ffs_det.density.streaming`, e.g. a feature store's arrays on disk, with memory independent of ``N``) and
+``requires`` (keyword-only ``fit`` inputs it cannot do without, e.g. SAFE's perturbed objects; a driver that has
+none of them, such as the image benchmark, leaves it out of "all").
 """
 import inspect
 from typing import Callable, Dict, Type
@@ -76,6 +78,7 @@ class Scorer:
     uses_head: str = "none"
     layered: bool = False
     streams: bool = False
+    requires: tuple = ()  # fit inputs it cannot do without besides X, y, head (SAFE: "adversarial")
 
     def check_params(self) -> None:
         """Raise a ValueError naming a bad option (subclasses check theirs)."""
