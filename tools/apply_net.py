@@ -99,12 +99,18 @@ def main(argv=None):
             raise ValueError(f"--test-dataset: a dataset is given twice ({', '.join(args.test_dataset)})")
         targets = {dataset: child_folder(out_root, dataset) for dataset in args.test_dataset}
         model = load_model(cfg, allow_pickle=args.allow_pickle)
+        if args.safe or args.safe_fit_of:
+            from ffs_det.evaluation.safe import safe_layers
+
+            safe_layers(model)  # a backbone SAFE has no layers for: refused before any dataset is run
     except INPUT_ERRORS as e:
         return error(e)
     dicts = {}
     for dataset, target in targets.items():  # every dataset and output folder before anything is written
         try:
-            dicts[dataset] = check_dataset(dataset, target, (cfg, model) if dataset in args.proposals_of else None)
+            needs = [what for what, names in (("proposal features", args.proposals_of),
+                                              ("SAFE's perturbed objects", args.safe_fit_of)) if dataset in names]
+            dicts[dataset] = check_dataset(dataset, target, (cfg, model, " and ".join(needs)) if needs else None)
         except INPUT_ERRORS as e:
             return error(e, f"{dataset}: ")
     for dataset, target in targets.items():

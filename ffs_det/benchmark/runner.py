@@ -23,7 +23,7 @@ SIZES = {
                   fit_memory=dict(sizes=(1000, 4000), dim=64, steps=3, scorers=("mahalanobis", "fde")),
                   extraction=dict(n=16, configs=((1, 0), (2, 0))),
                   knn=dict(n_train=2000, n_query=200, dim=256, k=50, warmup=0, repeats=1),
-                  paper_detector=dict(images=1, min_size=128, warmup=0, repeats=1)),
+                  paper_detector=dict(images=1, min_size=128, warmup=0, repeats=1), safe_fit_rows=2000),
     "full": dict(train_images=4, train_warmup=2, train_repeats=10, infer_images=8, infer_warmup=1,
                  infer_repeats=7, synth_warmup=3, synth_repeats=21, paper_warmup=1, paper_repeats=5,
                  metric_scores=2_000_000, metric_warmup=1, metric_repeats=5,
@@ -32,7 +32,7 @@ SIZES = {
                  fit_memory=dict(sizes=(10_000, 100_000, 1_000_000), dim=512, steps=20, scorers=None),
                  extraction=dict(n=256, configs=((1, 0), (2, 0), (1, 1), (1, 2))),
                  knn=dict(n_train=100_000, n_query=10_000, dim=256, k=50, warmup=0, repeats=3),
-                 paper_detector=dict(images=4, min_size=800, warmup=2, repeats=10)),
+                 paper_detector=dict(images=4, min_size=800, warmup=2, repeats=10), safe_fit_rows=20_000),
 }
 
 # ratio name -> (where it is in the results, comparison, target); a target of None: reported, not judged.
@@ -47,6 +47,8 @@ TARGETS = {
     "ffs_synthesis/vos_synthesis (shapes)": (("synthesis", "config", "ratios", "ffs/vos"), None, None),
     "ffs_synthesis/vos_synthesis (paper)": (("synthesis", "paper", "ratios", "ffs/vos"), "<=", 0.2),
     "ffs_imgs_per_s/plain_imgs_per_s": (("inference", "ratios", "ffs/plain"), ">=", 0.98),
+    "safe_inference_time/plain_inference_time": (("safe", "ratios", "safe/plain"), "<=", 1.1),
+    "safe_fit_set_time/plain_inference_time": (("safe", "ratios", "safe_fit/plain"), None, None),
     "our_metrics_time/sklearn_time": (("metrics", "ratios", "ours/sklearn"), "<=", 1.0),
     "fde_glow_time/our_flow_time_to_auroc": (("flow_fit", "ratios", "fde_glow_time/ours_time_to_auroc"), ">=", 3.0),
     "fit_peak_memory largest_n/smallest_n": (("fit_memory", "max_ratio_streaming"), "<=", 1.5),
@@ -55,8 +57,8 @@ TARGETS = {
 
 # the sections run_benchmark can run, in order; "paper_detector" (the papers' RegNetX detector at 800 px) runs by
 # default on a GPU only (on a CPU a full run of it takes tens of minutes): ask for it with --sections
-SECTIONS = ("training_step", "inference", "synthesis", "paper_detector", "metrics", "flow_fit", "knn", "memory",
-            "fit_memory", "extraction")
+SECTIONS = ("training_step", "inference", "safe", "synthesis", "paper_detector", "metrics", "flow_fit", "knn",
+            "memory", "fit_memory", "extraction")
 CPU_DEFAULT_SECTIONS = tuple(x for x in SECTIONS if x != "paper_detector")
 
 
@@ -102,6 +104,7 @@ def run_benchmark(quick: bool = False, device: str = "cpu", threads: Optional[in
     from .knn import time_knn
     from .memory import measure_memory
     from .metrics import time_metrics
+    from .safe import time_safe
     from .synthesis import PAPER_SETTINGS, settings_from_cfgs, time_synthesis
 
     default = SECTIONS if device.startswith("cuda") else CPU_DEFAULT_SECTIONS
@@ -130,7 +133,7 @@ def run_benchmark(quick: bool = False, device: str = "cpu", threads: Optional[in
                            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None},
                "ffs_det_version": __version__, "load_average_before": load_average()}
 
-    detector_sections = {"training_step", "inference", "synthesis"} & set(chosen)
+    detector_sections = {"training_step", "inference", "safe", "synthesis"} & set(chosen)
     cfgs = {m: detector_cfg(m, device, size["train_images"]) for m in MODES} if detector_sections else {}
     models = None
     if section("training_step", "detector: training steps (plain / VOS / FFS, synthesis active)"):
@@ -154,6 +157,10 @@ def run_benchmark(quick: bool = False, device: str = "cpu", threads: Optional[in
         images = shapes_inputs(cfgs["plain"], size["infer_images"], seed + 1, train=False)
         results["inference"] = time_inference({m: models[m] for m in ("plain", "ffs")}, images,
                                               size["infer_warmup"], size["infer_repeats"], device)
+    if section("safe", "SAFE: inference with its box features, the training set's FGSM step, the MLP fit"):
+        models = models or build_models(cfgs, seed)
+        results["safe"] = time_safe(models["plain"], cfgs["plain"], size["infer_images"], size["infer_warmup"],
+                                    size["infer_repeats"], seed, device, fit_rows=size["safe_fit_rows"])
     del models
 
     if section("synthesis", "synthesis step alone (config and paper settings)"):
@@ -245,6 +252,13 @@ def format_measurements(r: Dict) -> str:
         for m in ("plain", "ffs"):
             rows.append((f"inference {m}", f"{inf[m]['images_per_s']:.2f} img/s",
                          f"{inf[m]['images']} imgs, n={inf[m]['repeats']}"))
+    if "safe" in r:
+        sf = r["safe"]
+        for m in ("plain", "safe", "safe_fit"):
+            rows.append((f"SAFE: inference {m}", _ms(sf[m]["median_s"] / sf[m]["images"]) + "/img",
+                         f"{sf[m]['images']} imgs, n={sf[m]['repeats']}"))
+        rows.append((f"SAFE: MLP fit ({sf['mlp_fit']['rows']:,} x {sf['mlp_fit']['dim']}, 5 epochs)",
+                     _ms(sf["mlp_fit"]["median_s"]), f"n={sf['mlp_fit']['repeats']}"))
     if "metrics" in r:
         mt = r["metrics"]
         rows.append((f"ood_metrics ({mt['n_scores']:,} scores)", _ms(mt["ours"]["median_s"]), "6 metrics, one sort"))

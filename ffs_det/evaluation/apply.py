@@ -127,20 +127,20 @@ def _check_output_dir(output_dir: str) -> None:
     check_replaceable_folder(output_dir, allowed=OUTPUT_FILES + (PROPOSALS_FILE,), tool="apply_net")
 
 
-def check_dataset(dataset_name: str, output_dir: str, proposals_of=None) -> List[dict]:
+def check_dataset(dataset_name: str, output_dir: str, annotated_for=None) -> List[dict]:
     """The checks of :func:`apply_model` that need no inference, and the dataset's dicts: ``output_dir`` may be
     replaced (absent, empty or written by apply_net), the dataset is registered, its json valid and its image
-    files exist, and with ``proposals_of=(cfg, model)`` it is annotated in the model's classes (proposal
-    features need that). A caller with several datasets checks them all before writing any."""
+    files exist, and with ``annotated_for=(cfg, model, what)`` it is annotated in the model's classes (``what``,
+    e.g. proposal features, needs that). A caller with several datasets checks them all before writing any."""
     _check_output_dir(output_dir)
     dicts = DatasetCatalog.get(dataset_name)  # unknown name / missing files: detectron2's or ffs_det's clear error
     check_image_files(dicts, f"dataset {dataset_name!r}")
-    if proposals_of is not None:
-        cfg, model = proposals_of
+    if annotated_for is not None:
+        cfg, model, what = annotated_for
         if not _has_model_annotations(MetadataCatalog.get(dataset_name), dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
                                       getattr(model, "class_names", None)):
-            raise ValueError(f"dataset {dataset_name!r}: proposal features need a set annotated in the model's "
-                             "classes (the ID training set); this one is an OOD set, unannotated, or in other classes")
+            raise ValueError(f"dataset {dataset_name!r}: {what} need a set annotated in the model's classes (the "
+                             "ID training set); this one is an OOD set, unannotated, or in other classes")
     return dicts
 
 
@@ -159,7 +159,9 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     cfg = records_cfg(cfg)
     model = model if model is not None else load_model(cfg)
     if dicts is None:  # before the work, not after
-        dicts = check_dataset(dataset_name, output_dir, (cfg, model) if proposals is not None else None)
+        needs = [w for w, on in (("proposal features", proposals is not None),
+                                 ("SAFE's perturbed objects", bool(safe and safe.get("adversarial")))) if on]
+        dicts = check_dataset(dataset_name, output_dir, (cfg, model, " and ".join(needs)) if needs else None)
     else:
         _check_output_dir(output_dir)
     dataset_meta = MetadataCatalog.get(dataset_name)
@@ -171,9 +173,6 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     if safe is not None:
         from .safe import DEFAULT_EPSILON, SafeFeatureModel
 
-        if safe.get("adversarial") and not with_map:
-            raise ValueError(f"dataset {dataset_name!r}: SAFE's perturbed objects need a set annotated in the "
-                             "model's classes (the ID training set)")
         epsilon = float(safe.get("epsilon", DEFAULT_EPSILON))
         runner = SafeFeatureModel(model, safe.get("layers"), epsilon=epsilon,
                                   records={int(d["image_id"]): d for d in dicts} if safe.get("adversarial") else None)

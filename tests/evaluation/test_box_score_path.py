@@ -315,3 +315,11 @@ def test_safe_features_attack_and_scores_on_a_trained_model(applied, tmp_path, c
     capsys.readouterr()
     assert load_tool("compare_scores").main([*args, "--output-dir", str(tmp_path / "none")]) == 2
     assert "no 'safe_features_adv' to fit SAFE on" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    # the perturbed objects need ground truth in the model's classes; checked before any dataset is run
+    json_path, image_root = write_tiny_coco(str(tmp_path / "other"), num_images=2, seed=9)
+    assert load_tool("apply_net").main([*common, "--save-features", "--register-coco-ood", "bp_other2", json_path,
+                                        image_root, "--safe-fit-of", "bp_other2", "--test-dataset", "bp_id",
+                                        "--test-dataset", "bp_other2", "--output-dir", str(tmp_path / "none"),
+                                        *overrides]) == 2
+    assert "SAFE's perturbed objects need a set annotated" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
