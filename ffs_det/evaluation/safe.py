@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.events import EventStorage
 
 __all__ = ["SAFE_LAYERS", "safe_layers", "capture_outputs", "pool_boxes", "fgsm_images", "SafeFeatureModel",
@@ -93,10 +93,10 @@ def _gt_instances(record: dict, image_size) -> Instances:
     """The ground truth of a dataset record in the coordinates of its resized image (test-time resizing only
     scales)."""
     height, width = image_size
-    sx, sy = width / record["width"], height / record["height"]
+    scale = torch.tensor([width / record["width"], height / record["height"]] * 2)
     anns = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
-    boxes = torch.tensor([[a["bbox"][0] * sx, a["bbox"][1] * sy, (a["bbox"][0] + a["bbox"][2]) * sx,
-                           (a["bbox"][1] + a["bbox"][3]) * sy] for a in anns], dtype=torch.float32).reshape(-1, 4)
+    xyxy = [BoxMode.convert(a["bbox"], a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS) for a in anns]
+    boxes = torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4) * scale
     inst = Instances((height, width))
     inst.gt_boxes = Boxes(boxes)
     inst.gt_classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
@@ -111,6 +111,8 @@ def fgsm_images(model: nn.Module, inputs: List[dict], records: List[dict], epsil
     statistic changes), its proposal sampling seeded with ``seed`` + the image id; its state is restored."""
     was_training = model.training
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    device = next(model.parameters()).device
+    rng_devices = [device] if device.type == "cuda" else []  # the sampling draws on the model's device
     out: List[Optional[torch.Tensor]] = []
     try:
         model.train()
@@ -122,7 +124,7 @@ def fgsm_images(model: nn.Module, inputs: List[dict], records: List[dict], epsil
                 out.append(None)
                 continue
             image = inp["image"].float().detach().requires_grad_(True)
-            with torch.enable_grad(), torch.random.fork_rng(devices=[]), EventStorage(0):
+            with torch.enable_grad(), torch.random.fork_rng(devices=rng_devices), EventStorage(0):
                 torch.manual_seed(int(seed) + int(inp.get("image_id", 0)))
                 losses = model([dict(inp, image=image, instances=gt.to(image.device))])
                 loss = sum(losses[k] for k in ATTACK_LOSSES if k in losses)

@@ -19,7 +19,7 @@ def applied(tmp_path_factory):
     """A briefly trained plain model, applied to its training set (with proposals), an ID and an OOD set."""
     root = tmp_path_factory.mktemp("boxpath")
     register, weights = train_tiny_id_ood(root, "bp", "Shapes/vanilla_mobilenet.yaml", "none", num_id=10, num_ood=6,
-                                          id_seed=3, ood_seed=4, id_test_seed=5)
+                                          id_seed=3, ood_seed=4, id_test_seed=5, seed=0)
     common = ["--config-file", "Shapes/vanilla_mobilenet.yaml", "--inference-config", "Inference/standard_nms.yaml",
               *register]
     overrides = ["MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "INPUT.MIN_SIZE_TEST", "128"]
