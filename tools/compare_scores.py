@@ -15,7 +15,9 @@ training images are split by image id: every 5th image calibrates the fused scor
 on the foreground proposals of --proposals (apply_net --proposals-of; recommended: many boxes per object),
 else on the training detections matched to ground truth. The fused score (--fuse) sums the parts' z-scores
 (standardised on the calibration images' ID detections), each weighted by how well it separates those
-detections from the same images' background proposals: no OOD data is used anywhere. Writes scores.md,
+detections from the same images' background proposals: no OOD data is used anywhere. SAFE (--scorer safe) reads
+the backbone features apply_net --safe stores and is fitted on the training set's detections and their
+FGSM-perturbed copies (apply_net --safe-fit-of on the training set). Writes scores.md,
 scores.csv, scores.json, roc_<ood set>.png and hist_<score>_<ood set>.png into --output-dir (written whole: a
 rerun replaces an earlier report there; a folder holding other files is refused).
 """

@@ -13,7 +13,9 @@ The scorer is fitted as tools/compare_scores.py fits it (ffs_det/evaluation/box_
 image is held out (it calibrates compare_scores' fused score), and the others give the fit: the foreground
 proposals of --proposals (apply_net --proposals-of; labels = ground-truth classes), else the training
 detections matched to ground truth (else score >= --min-score; labels = predicted classes). Each --records file
-is copied to <output-dir>/<dataset>/records.npz with one more array named after the scorer (or --key).
+is copied to <output-dir>/<dataset>/records.npz with one more array named after the scorer (or --key). SAFE (--scorer safe) is
+fitted on every training detection of the fit images against its FGSM-perturbed copy (apply_net --safe-fit-of)
+and scores the records' safe_features (apply_net --safe).
 """
 import argparse
 import json
