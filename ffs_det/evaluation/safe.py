@@ -7,7 +7,8 @@ from shallow to deep. Which modules, per backbone (:func:`safe_layers`):
 
 * RegNetX (detectron2's ``RegNet``, the papers' RegNetX-4.0GF): ``backbone.bottom_up.s{1..4}.b1.bn``, as SAFE's
   code (``SAFE/shared/tracker.py``);
-* ResNet (detectron2's): ``backbone.bottom_up.res{2..5}.0.shortcut`` (conv + its frozen BN), as SAFE's code;
+* ResNet (detectron2's): every ``backbone.bottom_up.res<stage>.<block>.shortcut`` (conv + its frozen BN), as SAFE's
+  code: ``res{2..5}.0.shortcut`` in a ResNet-50;
 * MobileNetV2 (the shapes world's trunk), which has no shortcut convolutions: the projection convolution + BN
   (linear bottleneck, no activation) of the first block of each stride level, the block that changes resolution
   and width where ResNet/RegNet stages have their shortcut conv: ``backbone.bottom_up.features.{2,4,7,14}.conv.3``.
@@ -21,6 +22,7 @@ of ``epsilon`` on the 0-255 pixel scale against the detector's training losses o
 exact stride (SAFE scales by the padded map's height over the original image's, slightly off for padded images).
 """
 import contextlib
+import re
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -33,10 +35,11 @@ from detectron2.utils.events import EventStorage
 __all__ = ["SAFE_LAYERS", "safe_layers", "capture_outputs", "pool_boxes", "fgsm_images", "SafeFeatureModel",
            "DEFAULT_EPSILON"]
 
-# backbone -> the modules SAFE reads (checked in this order; the first whose modules all exist is used)
+# backbone -> the modules SAFE reads (checked in this order; the first whose modules all exist is used). ResNet:
+# every shortcut convolution, as SAFE's code selects them (4 in a ResNet-50; 3 in a ResNet-18/34, whose res2 has none)
 SAFE_LAYERS = {
     "regnet": [f"backbone.bottom_up.s{i}.b1.bn" for i in range(1, 5)],
-    "resnet": [f"backbone.bottom_up.res{i}.0.shortcut" for i in range(2, 6)],
+    "resnet": re.compile(r"backbone\.bottom_up\.res\d\.\d+\.shortcut"),
     "mobilenetv2": [f"backbone.bottom_up.features.{i}.conv.3" for i in (2, 4, 7, 14)],
 }
 DEFAULT_EPSILON = 8.0  # SAFE's default, on the 0-255 pixel scale
@@ -54,7 +57,11 @@ def safe_layers(model: nn.Module, layers: Optional[Sequence[str]] = None) -> Lis
             raise ValueError(f"SAFE layers not in the model: {missing}")
         return list(layers)
     for modules in SAFE_LAYERS.values():
-        if all(n in names for n in modules):
+        if isinstance(modules, re.Pattern):
+            found = [n for n in names if modules.fullmatch(n)]
+            if found:
+                return found
+        elif all(n in names for n in modules):
             return list(modules)
     raise ValueError(f"SAFE knows the layers of {', '.join(SAFE_LAYERS)} backbones; this model has none of "
                      f"them (its backbone is {type(getattr(model, 'backbone', model)).__name__})")
