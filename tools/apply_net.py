@@ -14,8 +14,11 @@ training set, --proposals-of: its foreground proposals' features (proposals.npz)
   tools/apply_net.py --config-file Shapes/vanilla_mobilenet.yaml --save-features --proposals-of shapes_train \
       --test-dataset shapes_train --test-dataset shapes_val --test-dataset shapes_ood MODEL.WEIGHTS model.pth
 
+For SAFE (compare_scores --scorer safe) add --safe-fit-of shapes_train: every set's records get the backbone
+features SAFE reads, and the training set's also those of its boxes in FGSM-perturbed images.
+
 A stock detectron2 Faster R-CNN config (ROI_HEADS.NAME StandardROIHeads) and its checkpoint (.pth) work as
-they are. Trailing KEY VALUE pairs override the config. A wrong input (config key, dataset,
+they are; .pkl weights need --allow-pickle. Trailing KEY VALUE pairs override the config. A wrong input (config key, dataset,
 checkpoint of another architecture or class count, unreadable image) ends the run with one
 `error: ...` line and exit status 2 (1 when writing fails; ffs_det/exit_status.py).
 """
