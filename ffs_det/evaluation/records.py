@@ -1,4 +1,5 @@
-"""Per-detection records: one ``.npz`` per (model, dataset), written by apply_net and read by eval_ood.
+"""Per-detection records: one ``.npz`` per (model, dataset), written by apply_net and read by eval_ood
+(docs/records.md: the format for users, and how another detector writes it).
 
 Arrays (N detections, K inlier classes):
 
