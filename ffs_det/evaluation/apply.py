@@ -156,6 +156,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
     :func:`check_dataset` returned (default: checked and read here). ``safe``: also SAFE's box features
     (:mod:`.safe`), ``{"adversarial": bool, "epsilon": float, "layers": list or None}``; with ``adversarial``
     (the ID training set) also those of the same boxes in FGSM-perturbed images."""
+    _check_output_dir(output_dir)  # before the model is loaded
     cfg = records_cfg(cfg)
     model = model if model is not None else load_model(cfg)
     if dicts is None:  # before the work, not after

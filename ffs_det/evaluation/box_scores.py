@@ -34,7 +34,7 @@ from scipy.stats import norm
 from ..atomic_io import check_folder_path, child_folder, json_bytes
 from ..density.metrics import ood_metrics
 from ..density.scorers import fit_and_score, make_scorer
-from .records import check_detections, check_same_model, config_datasets, load_records, proposal_foreground, save_records
+from .records import RESERVED_KEYS, check_detections, check_same_model, config_datasets, load_records, proposal_foreground, save_records
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
     added ``key`` array (default: the scorer's name) to ``output_dir/<dataset>/records.npz``. Returns the
     written paths."""
     key = key or scorer
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", key):
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", key) or key in RESERVED_KEYS + ("meta",):
         raise ValueError(f"--key {key!r}: a records array name is letters, digits and _ . + - (not starting with . "
                          "+ or -)")
     boxes = training_boxes(train_records, proposals, min_score)
@@ -245,12 +245,12 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
     names = [m.get("dataset") or os.path.splitext(os.path.basename(p))[0] for p, (_, m) in loaded.items()]
     if len(set(names)) != len(names):
         raise ValueError(f"two record files are of the same dataset ({names}); score them separately")
-    inputs = {os.path.abspath(p) for p in [train_records, *([proposals] if proposals else []), *record_paths]}
+    inputs = {os.path.realpath(p) for p in [train_records, *([proposals] if proposals else []), *record_paths]}
     for path, name in zip(loaded, names):  # before anything is fitted or written
         folder = child_folder(output_dir, name, f"records {path}: dataset name")
         check_folder_path(folder)
         target = os.path.join(folder, "records.npz")
-        if os.path.abspath(target) in inputs:
+        if os.path.realpath(target) in inputs:
             raise ValueError(f"--output-dir {output_dir}: {target} is an input of this command; write the scored "
                              "records to another folder")
     fit_x, fit_y, fit_extra, _ = _fit_inputs(scorer, boxes, train_records)
@@ -262,7 +262,10 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
         meta = dict(meta, box_scores={**meta.get("box_scores", {}),
                                       key: {"scorer": scorer, "train_records": os.path.abspath(train_records),
                                             "proposals": os.path.abspath(proposals) if proposals else None,
-                                            "fitted_on": int(len(boxes.labels)), "fit_source": boxes.source}})
+                                            "fitted_on": int(len(fit_x["features"] if isinstance(fit_x, dict)
+                                                                 else fit_x)),
+                                            "fit_source": "detections and their FGSM copies" if scorer == "safe"
+                                            else boxes.source}})
         written.append(save_records(os.path.join(child_folder(output_dir, name), "records.npz"), arrays, meta))
     return written
 

@@ -65,6 +65,7 @@ REQUIRED = {
 OPTIONAL = {"features": (np.float32, 2), "gt_matched": (np.bool_, 1), "flow_loglik": (np.float32, 1),
             "safe_features": (np.float32, 2), "safe_features_adv": (np.float32, 2)}
 REQUIRED_META = ("dataset", "model", "num_classes", "class_names", "config")
+RESERVED_KEYS = ("file", "allow_pickle")  # names np.savez would take as its own arguments
 _FINITE = ("boxes", "score", "energy")
 
 
@@ -145,6 +146,9 @@ def validate_records(arrays: Dict[str, np.ndarray], meta: dict, path: str = "<me
     """Check keys, dtypes, shapes and meta; return N. Raises ValueError naming ``path`` and the key."""
     if "meta" in arrays:
         _fail(path, "meta", "'meta' is reserved for the JSON metadata; pass it as meta")
+    for key in RESERVED_KEYS:
+        if key in arrays:
+            _fail(path, key, "is not a usable array name (numpy's savez takes it as an argument)")
     for key in REQUIRED:
         if key not in arrays:
             _fail(path, key, f"missing (required: {', '.join(REQUIRED)})")

@@ -22,6 +22,7 @@ of ``epsilon`` on the 0-255 pixel scale against the detector's training losses o
 exact stride (SAFE scales by the padded map's height over the original image's, slightly off for padded images).
 """
 import contextlib
+import copy
 import re
 from typing import Dict, List, Optional, Sequence
 
@@ -110,12 +111,30 @@ def _gt_instances(record: dict, image_size) -> Instances:
     return inst
 
 
+def attack_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for :func:`fgsm_images`: a training-mode pass updates state besides the weights (the
+    FFS flow's feature statistics, the VOS queues), which the model that detects must not see; a non-finite
+    FFS loss of the copy is skipped, not raised (only detectron2's losses are attacked)."""
+    attacker = copy.deepcopy(model)
+    if hasattr(getattr(attacker, "roi_heads", None), "nonfinite"):
+        attacker.roi_heads.nonfinite = "skip"
+    return attacker
+
+
+def _seed(device: torch.device, seed: int) -> None:
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
 def fgsm_images(model: nn.Module, inputs: List[dict], records: List[dict], epsilon: float = DEFAULT_EPSILON,
                 seed: int = 0) -> List[Optional[torch.Tensor]]:
     """Each input image after one FGSM step: ``clamp(x + epsilon * sign(grad_x L), 0, 255)`` with ``L`` the sum of
     the detector's training losses (:data:`ATTACK_LOSSES`) on the record's ground truth; None for an image
-    without ground-truth boxes. The model runs in training mode with its normalisation layers in eval mode (no
-    statistic changes), its proposal sampling seeded with ``seed`` + the image id; its state is restored."""
+    without ground-truth boxes. The model runs in training mode with its normalisation layers in eval mode, its
+    proposal sampling seeded with ``seed`` + the image id (the callers' random streams are restored); its
+    training mode is restored, but a training-mode pass may update other state: pass :func:`attack_copy`."""
     was_training = model.training
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
     device = next(model.parameters()).device
@@ -132,7 +151,7 @@ def fgsm_images(model: nn.Module, inputs: List[dict], records: List[dict], epsil
                 continue
             image = inp["image"].float().detach().requires_grad_(True)
             with torch.enable_grad(), torch.random.fork_rng(devices=rng_devices), EventStorage(0):
-                torch.manual_seed(int(seed) + int(inp.get("image_id", 0)))
+                _seed(device, int(seed) + int(inp.get("image_id", 0)))
                 losses = model([dict(inp, image=image, instances=gt.to(image.device))])
                 loss = sum(losses[k] for k in ATTACK_LOSSES if k in losses)
                 grad, = torch.autograd.grad(loss, image)
@@ -152,6 +171,7 @@ class SafeFeatureModel(nn.Module):
         self.model = model
         self.layers = safe_layers(model, layers)
         self.records, self.epsilon, self.seed = records, float(epsilon), int(seed)
+        self.attacker = attack_copy(model) if records is not None else None
 
     @property
     def device(self):
@@ -177,7 +197,7 @@ class SafeFeatureModel(nn.Module):
 
     def _adversarial(self, captured, inputs, outputs):
         records = [self.records[int(inp["image_id"])] for inp in inputs]
-        attacked = fgsm_images(self.model, inputs, records, self.epsilon, self.seed)
+        attacked = fgsm_images(self.attacker, inputs, records, self.epsilon, self.seed)
         for i, (inp, out, image) in enumerate(zip(inputs, outputs, attacked)):
             inst = out["instances"]
             if image is None:  # no ground truth to attack: no negatives from this image

@@ -49,3 +49,29 @@ def test_safe_reads_the_shortcut_layers_of_the_papers_backbones(backbone):
 def test_a_backbone_without_known_layers_is_named():
     with pytest.raises(ValueError, match="SAFE knows the layers of regnet, resnet, mobilenetv2 backbones"):
         safe_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_the_attack_leaves_the_detecting_model_and_the_random_streams_as_they_were():
+    """The FGSM step runs a training-mode pass, which updates an FFS model's flow statistics and a VOS model's
+    queues: it runs on a copy, so the detections and flow log-densities of later images are the model's own."""
+    from ffs_det.benchmark.detector import detector_cfg, shapes_inputs
+    from ffs_det.benchmark.safe import _records
+
+    cfg = detector_cfg("ffs", "cpu", 1, ["FFS.FLOW.STANDARDIZE", "True"])
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = shapes_inputs(cfg, 2, 1, train=False)
+    for i, image in enumerate(images):
+        image["image_id"] = i
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        out = SafeFeatureModel(model, records=_records(2, 1))([images[0]])[0]["instances"]
+    torch.testing.assert_close(torch.rand(3), expected)  # the caller's stream is untouched
+    assert torch.isfinite(out.safe_features_adv).all() and out.safe_features_adv.shape == out.safe_features.shape
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -144,6 +144,10 @@ def test_score_boxes_refuses_to_overwrite_its_input_and_names_nan_features(tmp_p
     assert load_tool("score_boxes").main(["--scorer", "knn", "--option", "k=3", "--train", train, "--records", idp,
                                           "--key", "../x", "--output-dir", str(tmp_path / "o")]) == 2
     assert "--key '../x': a records array name is" in capsys.readouterr().err
+    for key in ("allow_pickle", "file", "meta"):  # names numpy's savez would take as its own arguments
+        assert load_tool("score_boxes").main(["--scorer", "knn", "--option", "k=3", "--train", train, "--records",
+                                              idp, "--key", key, "--output-dir", str(tmp_path / "o")]) == 2
+        assert f"--key '{key}'" in capsys.readouterr().err
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert load_tool("score_boxes").main(["--scorer", "knn", "--option", "k=3", "--train", train, "--records", idp,

@@ -84,7 +84,7 @@ class SafeScorer(Scorer):
         x = torch.cat([clean, adv]) - self.mean_
         target = torch.cat([torch.ones(len(clean)), torch.zeros(len(adv))])
         with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator: seed it, then restore
-            torch.manual_seed(int(self.seed))
+            torch.default_generator.manual_seed(int(self.seed))  # the CPU stream only (the MLP runs on the CPU)
             net = safe_mlp(x.shape[1], float(self.dropout))
             opt = torch.optim.SGD(net.parameters(), lr=float(self.lr), momentum=float(self.momentum))
             loss_fn = nn.BCEWithLogitsLoss()
