@@ -93,16 +93,34 @@ def atomic_write_json(path: str, obj: Any, indent: int = None, default: Callable
     atomic_write_bytes(path, json_bytes(obj, indent, default))
 
 
+def _sibling_tmp_dir(path: str) -> Tuple[str, str]:
+    """``(parent, new temporary folder)`` next to the absolute ``path``, with a plain mkdir's mode (mkdtemp makes
+    it private, 0700)."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return parent, tmp
+
+
+def _write_files(folder: str, files: Dict[str, bytes]) -> None:
+    """Write ``files`` (relative name with ``/`` -> contents) below ``folder``, each flushed to disk."""
+    for name, data in files.items():
+        target = os.path.join(folder, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str) -> Iterator[str]:
     """Yield a new temporary folder next to ``path``; it takes the place of ``path`` (replacing an existing
     folder) when the block succeeds and is deleted when it fails. Killed between the two renames, ``path``
     is absent and the previous folder is kept beside it as ``.<name>.<hex>.old``."""
     path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private (0700); give it a plain mkdir's mode
+    parent, tmp = _sibling_tmp_dir(path)
     try:
         yield tmp
     except BaseException:
@@ -157,13 +175,7 @@ def replace_folder(path: str, files: Dict[str, bytes], marker: str) -> List[str]
     """
     check_replaceable_folder(path, marker)
     with atomic_dir(path) as tmp:
-        for name, data in {**files, marker: (json.dumps(sorted(files), indent=1) + "\n").encode()}.items():
-            target = os.path.join(tmp, *name.split("/"))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        _write_files(tmp, {**files, marker: (json.dumps(sorted(files), indent=1) + "\n").encode()})
     return [os.path.join(path, *name.split("/")) for name in files]
 
 
@@ -244,18 +256,9 @@ def replace_folder_keeping(path: str, files: Dict[str, bytes], marker: str, keep
     path = os.path.abspath(path)
     kept = [k for k in keep if os.path.lexists(os.path.join(path, *k.split("/")))]
     listing = sorted(files) + sorted(k + "/" for k in kept)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    parent, tmp = _sibling_tmp_dir(path)
     try:
-        for name, data in {**files, marker: (json.dumps(listing, indent=1) + "\n").encode()}.items():
-            target = os.path.join(tmp, *name.split("/"))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        _write_files(tmp, {**files, marker: (json.dumps(listing, indent=1) + "\n").encode()})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
