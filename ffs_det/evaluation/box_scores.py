@@ -54,7 +54,13 @@ STORED_SCORES = ("energy", "flow_loglik")
 def _features(arrays, meta, path):
     if "features" not in arrays:
         raise ValueError(f"records {path}: 'features': missing; rerun tools/apply_net.py with --save-features")
-    bad = ~np.isfinite(arrays["features"]).all(axis=1)
+    return arrays["features"]
+
+
+def _checked_features(arrays, meta, path):
+    """:func:`_features`, after checking every row is finite: once per records file, where it is loaded (the
+    later reads of its rows skip the full pass)."""
+    bad = ~np.isfinite(_features(arrays, meta, path)).all(axis=1)
     if bad.any():
         raise ValueError(f"records {path}: 'features': {int(bad.sum())} of {len(bad)} rows hold NaN or infinite "
                          f"values (e.g. row {int(np.flatnonzero(bad)[0])}); the model that wrote them diverged?")
@@ -151,7 +157,7 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
     are of another model, set or feature space."""
     train, meta = load_records(train_records)
     check_detections(train_records, meta)
-    feats = _features(train, meta, train_records)
+    feats = _checked_features(train, meta, train_records)
     if keep is None:
         keep = train["gt_matched"] if "gt_matched" in train else train["score"] >= min_score
     if not keep.any():
@@ -174,7 +180,7 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
             raise ValueError(f"records {proposals}: meta {key} {pmeta.get(key)!r} differs from the training records "
                              f"{train_records} ({meta.get(key)!r}): proposals of another model or set")
     check_same_model("training", train_records, meta, "proposal", proposals, pmeta)
-    if _space(pmeta) != _space(meta) or _features(prop, pmeta, proposals).shape[1] != feats.shape[1]:
+    if _space(pmeta) != _space(meta) or _checked_features(prop, pmeta, proposals).shape[1] != feats.shape[1]:
         raise ValueError(f"records {proposals}: features in the {_space(pmeta)!r} space (width "
                          f"{prop['features'].shape[1]}), the training records {train_records} in the "
                          f"{_space(meta)!r} space (width {feats.shape[1]}); save both with the same --feature-space")
@@ -239,7 +245,7 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
         check_detections(path, meta)
         if key in arrays:
             raise ValueError(f"records {path}: {key!r}: already present; choose another --key")
-        _check_space(boxes, meta, path, _features(arrays, meta, path).shape[1])
+        _check_space(boxes, meta, path, _checked_features(arrays, meta, path).shape[1])
         loaded[path] = (arrays, meta)
     check_training_set(train_records, loaded)
     names = [m.get("dataset") or os.path.splitext(os.path.basename(p))[0] for p, (_, m) in loaded.items()]
@@ -365,7 +371,7 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     sets = ev.sets
     check_training_set(train_records, {rs.path: (rs.arrays, rs.meta) for rs in sets.values()})
     for name, rs in sets.items():
-        _check_space(boxes, rs.meta, rs.path, _features(rs.arrays, rs.meta, rs.path).shape[1])
+        _check_space(boxes, rs.meta, rs.path, _checked_features(rs.arrays, rs.meta, rs.path).shape[1])
     scores, calibration, negatives = {}, {}, {}
     for key in STORED_SCORES:
         if all(key in rs.arrays for rs in sets.values()) and key in boxes.calibration:
