@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+from ..density.scorers import STREAMS
 from ..exit_status import FAILED, INPUT_ERRORS, OK, error
 from .pipeline import (ModelSpec, SetSpec, check_extract_target, evaluate_stores, extract_set, load_classifier,
                        parse_shard, run_image_benchmark)
@@ -75,7 +76,7 @@ def _scorer_args(p):
                    help="scorer option, e.g. fde.epochs=5 (repeatable)")
     p.add_argument("--output-dir", required=True, help="where results.json/csv, table.txt and plots go")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--stream", choices=("auto", "always", "never"), default="auto",
+    p.add_argument("--stream", choices=STREAMS, default="auto",
                    help="fit scorers from the ID-train store on disk block by block (memory independent of its "
                         "size); auto (default): when its features as float64 exceed 2 GiB")
 

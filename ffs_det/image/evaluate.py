@@ -4,7 +4,6 @@ import time
 import traceback
 from typing import Dict, Iterable, Mapping, Optional, Union
 
-import numpy as np
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -12,11 +11,12 @@ from tqdm.auto import tqdm
 from ..density import scorers as registry
 from ..density.inputs import linear_head
 from ..density.metrics import ood_metrics
-from ..density.scorers import fit_scorer, make_scorer, score_samples
+from ..density.scorers import (check_stream, classifier_needs, fit_source, make_scorer, score_source, scorer_class,
+                               streams_fit)
 from .feature_store import FeatureStore
 from .results import BenchmarkResult, ScorerResult
 
-__all__ = ["evaluate_scorers", "resolve_scorers", "streams_fit", "STREAMS"]
+__all__ = ["evaluate_scorers", "resolve_scorers"]
 
 
 def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]] = None,
@@ -32,10 +32,8 @@ def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]]
         chosen = {k: dict(v or {}) for k, v in scorers.items()}
     else:
         chosen = {s: {} for s in scorers}
-    unknown = [s for s in list(chosen) + list(options or {}) if s not in registry.SCORERS]
-    if unknown:
-        raise ValueError(f"unknown scorer(s) {unknown}; registered: {', '.join(sorted(registry.SCORERS))}")
-    needs = {name: registry.SCORERS[name].requires for name in chosen if registry.SCORERS[name].requires}
+    classes = {name: scorer_class(name) for name in [*chosen, *(options or {})]}  # ValueError: unknown scorer
+    needs = {name: classes[name].requires for name in chosen if classes[name].requires}
     if needs:
         raise ValueError(f"scorer(s) {sorted(needs)} need fit inputs the image benchmark does not have "
                          f"({needs}); they score detector boxes (tools/compare_scores.py)")
@@ -46,54 +44,24 @@ def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]]
 
 
 def _skip_reason(cls, model, datasets, set_names) -> str:
-    if cls.kind == "inputs" and model is None:
+    needs = classifier_needs(cls)
+    if "model" in needs and model is None:
         return "needs the classifier (model): give the model, or use stores that record it"
-    if cls.uses_head == "required" and model is None:
+    if "head" in needs and model is None:
         return "needs the classifier's final linear layer (model): give the model, or use stores that record it"
-    if cls.kind == "inputs":
+    if "inputs" in needs:
         missing = [s for s in set_names if s not in (datasets or {})]
         if missing:
             return f"needs the raw images of {missing} (input-gradient scorer)"
     return ""
 
 
-def _rows(cls, store: FeatureStore, start: int, stop: int) -> dict:
-    # logit scorers read the stored logits; the others the features
-    key = "logits" if cls.kind == "logits" else "features"
-    return {key: store.read(key, start, stop)}
-
-
-STREAMS = ("auto", "always", "never")
-STREAM_AUTO_BYTES = 2 << 30  # "auto" streams a fit whose float64 training features would exceed 2 GiB
-
-
-def streams_fit(cls, store: FeatureStore, stream: str = "auto") -> bool:
-    """Whether scorer class ``cls`` is fitted from ``store`` block by block (``store.rows``) rather than from
-    an in-memory copy: ``"always"``/``"never"``, or ``"auto"``: when ``cls.streams`` and the float64 features
-    exceed :data:`STREAM_AUTO_BYTES`. (Streamed and in-memory fits agree to rounding, but for scorers that
-    draw random minibatches or subsets; see docs/scorers.md.)"""
-    if stream not in STREAMS:
-        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
-    if not getattr(cls, "streams", False) or stream == "never":
-        return False
-    return stream == "always" or 8 * len(store) * store.dim("features") > STREAM_AUTO_BYTES
-
-
-def _score_set(scorer, cls, store: FeatureStore, model, dataset: Optional[Dataset], batch_size: int,
-               chunk_size: int, device: str) -> np.ndarray:
-    parts = []
-    if cls.kind == "inputs":
-        if len(dataset) != len(store):
-            raise ValueError(f"{store.path} has {len(store)} rows but its dataset has {len(dataset)} images")
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            parts.append(score_samples(scorer, {"model": model, "inputs": batch[0].to(device)}, store.path))
-    else:
-        for start in range(0, len(store), chunk_size):
-            parts.append(score_samples(scorer, _rows(cls, store, start, start + chunk_size), store.path))
-    scores = np.concatenate(parts) if parts else np.zeros(0)
-    if scores.shape != (len(store),):
-        raise ValueError(f"{cls.name} returned {scores.shape[0]} scores for {len(store)} samples of {store.path}")
-    return scores
+def _image_batches(store: FeatureStore, dataset: Optional[Dataset], batch_size: int, device: str):
+    """The raw images of a store's rows, in order, batch by batch on ``device`` (what input scorers score)."""
+    if len(dataset) != len(store):
+        raise ValueError(f"{store.path} has {len(store)} rows but its dataset has {len(dataset)} images")
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        yield batch[0].to(device)
 
 
 def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping[str, FeatureStore],
@@ -108,12 +76,13 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
     scorers the whole model) and ``datasets`` maps set names (``id_name`` and the OOD names) to the datasets the
     stores were extracted from, in the same order, for scorers that need raw inputs. A scorer whose needs
     are not met is reported as skipped; one that raises is reported as an error and the others go on.
-    ``stream`` says when a scorer is fitted from ``id_train`` on disk, block by block (:func:`streams_fit`).
+    ``stream`` says when a scorer is fitted from ``id_train`` on disk, block by block
+    (:func:`~ffs_det.density.scorers.apply.streams_fit`). What each scorer reads of the stores, and whether it
+    gets the head, is the scorer driver's (:mod:`ffs_det.density.scorers.apply`).
     """
     if not ood:
         raise ValueError("evaluate_scorers needs at least one OOD set")
-    if stream not in STREAMS:
-        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+    check_stream(stream)
     if id_name in ood:
         raise ValueError(f"OOD set name {id_name!r} clashes with the ID set's name")
     dims = {s.path: s.dim("features") for s in [id_train, id_test, *ood.values()]}
@@ -139,21 +108,13 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
         try:
             t0 = time.perf_counter()
             scorer, fit_options = make_scorer(name, kwargs)
-            train = {}
-            if cls.kind == "features" and streams_fit(cls, id_train, stream):
+            if streams_fit(cls, id_train, stream):
                 log(f"[{name}] fitting from {id_train.path} block by block")
-                train["X"] = id_train.rows("features")
-                if cls.uses_labels:
-                    train["y"] = id_train.rows("labels")
-            elif cls.kind == "features":
-                train["X"] = id_train.load("features")
-                if cls.uses_labels:
-                    train["y"] = id_train.load("labels")
-            fit_scorer(scorer, head=head if cls.uses_head != "none" else None, **train, **fit_options)
+            fit_source(scorer, id_train, head, stream, **fit_options)
             t1 = time.perf_counter()
             for set_name, store in sets.items():
-                res.scores[set_name] = _score_set(scorer, cls, store, model, (datasets or {}).get(set_name),
-                                                  batch_size, chunk_size, device)
+                images = _image_batches(store, (datasets or {}).get(set_name), batch_size, device)
+                res.scores[set_name] = score_source(scorer, store, chunk_size, images, model, store.path)
             res.fit_seconds, res.score_seconds = t1 - t0, time.perf_counter() - t1
             for ood_name in ood:
                 res.metrics[ood_name] = ood_metrics(res.scores[id_name], res.scores[ood_name])

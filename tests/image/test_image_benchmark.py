@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from ffs_det.density.scorers import SCORERS
+from ffs_det.density.scorers import SCORERS, scorer_class
 from ffs_det.image.datasets import find_fashion_mnist
+from ffs_det.image.evaluate import resolve_scorers
 from ffs_det.image.fashion_benchmark import SIZES, preset_options, run_fashion_benchmark
 
 
@@ -70,3 +71,14 @@ def test_reduced_preset_caps_training_epochs():
         preset_options("full", scorers=["nope"])
     with pytest.raises(ValueError, match="size"):
         run_fashion_benchmark("/tmp/unused", size="tiny")
+
+
+def test_unknown_scorers_are_named_by_the_registry():
+    """The benchmark's choice of scorers (names and the scorers of options) refuses an unknown name with the
+    registry's one message."""
+    with pytest.raises(ValueError) as registry:
+        scorer_class("nope")
+    for scorers, options in [("knn,nope", None), ("knn", {"nope": {"k": 1}})]:
+        with pytest.raises(ValueError) as chosen:
+            resolve_scorers(scorers, options)
+        assert str(chosen.value) == str(registry.value)

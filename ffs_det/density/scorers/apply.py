@@ -1,41 +1,48 @@
 """The one scorer driver: feed any registered scorer what its class attributes say it reads.
 
-Used by the image-level benchmark (:func:`ffs_det.image.evaluate.evaluate_scorers`, store by store) and by
-box-level scoring of detections (:func:`ffs_det.evaluation.box_scores.add_box_scores`, through
-:func:`fit_and_score`). A set of samples is its ``(N, D)`` features, or a dict with any of ``"features"``,
-``"logits"`` (``(N, C)``), and for input scorers ``"model"`` and ``"inputs"``.
+Everything that depends on a scorer's ``kind``, ``uses_labels``, ``uses_head`` and ``streams`` is decided here,
+for two kinds of callers:
+
+* sets in memory (box-level scoring of detections, :func:`ffs_det.evaluation.box_scores.add_box_scores`):
+  :func:`fit_and_score`, or :func:`make_scorer`, :func:`fit_scorer` and :func:`score_samples`. A set is its
+  ``(N, D)`` features, or a dict with any of ``"features"``, ``"logits"`` (``(N, C)``), and for input scorers
+  ``"model"`` and ``"inputs"``;
+* a *source* of named row arrays (the image benchmark's feature stores,
+  :func:`ffs_det.image.evaluate.evaluate_scorers`): :func:`fit_source` and :func:`score_source`. A source has
+  ``len(source)`` rows and gives each array (``"features"``, ``"logits"``, ``"labels"``) whole in memory
+  (``load(key)``), as a row source of :mod:`~ffs_det.density.streaming` (``rows(key)``), or a block of rows
+  (``read(key, start, stop)``).
 """
-import inspect
-from typing import Dict, Mapping, Optional, Tuple
+import math
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .base import SCORERS, Scorer, build_scorer, option_names
+from .base import Scorer, build_scorer, fit_option_names, scorer_class
 
-__all__ = ["fit_and_score", "make_scorer", "fit_scorer", "score_samples", "fit_option_names"]
+__all__ = ["fit_and_score", "make_scorer", "fit_scorer", "score_samples", "fit_option_names", "fit_source",
+           "score_source", "streams_fit", "check_stream", "classifier_needs", "STREAMS", "STREAM_AUTO_BYTES"]
 
-
-def fit_option_names(cls) -> list:
-    """The keyword-only ``fit`` options of a scorer class besides ``head`` (e.g. ``X_val``)."""
-    params = inspect.signature(cls.fit).parameters.values()
-    return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "head"]
+STREAMS = ("auto", "always", "never")
+STREAM_AUTO_BYTES = 2 << 30  # "auto" streams a fit whose float64 training features would exceed 2 GiB
 
 
 def make_scorer(name: str, options: Optional[Mapping] = None) -> Tuple[Scorer, dict]:
     """``(scorer, fit options)`` from one dict of options: constructor options and the scorer's own ``fit``
-    options (:func:`fit_option_names`); ValueError for a name or option the scorer does not have (a
-    mistyped option must not silently leave the default in place)."""
-    if name not in SCORERS:
-        raise ValueError(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")
+    options (:func:`fit_option_names`); ValueError for a name or option the scorer does not have
+    (:func:`~.base.scorer_class`)."""
     options = dict(options or {})
-    fit_names = fit_option_names(SCORERS[name])
-    unknown = sorted(set(options) - set(option_names(SCORERS[name])) - set(fit_names))
-    if unknown:
-        takes = option_names(SCORERS[name]) + [f"fit: {k}" for k in fit_names]
-        raise ValueError(f"scorer {name!r}: unknown option(s) {', '.join(unknown)}; it takes "
-                         f"{', '.join(takes) or 'no options'}")
+    fit_names = fit_option_names(scorer_class(name, options, fit=True))
     fit_options = {k: options.pop(k) for k in fit_names if k in options}
     return build_scorer(name, **options), fit_options
+
+
+def classifier_needs(cls) -> tuple:
+    """What of the classifier scorer class ``cls`` cannot do without: ``"model"`` (the whole classifier, run on
+    ``"inputs"``, the raw inputs of every scored set) for input scorers, ``"head"`` (its final linear layer)
+    for those with ``uses_head == "required"``."""
+    needs = ("model", "inputs") if cls.kind == "inputs" else ()
+    return needs + (("head",) if cls.uses_head == "required" else ())
 
 
 def fit_scorer(scorer: Scorer, X=None, y=None, head=None, **fit_options) -> Scorer:
@@ -94,3 +101,51 @@ def fit_and_score(name: str, X, y=None, test_sets: Optional[Dict[str, object]] =
     train = _as_set(X, "X")
     fit_scorer(scorer, train.get("features"), y, head=head, **fit_options)
     return {set_name: score_samples(scorer, data, f"test_sets[{set_name!r}]") for set_name, data in test_sets.items()}
+
+
+def check_stream(stream: str) -> None:
+    """ValueError unless ``stream`` is one of :data:`STREAMS`."""
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+
+
+def streams_fit(cls, source, stream: str = "auto") -> bool:
+    """Whether scorer ``cls`` (class or instance) is fitted from ``source`` block by block (``source.rows``)
+    rather than from an in-memory copy: never for a scorer that does not fit on features or cannot stream,
+    else ``"always"``/``"never"``, or ``"auto"``: when the float64 features exceed :data:`STREAM_AUTO_BYTES`.
+    (Streamed and in-memory fits agree to rounding, but for scorers that draw random minibatches or subsets;
+    see docs/scorers.md.)"""
+    check_stream(stream)
+    if cls.kind != "features" or not getattr(cls, "streams", False) or stream == "never":
+        return False
+    return stream == "always" or 8 * len(source) * math.prod(source.rows("features").shape[1:]) > STREAM_AUTO_BYTES
+
+
+def fit_source(scorer: Scorer, source, head=None, stream: str = "auto", **fit_options) -> Scorer:
+    """Fit ``scorer`` on a source: feature scorers on its ``features`` (and ``labels``, class-conditional ones),
+    read block by block when :func:`streams_fit` says so, else loaded whole. ``head`` goes only to the scorers
+    that read it: logit scorers score a source's stored logits, so they need none."""
+    train = {}
+    if scorer.kind == "features":
+        get = source.rows if streams_fit(scorer, source, stream) else source.load
+        train["X"] = get("features")
+        if scorer.uses_labels:
+            train["y"] = get("labels")
+    return fit_scorer(scorer, head=head if scorer.uses_head != "none" else None, **train, **fit_options)
+
+
+def score_source(scorer: Scorer, source, chunk_size: int = 65536, inputs: Optional[Iterable] = None, model=None,
+                 what: str = "samples") -> np.ndarray:
+    """Scores ``(len(source),)`` of a source's rows: logit scorers score its ``logits``, feature scorers its
+    ``features``, ``chunk_size`` rows at a time; input scorers run ``model`` on the batches of ``inputs`` (the
+    raw inputs of the source's rows, in order; iterated by input scorers only)."""
+    if scorer.kind == "inputs":
+        parts = [score_samples(scorer, {"model": model, "inputs": batch}, what) for batch in inputs]
+    else:
+        key = "logits" if scorer.kind == "logits" else "features"
+        parts = [score_samples(scorer, {key: source.read(key, start, start + chunk_size)}, what)
+                 for start in range(0, len(source), chunk_size)]
+    scores = np.concatenate(parts) if parts else np.zeros(0)
+    if scores.shape != (len(source),):
+        raise ValueError(f"{scorer.name} returned {scores.shape[0]} scores for {len(source)} samples of {what}")
+    return scores

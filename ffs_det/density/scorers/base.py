@@ -17,9 +17,12 @@ Class attributes say what a scorer needs, so that one driver (:mod:`.apply`) can
 :mod:`~ffs_det.density.streaming`, e.g. a feature store's arrays on disk, with memory independent of ``N``) and
 ``requires`` (keyword-only ``fit`` inputs it cannot do without, e.g. SAFE's perturbed objects; a driver that has
 none of them, such as the image benchmark, leaves it out of "all").
+
+Scorer names and options are checked in one place, :func:`scorer_class`: :func:`build_scorer`, the driver's
+``make_scorer`` and the image benchmark's choice of scorers all go through it.
 """
 import inspect
-from typing import Callable, Dict, Type
+from typing import Callable, Dict, Iterable, Type
 
 import numpy as np
 import torch
@@ -27,7 +30,7 @@ import torch
 from ..inputs import as_features, as_float64, linear_head
 
 __all__ = ["Scorer", "LogitScorer", "InputScorer", "NotFittedError", "SCORERS", "register_scorer",
-           "build_scorer"]
+           "build_scorer", "scorer_class", "option_names", "fit_option_names"]
 
 SCORERS: Dict[str, Type["Scorer"]] = {}
 
@@ -54,17 +57,33 @@ def option_names(cls: Type["Scorer"]) -> list:
     return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
 
 
-def build_scorer(name: str, **options) -> "Scorer":
-    """The registered scorer ``name`` with ``options``; ValueError for an unknown name or option, or a bad
-    value."""
+def fit_option_names(cls: Type["Scorer"]) -> list:
+    """The keyword-only ``fit`` options of a scorer class besides ``head`` (e.g. ``X_val``)."""
+    params = inspect.signature(cls.fit).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "head"]
+
+
+def scorer_class(name: str, options: Iterable[str] = (), fit: bool = False) -> Type["Scorer"]:
+    """The registered class of scorer ``name``, once every name in ``options`` is one of its constructor options
+    (with ``fit``: or of its own ``fit`` options, :func:`fit_option_names`). The one place that refuses an
+    unknown scorer or option, with a ValueError naming it and what there is: a mistyped option must not
+    silently leave the default in place."""
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")
     cls = SCORERS[name]
-    unknown = sorted(set(options) - set(option_names(cls)))
+    fit_names = fit_option_names(cls) if fit else []
+    unknown = sorted(set(options) - set(option_names(cls)) - set(fit_names))
     if unknown:
+        takes = option_names(cls) + [f"fit: {k}" for k in fit_names]
         raise ValueError(f"scorer {name!r}: unknown option(s) {', '.join(unknown)}; it takes "
-                         f"{', '.join(option_names(cls)) or 'no options'}")
-    scorer = cls(**options)
+                         f"{', '.join(takes) or 'no options'}")
+    return cls
+
+
+def build_scorer(name: str, **options) -> "Scorer":
+    """The registered scorer ``name`` with constructor ``options``; ValueError for an unknown name or option
+    (:func:`scorer_class`), or a bad value."""
+    scorer = scorer_class(name, options)(**options)
     scorer.check_params()
     return scorer
 
