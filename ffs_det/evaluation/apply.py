@@ -41,7 +41,7 @@ from ..data.validate import CheckedDatasetMapper, check_image_files
 from ..engine.checkpoint import SafeCheckpointer, pickle_refused
 from .coco_eval import evaluate_boxes
 from .detections import RecordsEvaluator, annotate_matches
-from .records import save_records
+from .records import proposal_meta, save_records
 
 __all__ = ["apply_model", "check_dataset", "load_model", "records_cfg", "OUTPUT_FILES"]
 
@@ -219,9 +219,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
                          "seed": 0}, **proposals)
         proposal_arrays, info = proposal_records(cfg, model, dataset_name, **settings)
         summary["proposals"] = dict(info, **settings)
-        proposal_meta = dict(meta, kind="proposals", feature_space=settings["space"], proposals=settings)
-        proposal_meta.pop("papers_threshold", None)
-        proposal_meta.pop("num_gt", None)
+        pmeta = proposal_meta(meta, settings)
     _check_output_dir(output_dir)
     with atomic_dir(output_dir) as tmp:
         records, detections, metrics = (os.path.join(tmp, name) for name in OUTPUT_FILES)
@@ -229,7 +227,7 @@ def apply_model(cfg, dataset_name: str, output_dir: str, model=None, model_name:
         atomic_write_json(detections, _coco_detections(arrays, dataset_meta))
         atomic_write_json(metrics, summary, indent=2)
         if proposal_arrays is not None:
-            save_records(os.path.join(tmp, PROPOSALS_FILE), proposal_arrays, proposal_meta)
+            save_records(os.path.join(tmp, PROPOSALS_FILE), proposal_arrays, pmeta)
     paths = {kind: os.path.join(output_dir, name) for kind, name in zip(("records", "detections", "metrics"),
                                                                          OUTPUT_FILES)}
     if proposal_arrays is not None:

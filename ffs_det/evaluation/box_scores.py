@@ -34,7 +34,8 @@ from scipy.stats import norm
 from ..atomic_io import check_folder_path, child_folder, json_bytes
 from ..density.metrics import ood_metrics
 from ..density.scorers import fit_and_score, make_scorer
-from .records import RESERVED_KEYS, check_detections, check_same_model, config_datasets, load_records, proposal_foreground, save_records
+from .records import PROPOSALS_KIND, RESERVED_KEYS, check_detections, check_same_model, config_datasets, \
+    feature_space, load_records, proposal_foreground, same_detections, save_records
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +66,6 @@ def _checked_features(arrays, meta, path):
         raise ValueError(f"records {path}: 'features': {int(bad.sum())} of {len(bad)} rows hold NaN or infinite "
                          f"values (e.g. row {int(np.flatnonzero(bad)[0])}); the model that wrote them diverged?")
     return arrays["features"]
-
-
-def _space(meta) -> str:
-    return meta.get("feature_space", "output")  # records written before the key existed hold output features
 
 
 def _inputs(arrays, meta, path, rows=None) -> Dict[str, np.ndarray]:
@@ -149,6 +146,12 @@ def _stored(arrays, rows) -> Dict[str, np.ndarray]:
     return {k: arrays[k][rows].astype(np.float64) for k in STORED_SCORES if k in arrays}
 
 
+def _training_kept(arrays: Dict[str, np.ndarray], min_score: float) -> np.ndarray:
+    """The training detections that count by default: those matched to ground truth, else (unannotated
+    records) those with ``score >= min_score``."""
+    return arrays["gt_matched"] if "gt_matched" in arrays else arrays["score"] >= min_score
+
+
 def training_boxes(train_records: str, proposals: Optional[str] = None, min_score: float = 0.5,
                    keep: Optional[np.ndarray] = None) -> TrainingBoxes:
     """The fit / calibration split of the module doc from the training records (and their proposals).
@@ -159,7 +162,7 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
     check_detections(train_records, meta)
     feats = _checked_features(train, meta, train_records)
     if keep is None:
-        keep = train["gt_matched"] if "gt_matched" in train else train["score"] >= min_score
+        keep = _training_kept(train, min_score)
     if not keep.any():
         rule = "matched to a ground-truth box" if "gt_matched" in train else f"with score >= {min_score}"
         raise ValueError(f"records {train_records}: no training detections {rule} to fit on")
@@ -170,9 +173,9 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
             raise ValueError(f"records {train_records}: {int(fit.sum())} training detections to fit on; need at "
                              "least 2")
         return TrainingBoxes(_inputs(train, meta, train_records, fit), train["pred_class"][fit], calibration,
-                             feature_space=_space(meta), safe=_safe_inputs(train, calib))
+                             feature_space=feature_space(meta), safe=_safe_inputs(train, calib))
     prop, pmeta = load_records(proposals)
-    if pmeta.get("kind") != "proposals" or "gt_class" not in prop:
+    if pmeta.get("kind") != PROPOSALS_KIND or "gt_class" not in prop:
         raise ValueError(f"records {proposals}: not proposal records (meta kind {pmeta.get('kind')!r}); write them "
                          "with tools/apply_net.py --proposals-of")
     for key in ("dataset", "weights_sha256", "num_classes"):
@@ -180,10 +183,11 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
             raise ValueError(f"records {proposals}: meta {key} {pmeta.get(key)!r} differs from the training records "
                              f"{train_records} ({meta.get(key)!r}): proposals of another model or set")
     check_same_model("training", train_records, meta, "proposal", proposals, pmeta)
-    if _space(pmeta) != _space(meta) or _checked_features(prop, pmeta, proposals).shape[1] != feats.shape[1]:
-        raise ValueError(f"records {proposals}: features in the {_space(pmeta)!r} space (width "
-                         f"{prop['features'].shape[1]}), the training records {train_records} in the "
-                         f"{_space(meta)!r} space (width {feats.shape[1]}); save both with the same --feature-space")
+    space = feature_space(meta)
+    if feature_space(pmeta) != space or _checked_features(prop, pmeta, proposals).shape[1] != feats.shape[1]:
+        raise ValueError(f"records {proposals}: features in the {feature_space(pmeta)!r} space (width "
+                         f"{prop['features'].shape[1]}), the training records {train_records} in the {space!r} "
+                         f"space (width {feats.shape[1]}); save both with the same --feature-space")
     calib_images = np.unique(train["image_id"][calib])
     in_calib = np.isin(prop["image_id"], calib_images)
     foreground = proposal_foreground(prop, pmeta["num_classes"])
@@ -194,11 +198,7 @@ def training_boxes(train_records: str, proposals: Optional[str] = None, min_scor
     negatives = ~foreground & in_calib
     neg = dict(_inputs(prop, pmeta, proposals, negatives), **_stored(prop, negatives)) if negatives.any() else {}
     return TrainingBoxes(_inputs(prop, pmeta, proposals, rows), prop["gt_class"][rows], calibration, neg,
-                         source="proposals", feature_space=_space(pmeta), safe=_safe_inputs(train, calib))
-
-
-def _same_detections(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> bool:
-    return all(k in a and k in b and np.array_equal(a[k], b[k]) for k in ("image_id", "score", "boxes"))
+                         source="proposals", feature_space=feature_space(pmeta), safe=_safe_inputs(train, calib))
 
 
 def check_training_set(train_records: str, scored: Dict[str, tuple]) -> None:
@@ -215,17 +215,17 @@ def check_training_set(train_records: str, scored: Dict[str, tuple]) -> None:
     for path, (other, other_meta) in scored.items():
         check_same_model("training", train_records, meta, "scored", path, other_meta)
         if os.path.abspath(path) == os.path.abspath(train_records) or other_meta.get("dataset") == name or \
-                _same_detections(arrays, other):
+                same_detections(arrays, other):
             raise ValueError(f"training records {train_records} are of the set {name!r} that the records {path} "
                              f"are of ({other_meta.get('dataset')!r}): fit on the ID training set, not on a set "
                              "that is scored")
 
 
 def _check_space(boxes: TrainingBoxes, meta: dict, path: str, width: int) -> None:
-    if _space(meta) != boxes.feature_space or width != boxes.fit["features"].shape[1]:
-        raise ValueError(f"records {path}: features in the {_space(meta)!r} space (width {width}), the training "
-                         f"boxes in the {boxes.feature_space!r} space (width {boxes.fit['features'].shape[1]}); "
-                         "save every set with the same --feature-space")
+    if feature_space(meta) != boxes.feature_space or width != boxes.fit["features"].shape[1]:
+        raise ValueError(f"records {path}: features in the {feature_space(meta)!r} space (width {width}), the "
+                         f"training boxes in the {boxes.feature_space!r} space (width "
+                         f"{boxes.fit['features'].shape[1]}); save every set with the same --feature-space")
 
 
 def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str], output_dir: str,
@@ -337,7 +337,7 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     module doc says (:func:`training_boxes`; ``proposals``: the training set's proposals.npz).
     """
     from ..density.report import compare
-    from .ood_report import RecordSet, detection_confidence, evaluate_ood
+    from .ood_report import RecordSet, evaluate_ood, kept_detections
 
     options = options or {}
     for scorer in scorers:  # a wrong scorer name or option is an error before any fitting
@@ -362,9 +362,9 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
             raise ValueError(f"evaluation is of the records {given}, not of {[id_records, *ood_records]}")
     ev = evaluation or evaluate_ood(id_records, ood_records, thres, protocol=protocol)  # eval_ood's checks and mask
     train = RecordSet.load(train_records)
-    keep = train.arrays["gt_matched"] if "gt_matched" in train.arrays else train.arrays["score"] >= min_score
+    keep = _training_kept(train.arrays, min_score)
     if not keep.any():  # e.g. a barely trained model: the detections eval_ood would keep
-        keep = detection_confidence(train, ev.protocol) >= ev.threshold
+        keep = kept_detections(train, ev.threshold, ev.protocol)
     boxes = training_boxes(train_records, proposals, min_score, keep=keep)
     if not len(boxes.calibration["features"]):
         raise ValueError(f"records {train_records}: no training detection to calibrate on")

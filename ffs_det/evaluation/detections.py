@@ -1,7 +1,8 @@
 """A detectron2 DatasetEvaluator that keeps every detection as a per-box record for OOD evaluation.
 
 Records (see :mod:`ffs_det.evaluation.records` for the file format) hold, per detection: image id, box,
-class, score, energy, logits (and the box feature when the model outputs it). On annotated sets each
+class, score, energy, logits, and each optional array of the format that the model's output carries under its
+name (box features, FFS's flow log-density, SAFE's features). On annotated sets each
 detection is also marked ``gt_matched`` when it matches a ground-truth box of its class at IoU >= 0.5
 (greedy in decreasing score, each ground-truth box matched at most once, crowd boxes ignored), which the
 ``global-f1`` protocol of eval_ood uses to pick its optimal-F1 score threshold.
@@ -17,11 +18,15 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
-__all__ = ["RecordsEvaluator", "match_to_ground_truth", "annotate_matches"]
+from .records import OPTIONAL, as_record_array
+
+__all__ = ["RecordsEvaluator", "match_to_ground_truth", "annotate_matches", "ground_truth"]
 
 logger = logging.getLogger(__name__)
 
 MATCH_IOU = 0.5
+# the optional records arrays a model's output Instances carry under the same name (gt_matched is added after)
+_MODEL_ARRAYS = tuple(k for k in OPTIONAL if k != "gt_matched")
 
 
 def match_to_ground_truth(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray,
@@ -63,19 +68,11 @@ class RecordsEvaluator(DatasetEvaluator):
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"{self.dataset_name}: records need integer image ids, got "
                                  f"{inp.get('image_id')!r}") from None
-            chunk = {
-                "image_id": np.full(n, image_id, dtype=np.int64),
-                "boxes": inst.pred_boxes.tensor.numpy().astype(np.float32),
-                "pred_class": inst.pred_classes.numpy().astype(np.int64),
-                "score": inst.scores.numpy().astype(np.float32),
-                "energy": inst.energy.numpy().astype(np.float32),
-                "logits": inst.logits.numpy().astype(np.float32),
-            }
-            if inst.has("flow_loglik"):
-                chunk["flow_loglik"] = inst.flow_loglik.numpy().astype(np.float32)
-            for field in ("features", "safe_features", "safe_features_adv"):
-                if inst.has(field):
-                    chunk[field] = inst.get(field).numpy().astype(np.float32)
+            arrays = {"image_id": np.full(n, image_id), "boxes": inst.pred_boxes.tensor.numpy(),
+                      "pred_class": inst.pred_classes.numpy(), "score": inst.scores.numpy(),
+                      "energy": inst.energy.numpy(), "logits": inst.logits.numpy(),
+                      **{k: inst.get(k).numpy() for k in _MODEL_ARRAYS if inst.has(k)}}
+            chunk = {k: as_record_array(k, v) for k, v in arrays.items()}
             self._chunks.append(chunk)
 
     def evaluate(self):
@@ -88,19 +85,22 @@ class RecordsEvaluator(DatasetEvaluator):
         return {"records": {k: np.concatenate([c[k] for c in chunks]) for k in sorted(keys)}}
 
 
+def ground_truth(record: dict):
+    """``(boxes (M, 4) float32 XYXY, classes (M,) int64)`` of the non-crowd annotations of a dataset record."""
+    anns = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+    boxes = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns],
+                     dtype=np.float32).reshape(-1, 4)
+    return boxes, np.array([a["category_id"] for a in anns], dtype=np.int64)
+
+
 def annotate_matches(arrays: Dict[str, np.ndarray], dicts: List[dict]):
     """Add ``gt_matched`` to ``arrays`` (matched against the dataset ``dicts``); return the number of
     (non-crowd) ground-truth boxes, or None when the dataset has no annotations."""
     if not any("annotations" in d for d in dicts):
         return None
-    gt = {}
-    num_gt = 0
-    for d in dicts:
-        anns = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
-        boxes = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns],
-                         dtype=np.float32).reshape(-1, 4)
-        gt[int(d["image_id"])] = (boxes, np.array([a["category_id"] for a in anns], dtype=np.int64))
-        num_gt += len(anns)
+    truths = [ground_truth(d) for d in dicts]
+    gt = {int(d["image_id"]): truth for d, truth in zip(dicts, truths)}
+    num_gt = sum(len(classes) for _, classes in truths)
     matched = np.zeros(len(arrays["image_id"]), dtype=bool)
     for image_id in np.unique(arrays["image_id"]):
         idx = np.flatnonzero(arrays["image_id"] == image_id)

@@ -35,10 +35,11 @@ from ..atomic_io import check_replaceable_folder, json_bytes, replace_folder
 from ..density.metrics import optimal_f1_threshold
 from ..density.report import METRIC_KEYS, Comparison, compare, comparison_csv, comparison_table, hist_png, \
     roc_png, safe_name
-from .records import check_detections, check_same_model, config_datasets, load_records
+from .records import check_detections, check_same_model, config_datasets, load_records, same_detections
 
 __all__ = ["RecordSet", "PROTOCOLS", "OODEvaluation", "detection_threshold", "detection_confidence",
-           "evaluate_ood", "format_table", "render_report", "write_report", "run_report", "METRIC_KEYS"]
+           "kept_detections", "evaluate_ood", "format_table", "render_report", "write_report", "run_report",
+           "METRIC_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,15 @@ def detection_threshold(id_set: RecordSet, thres: Optional[float] = None,
     return _papers_threshold(id_set) if protocol == "papers" else _global_f1_threshold(id_set)
 
 
+def kept_detections(rs: RecordSet, threshold: float, protocol: str = "papers") -> np.ndarray:
+    """Boolean ``(N,)``: the detections of ``rs`` that count under ``protocol`` at the detection ``threshold``,
+    those whose :func:`detection_confidence` reaches it. The one keep rule of eval_ood, box-level scoring and
+    the demo."""
+    return detection_confidence(rs, protocol) >= threshold
+
+
 def _kept_mask(rs: RecordSet, threshold: float, protocol: str, role: str) -> np.ndarray:
-    keep = detection_confidence(rs, protocol) >= threshold
+    keep = kept_detections(rs, threshold, protocol)
     if not keep.any():
         raise ValueError(f"{role} records {rs.path} ({rs.name}): none of its {keep.size} detections reaches the "
                          f"detection threshold {threshold:.6g}; nothing to evaluate (lower --thres?)")
@@ -193,11 +201,6 @@ class OODEvaluation:
         return out
 
 
-def _same_detections(a: RecordSet, b: RecordSet) -> bool:
-    keys = ("image_id", "score", "boxes")
-    return all(k in a.arrays and k in b.arrays and np.array_equal(a.arrays[k], b.arrays[k]) for k in keys)
-
-
 def _set_names(ood_sets: Sequence[RecordSet]) -> List[str]:
     names = [rs.name for rs in ood_sets]
     for i, name in enumerate(names):
@@ -211,7 +214,7 @@ def _check_pair(id_set: RecordSet, rs: RecordSet) -> None:
     if os.path.abspath(rs.path) == os.path.abspath(id_set.path) or rs.name == id_set.name:
         raise ValueError(f"OOD records {rs.path} are of the ID set {id_set.name!r} ({id_set.path}); give the "
                          "records of an OOD set")
-    if _same_detections(rs, id_set):
+    if same_detections(rs.arrays, id_set.arrays):
         raise ValueError(f"OOD records {rs.path} hold the same detections as the ID records {id_set.path} "
                          f"(a copy under another dataset name, {rs.name!r}?); give the records of an OOD set")
     check_same_model("ID", id_set.path, id_set.meta, "OOD", rs.path, rs.meta)

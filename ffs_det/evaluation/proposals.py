@@ -31,11 +31,12 @@ import torch
 
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data.samplers import InferenceSampler
-from detectron2.structures import Boxes, BoxMode, pairwise_iou
+from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils import comm
 
 from ..data.validate import CheckedDatasetMapper, check_image_files
-from .records import proposal_foreground
+from .detections import ground_truth
+from .records import as_record_array, proposal_foreground
 
 __all__ = ["proposal_records", "DEFAULT_MAX_PER_IMAGE", "DEFAULT_MAX_BACKGROUND_PER_IMAGE", "DEFAULT_MAX_BOXES"]
 
@@ -44,13 +45,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PER_IMAGE = 50
 DEFAULT_MAX_BACKGROUND_PER_IMAGE = 10
 DEFAULT_MAX_BOXES = 200_000
-
-
-def _ground_truth(d: dict):
-    anns = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
-    boxes = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns],
-                     dtype=np.float32).reshape(-1, 4)
-    return boxes, np.array([a["category_id"] for a in anns], dtype=np.int64)
 
 
 def _choose(num: int, max_per_image: int, seed: int, image_id: int, stream: int) -> np.ndarray:
@@ -72,7 +66,7 @@ def _image_chunk(model, inp: dict, record: dict, max_per_image: int, max_backgro
     height, width = images.image_sizes[0]
     sx, sy = width / record["width"], height / record["height"]
     scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
-    gt_boxes, gt_classes = _ground_truth(record)
+    gt_boxes, gt_classes = ground_truth(record)
     if len(gt_boxes) == 0:
         return None
     gt = torch.as_tensor(gt_boxes) * scale
@@ -94,21 +88,14 @@ def _image_chunk(model, inp: dict, record: dict, max_per_image: int, max_backgro
     logits = heads.box_predictor(output)[0]
     probs = torch.softmax(logits, dim=1)[:, :-1]
     score, pred = probs.max(dim=1)
-    chunk = {
-        "image_id": np.full(len(boxes), int(record["image_id"]), dtype=np.int64),
-        "boxes": (boxes / scale).numpy().astype(np.float32),
-        "pred_class": pred.cpu().numpy().astype(np.int64),
-        "score": score.cpu().numpy().astype(np.float32),
-        "energy": torch.logsumexp(logits[:, :-1], dim=1).cpu().numpy().astype(np.float32),
-        "logits": logits.cpu().numpy().astype(np.float32),
-        "features": feats.cpu().numpy().astype(np.float32),
-        "gt_class": labels.astype(np.int64),
-        "iou": best.numpy().astype(np.float32),
-    }
+    arrays = {"image_id": np.full(len(boxes), int(record["image_id"])), "boxes": (boxes / scale).numpy(),
+              "pred_class": pred.cpu().numpy(), "score": score.cpu().numpy(),
+              "energy": torch.logsumexp(logits[:, :-1], dim=1).cpu().numpy(), "logits": logits.cpu().numpy(),
+              "features": feats.cpu().numpy(), "gt_class": labels, "iou": best.numpy()}
     if getattr(heads, "synthesizer", None) is not None and heads.synthesizer.kind == "flow":
         space_feats = output if heads.feature_space == "output" else pre
-        chunk["flow_loglik"] = heads.synthesizer.log_prob(space_feats).cpu().numpy().astype(np.float32)
-    return chunk
+        arrays["flow_loglik"] = heads.synthesizer.log_prob(space_feats).cpu().numpy()
+    return {k: as_record_array(k, v) for k, v in arrays.items()}
 
 
 def proposal_records(cfg, model, dataset_name: str, max_per_image: int = DEFAULT_MAX_PER_IMAGE,
@@ -160,5 +147,5 @@ def proposal_records(cfg, model, dataset_name: str, max_per_image: int = DEFAULT
     arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     num_fg = int(proposal_foreground(arrays, model.roi_heads.num_classes).sum())
     info = {"num_images": len(dicts), "max_per_image_used": max_per_image, "num_foreground": num_fg, "num_background": int(len(arrays["image_id"])) - num_fg,
-            "num_gt": sum(len(_ground_truth(d)[0]) for d in dicts)}
+            "num_gt": sum(len(ground_truth(d)[0]) for d in dicts)}
     return arrays, info

@@ -1,38 +1,25 @@
 """Per-detection records: one ``.npz`` per (model, dataset), written by apply_net and read by eval_ood
 (docs/records.md: the format for users, and how another detector writes it).
 
-Arrays (N detections, K inlier classes):
+This module is the format's one definition: the arrays (:data:`REQUIRED`, :data:`OPTIONAL`, and the
+:data:`PROPOSAL_ARRAYS` of proposal records) with their dtypes, the meta keys (:data:`REQUIRED_META`,
+:func:`feature_space`, :func:`proposal_meta`), and the checks of :func:`validate_records`. Writers cast what they
+collect with :func:`as_record_array`.
 
-===============  ========  ===========  =========================================================
-key              dtype     shape        meaning
-===============  ========  ===========  =========================================================
-``image_id``     int64     (N,)         dataset image id
-``boxes``        float32   (N, 4)       XYXY, absolute pixels
-``pred_class``   int64     (N,)         predicted class in ``[0, K)``
-``score``        float32   (N,)         detection score: softmax probability of ``pred_class``
-``energy``       float32   (N,)         logsumexp of the K inlier logits (higher = more ID)
-``logits``       float32   (N, K + 1)   class logits, last column = background
-``features``     float32   (N, D)       optional: box features
-``gt_matched``   bool      (N,)         optional: matched a ground-truth box of its class (IoU >= 0.5)
-``flow_loglik``  float32   (N,)         FFS models: log-density (nats) of the box under the trained flow
-===============  ========  ===========  =========================================================
-
-Optional too: ``safe_features`` (float32 ``(N, S)``, SAFE's backbone features of each box, :mod:`.safe`) and, on
-a training set, ``safe_features_adv`` (the same boxes in FGSM-perturbed images; NaN rows for images without
-ground truth). Any other array is allowed if its first dimension is N (e.g. a box-level scorer's output). When ``features`` are
-present, ``meta["feature_space"]`` says which: ``"output"`` (the box head's output, what the classifier sees) or
-``"preactivation"`` (its last layer before the final ReLU); records without the key hold output features.
+Any other array is allowed if its first dimension is N (e.g. a box-level scorer's output). When ``features``
+are present, ``meta["feature_space"]`` says which: ``"output"`` (the box head's output, what the classifier
+sees) or ``"preactivation"`` (its last layer before the final ReLU); records without the key hold output
+features.
 
 Proposal records (``proposals.npz``, ``apply_net --proposals-of``; :mod:`.proposals`) use the same format for
 the boxes of an annotated set's foreground proposals, ground-truth boxes and background proposals, with
-``meta["kind"] = "proposals"``, ``meta["proposals"]`` (the extraction settings) and two more arrays:
-``gt_class`` (int64, the class of the best-overlapping ground-truth box; K for a background proposal) and
-``iou`` (float32, that overlap). ``meta`` is a
-JSON object stored as a string: ``dataset``, ``model``, ``num_classes`` (K), ``class_names`` (K names),
-``config``, and ``num_gt`` (the number of ground-truth boxes, required with ``gt_matched``); apply_net also
-writes ``image_files`` (``{image id: file name}`` of every image of the set), ``weights_sha256`` and, on a set
-annotated in the model's classes, ``papers_threshold`` (the released VOS/FFS detection threshold from
-COCOeval: ``{"threshold", "unrounded", "per_class"}``, :mod:`.coco_eval`); more keys are allowed. Files are written atomically and read with ``allow_pickle=False``; every problem is a ValueError
+``meta["kind"] = "proposals"``, ``meta["proposals"]`` (the extraction settings) and the two arrays of
+:data:`PROPOSAL_ARRAYS`. ``meta`` is a JSON object stored as a string: ``dataset``, ``model``, ``num_classes``
+(K), ``class_names`` (K names), ``config``, and ``num_gt`` (the number of ground-truth boxes, required with
+``gt_matched``); apply_net also writes ``image_files`` (``{image id: file name}`` of every image of the set),
+``weights_sha256`` and, on a set annotated in the model's classes, ``papers_threshold`` (the released VOS/FFS
+detection threshold from COCOeval: ``{"threshold", "unrounded", "per_class"}``, :mod:`.coco_eval`); more keys
+are allowed. Files are written atomically and read with ``allow_pickle=False``; every problem is a ValueError
 naming the file and the key.
 """
 import io
@@ -47,25 +34,39 @@ import numpy as np
 
 from ..atomic_io import atomic_open
 
-__all__ = ["REQUIRED", "OPTIONAL", "REQUIRED_META", "INFERENCE_KEYS", "save_records", "load_records",
-           "validate_records", "proposal_foreground", "inference_settings", "check_detections", "check_same_model", "config_datasets"]
+__all__ = ["REQUIRED", "OPTIONAL", "PROPOSAL_ARRAYS", "REQUIRED_META", "INFERENCE_KEYS", "save_records",
+           "load_records", "validate_records", "as_record_array", "feature_space", "proposal_meta",
+           "proposal_foreground", "same_detections", "inference_settings", "check_detections", "check_same_model",
+           "config_datasets"]
 
 # what numpy raises on a corrupt archive or .npy header (its header parser uses ast and tokenize)
 _CORRUPT = (OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError, zipfile.BadZipFile, zlib.error)
 
-# key -> (dtype, number of dimensions)
+# The arrays of records, N detections in K inlier classes: key -> (dtype, number of dimensions)
 REQUIRED = {
-    "image_id": (np.int64, 1),
-    "boxes": (np.float32, 2),
-    "pred_class": (np.int64, 1),
-    "score": (np.float32, 1),
-    "energy": (np.float32, 1),
-    "logits": (np.float32, 2),
+    "image_id": (np.int64, 1),  # dataset image id
+    "boxes": (np.float32, 2),  # (N, 4) XYXY, absolute pixels
+    "pred_class": (np.int64, 1),  # predicted class in [0, K)
+    "score": (np.float32, 1),  # detection score: softmax probability of pred_class
+    "energy": (np.float32, 1),  # logsumexp of the K inlier logits (higher = more ID)
+    "logits": (np.float32, 2),  # (N, K + 1) class logits, last column = background
 }
-OPTIONAL = {"features": (np.float32, 2), "gt_matched": (np.bool_, 1), "flow_loglik": (np.float32, 1),
-            "safe_features": (np.float32, 2), "safe_features_adv": (np.float32, 2)}
+OPTIONAL = {
+    "features": (np.float32, 2),  # (N, D) box features, in the space feature_space(meta) names
+    "gt_matched": (np.bool_, 1),  # matched a ground-truth box of its class (IoU >= 0.5); needs meta num_gt
+    "flow_loglik": (np.float32, 1),  # FFS models: log-density (nats) of the box under the trained flow
+    "safe_features": (np.float32, 2),  # (N, S) SAFE's backbone features of each box (.safe)
+    "safe_features_adv": (np.float32, 2),  # training set: the same boxes in FGSM-perturbed images (NaN rows for
+                                           # images without ground truth)
+}
+# the two more arrays of proposal records (meta kind "proposals")
+PROPOSAL_ARRAYS = {
+    "gt_class": (np.int64, 1),  # class of the best-overlapping ground-truth box; K for a background proposal
+    "iou": (np.float32, 1),  # that overlap (1 for a ground-truth box)
+}
 REQUIRED_META = ("dataset", "model", "num_classes", "class_names", "config")
 RESERVED_KEYS = ("file", "allow_pickle")  # names np.savez would take as its own arguments
+PROPOSALS_KIND = "proposals"  # meta kind of proposal records
 _FINITE = ("boxes", "score", "energy")
 
 
@@ -74,6 +75,35 @@ INFERENCE_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "INPUT.FORMAT", 
                   "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.RPN.NMS_THRESH",
                   "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "TEST.DETECTIONS_PER_IMAGE",
                   "TEST.AUG.ENABLED")
+
+
+def as_record_array(key: str, values) -> np.ndarray:
+    """``values`` as the records array ``key`` (of :data:`REQUIRED`, :data:`OPTIONAL` or
+    :data:`PROPOSAL_ARRAYS`): a copy in its dtype, what a writer of records stores."""
+    dtype, _ = {**REQUIRED, **OPTIONAL, **PROPOSAL_ARRAYS}[key]
+    return np.asarray(values).astype(dtype)
+
+
+def feature_space(meta: dict) -> str:
+    """Which box features the records' ``features`` are: ``"output"`` or ``"preactivation"`` (records written
+    before meta ``feature_space`` existed hold output features)."""
+    return meta.get("feature_space", "output")
+
+
+def proposal_meta(meta: dict, settings: dict) -> dict:
+    """The meta of the proposal records of the set whose detection records have ``meta``: kind
+    :data:`PROPOSALS_KIND`, the extraction ``settings`` (whose ``space`` is their feature space), and none of the
+    detections' ``num_gt`` and ``papers_threshold``."""
+    out = dict(meta, kind=PROPOSALS_KIND, feature_space=settings["space"], proposals=settings)
+    for key in ("papers_threshold", "num_gt"):
+        out.pop(key, None)
+    return out
+
+
+def same_detections(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> bool:
+    """Whether two records' arrays hold the same detections (image ids, scores and boxes): one set's records
+    under two names."""
+    return all(k in a and k in b and np.array_equal(a[k], b[k]) for k in ("image_id", "score", "boxes"))
 
 
 def _config(meta: dict) -> dict:
@@ -111,7 +141,7 @@ def config_datasets(meta: dict, which: str) -> Tuple[str, ...]:
 def check_detections(path: str, meta: dict) -> None:
     """ValueError when the records ``path`` are proposal records (``meta["kind"] == "proposals"``), which hold
     an annotated set's proposals and ground-truth boxes, not the model's detections."""
-    if meta.get("kind") == "proposals":
+    if meta.get("kind") == PROPOSALS_KIND:
         raise ValueError(f"records {path} are proposal records (apply_net --proposals-of: proposals and "
                          "ground-truth boxes to fit scorers on), not detections; give the records.npz of that "
                          "folder")
@@ -138,6 +168,11 @@ def check_same_model(ref_role: str, ref_path: str, ref_meta: dict, role: str, pa
                          f"records {ref_path} ({shown}); rerun apply_net on every set with one config")
 
 
+def _schema(key: str):
+    """``(dtype, number of dimensions)`` that :func:`validate_records` checks array ``key`` for, or None."""
+    return REQUIRED.get(key) or OPTIONAL.get(key)
+
+
 def _fail(path: str, key: str, msg: str):
     raise ValueError(f"records {path}: {key!r}: {msg}")
 
@@ -158,7 +193,7 @@ def validate_records(arrays: Dict[str, np.ndarray], meta: dict, path: str = "<me
             _fail(path, key, f"must be a numpy array, got {type(arr).__name__}")
         if arr.dtype.kind not in "biuf":
             _fail(path, key, f"must be a numeric or bool array, got dtype {arr.dtype}")
-        want = REQUIRED.get(key) or OPTIONAL.get(key)
+        want = _schema(key)
         if want is not None:
             dtype, ndim = want
             if arr.dtype != dtype:
@@ -208,7 +243,7 @@ def proposal_foreground(arrays: Dict[str, np.ndarray], num_classes: int) -> np.n
 def _coerce(key: str, arr) -> np.ndarray:
     """Cast the known keys to their dtype when that loses nothing (e.g. float64 -> float32, int32 -> int64)."""
     arr = np.asarray(arr)
-    want = REQUIRED.get(key) or OPTIONAL.get(key)
+    want = _schema(key)
     if want is None or arr.dtype == want[0]:
         return arr
     dtype = np.dtype(want[0])

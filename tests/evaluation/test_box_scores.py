@@ -8,39 +8,22 @@ import numpy as np
 import pytest
 
 from ffs_det.evaluation.box_scores import add_box_scores, compare_box_scores, fuse_scores
-from ffs_det.evaluation.ood_report import RecordSet, detection_confidence, evaluate_ood
-from ffs_det.evaluation.records import load_records, save_records
+from ffs_det.evaluation.ood_report import RecordSet, evaluate_ood, kept_detections
+from ffs_det.evaluation.records import load_records
+from records_factory import write_records
 from repo_paths import REPO_ROOT as REPO
 
-K, D = 3, 16
-
-
-def _records(path, dataset, n, shift, rng, features=True, matched=True):
-    labels = rng.integers(0, K, n)
-    centres = np.eye(K, D) * 6.0
-    arrays = {
-        "image_id": np.arange(n, dtype=np.int64),
-        "boxes": np.tile(np.array([[1, 1, 20, 20]], np.float32), (n, 1)),
-        "pred_class": labels.astype(np.int64),
-        "score": rng.uniform(0.5, 1.0, n).astype(np.float32),
-        "logits": rng.normal(size=(n, K + 1)).astype(np.float32),
-    }
-    arrays["energy"] = np.log(np.exp(arrays["logits"][:, :K]).sum(1)).astype(np.float32)
-    if features:
-        arrays["features"] = (centres[labels] + shift + rng.normal(size=(n, D))).astype(np.float32)
-    meta = {"dataset": dataset, "model": "m", "num_classes": K, "class_names": ["a", "b", "c"], "config": ""}
-    if matched:
-        arrays["gt_matched"] = np.ones(n, bool)
-        meta["num_gt"] = n
-    return save_records(str(path), arrays, meta)
+# box features in class clusters 6 units apart (an OOD set is shifted off them), scores unrelated to the logits
+CLUSTERED = {"features": 16, "clusters": 6.0, "score": (0.5, 1.0)}
 
 
 @pytest.fixture
 def record_files(tmp_path):
     rng = np.random.default_rng(0)
-    return (_records(tmp_path / "train.npz", "train", 300, 0.0, rng),
-            _records(tmp_path / "id.npz", "id", 120, 0.0, rng),
-            _records(tmp_path / "ood.npz", "ood", 120, 4.0, rng, matched=False))
+    return (write_records(tmp_path / "train.npz", 300, rng, dataset="train", matched="all", **CLUSTERED),
+            write_records(tmp_path / "id.npz", 120, rng, dataset="id", matched="all", **CLUSTERED),
+            write_records(tmp_path / "ood.npz", 120, rng, dataset="ood", feature_shift=4.0, matched=None,
+                          **CLUSTERED))
 
 
 def _digest(path):
@@ -64,8 +47,8 @@ def test_scores_are_added_and_evaluate_like_energy(record_files, tmp_path, score
 
 def test_records_without_features_are_named(tmp_path):
     rng = np.random.default_rng(1)
-    train = _records(tmp_path / "train.npz", "train", 50, 0.0, rng, features=False)
-    test = _records(tmp_path / "id.npz", "id", 20, 0.0, rng)
+    train = write_records(tmp_path / "train.npz", 50, rng, dataset="train", features=0)
+    test = write_records(tmp_path / "id.npz", 20, rng, dataset="id", matched="all", **CLUSTERED)
     with pytest.raises(ValueError, match="train.npz.*--save-features"):
         add_box_scores("knn", train, [test], str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
@@ -97,7 +80,7 @@ def test_compare_box_scores_on_the_same_kept_detections(record_files, tmp_path):
     assert list(comparison.scores) == ["energy", "mahalanobis", "knn", "fde", "energy+mahalanobis"]
     assert info["fit_on"] + info["calibrated_on"] == 300 and info["calibrated_on"] == 60  # every 5th image
     id_arrays, _ = load_records(id_path)
-    kept = detection_confidence(RecordSet.load(id_path), "papers") >= 0.6  # the box's max inlier probability
+    kept = kept_detections(RecordSet.load(id_path), 0.6)  # the box's max inlier probability reaches 0.6
     assert 0 < kept.sum() < len(kept) and not np.array_equal(kept, id_arrays["score"] >= 0.6)
     for name, sets in comparison.scores.items():  # every score on the detections eval_ood keeps
         assert sets["id"].shape == (int(kept.sum()),), name
@@ -120,7 +103,7 @@ def test_fused_score_sees_no_ood_data(record_files, tmp_path):
     set, and fuse_scores takes no OOD input."""
     assert list(inspect.signature(fuse_scores).parameters) == ["calibration", "scores", "weights"]
     train, id_path, ood_path = record_files
-    other = _records(tmp_path / "ood2.npz", "ood", 120, -7.0, np.random.default_rng(5), matched=False)
+    other = write_records(tmp_path / "ood2.npz", 120, 5, dataset="ood", feature_shift=-7.0, matched=None, **CLUSTERED)
     runs = [compare_box_scores(train, id_path, [p], scorers=("mahalanobis",), fuse=[("energy", "mahalanobis")],
                                thres=0.6)[0]
             for p in (ood_path, other)]

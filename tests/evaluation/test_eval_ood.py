@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from ffs_det.density.metrics import ood_metrics, optimal_f1_threshold
-from ffs_det.evaluation.records import load_records, save_records
+from ffs_det.evaluation.records import OPTIONAL, REQUIRED, REQUIRED_META, load_records, save_records
+from records_factory import K, synthetic_records, write_records
 from repo_paths import REPO_ROOT as ROOT
-
-K = 3
 
 
 def _load_cli():
@@ -28,50 +27,25 @@ eval_ood = _load_cli()
 
 
 PAPERS_THRESHOLD = 0.45
-
-
-def make_records(n, seed, shift=0.0, annotated=True, dataset="voc_custom_val", extra=False):
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(0, 1, (n, K + 1)).astype(np.float32)
-    logits[:, :K] += shift
-    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    pred = probs[:, :K].argmax(1)
-    xy = rng.uniform(0, 100, (n, 2))
-    arrays = {
-        "image_id": rng.integers(1, 20, n).astype(np.int64),
-        "boxes": np.concatenate([xy, xy + rng.uniform(5, 40, (n, 2))], 1).astype(np.float32),
-        "pred_class": pred.astype(np.int64),
-        "score": probs[np.arange(n), pred].astype(np.float32),
-        "energy": np.log(np.exp(logits[:, :K]).sum(1)).astype(np.float32),
-        "logits": logits,
-        "features": rng.normal(0, 1, (n, 8)).astype(np.float32),
-    }
-    meta = {"dataset": dataset, "model": "m1", "num_classes": K, "class_names": ["a", "b", "c"],
-            "config": "MODEL: {}"}
-    if annotated:
-        arrays["gt_matched"] = rng.uniform(0, 1, n) < arrays["score"]
-        meta["num_gt"] = int(arrays["gt_matched"].sum()) + 7
-        # what apply_net stores from COCOeval (here a made-up value between the score quartiles)
-        meta["papers_threshold"] = {"threshold": PAPERS_THRESHOLD, "unrounded": PAPERS_THRESHOLD + 2e-5,
-                                    "per_class": {"a": 0.4, "b": 0.45, "c": 0.5}}
-    if extra:
-        arrays["knn"] = rng.normal(shift, 1, n).astype(np.float32)
-    return arrays, meta
+# what apply_net stores from COCOeval on the annotated ID set (here a made-up value between the score quartiles)
+PAPERS = {"threshold": PAPERS_THRESHOLD, "unrounded": PAPERS_THRESHOLD + 2e-5,
+          "per_class": {"a": 0.4, "b": 0.45, "c": 0.5}}
 
 
 @pytest.fixture
 def record_files(tmp_path):
-    paths = {}
-    for name, seed, shift, kw in [("id", 0, 1.0, {}), ("coco", 1, 0.0, {"annotated": False, "dataset": "coco_ood_val"}),
-                                  ("oi", 2, -0.5, {"annotated": False, "dataset": "openimages_ood_val"})]:
-        arrays, meta = make_records(400, seed, shift, extra=True, **kw)
-        paths[name] = save_records(str(tmp_path / f"{name}.npz"), arrays, meta)
-    return paths
+    """An annotated ID set (inlier logits shifted up) and two unannotated OOD sets, each with a box-level score."""
+    sets = [("id", 0, 1.0, {"dataset": "voc_custom_val", "papers_threshold": PAPERS}),
+            ("coco", 1, 0.0, {"matched": None, "dataset": "coco_ood_val"}),
+            ("oi", 2, -0.5, {"matched": None, "dataset": "openimages_ood_val"})]
+    return {name: write_records(tmp_path / f"{name}.npz", 400, seed, shift=shift, missed=7, extra_scores=("knn",),
+                                **kw)
+            for name, seed, shift, kw in sets}
 
 
 # ------------------------------------------------------------------------------------------------- records
 def test_records_roundtrip_and_coercion(tmp_path):
-    arrays, meta = make_records(50, 0)
+    arrays, meta = synthetic_records(50, papers_threshold=PAPERS)
     arrays["energy"] = arrays["energy"].astype(np.float64)  # safe casts are applied on save
     arrays["image_id"] = arrays["image_id"].astype(np.int32)
     path = save_records(str(tmp_path / "r.npz"), arrays, meta)
@@ -85,7 +59,7 @@ def test_records_roundtrip_and_coercion(tmp_path):
 
 
 def test_records_with_no_detections_roundtrip(tmp_path):
-    arrays, meta = make_records(0, 0)
+    arrays, meta = synthetic_records(0)
     got, _ = load_records(save_records(str(tmp_path / "empty.npz"), arrays, meta))
     assert got["logits"].shape == (0, K + 1)
 
@@ -103,7 +77,7 @@ def test_records_with_no_detections_roundtrip(tmp_path):
     (lambda a, m: m.__setitem__("class_names", ["a"]), "meta"),
 ])
 def test_malformed_records_are_rejected_on_save_and_load(tmp_path, mutate, key):
-    arrays, meta = make_records(30, 0)
+    arrays, meta = synthetic_records(30)
     mutate(arrays, meta)
     path = str(tmp_path / "bad.npz")
     with pytest.raises(ValueError, match=f"bad.npz: '{key}'"):
@@ -116,7 +90,7 @@ def test_malformed_records_are_rejected_on_save_and_load(tmp_path, mutate, key):
 
 
 def test_load_rejects_wrong_dtype_pickles_bad_meta_and_garbage(tmp_path):
-    arrays, meta = make_records(20, 0)
+    arrays, meta = synthetic_records(20)
     p = str(tmp_path / "f64.npz")
     np.savez(p, meta=np.array(json.dumps(meta)), **dict(arrays, score=arrays["score"].astype(np.float64)))
     with pytest.raises(ValueError, match="f64.npz: 'score': dtype must be float32"):
@@ -139,6 +113,22 @@ def test_load_rejects_wrong_dtype_pickles_bad_meta_and_garbage(tmp_path):
         load_records(str(p))
     with pytest.raises(FileNotFoundError, match="absent.npz"):
         load_records(str(tmp_path / "absent.npz"))
+
+
+def _doc_rows(heading):
+    """The rows of the table under ``## heading`` of docs/records.md, as lists of cells without backquotes."""
+    with open(os.path.join(ROOT, "docs", "records.md"), encoding="utf-8") as f:
+        section = f.read().split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
+    return [[cell.strip().replace("`", "") for cell in row] for row in rows]
+
+
+def test_the_records_page_lists_the_arrays_and_meta_keys_records_py_defines():
+    arrays = {key: (dtype, shape.count(",") + (not shape.endswith(",)")), required)
+              for key, dtype, shape, required, _ in _doc_rows("Arrays")}
+    assert arrays == {key: (np.dtype(dtype).name, ndim, "yes" if key in REQUIRED else "no")
+                      for key, (dtype, ndim) in {**REQUIRED, **OPTIONAL}.items()}
+    assert tuple(key for key, required, _ in _doc_rows("`meta`") if required == "yes") == REQUIRED_META
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -232,7 +222,7 @@ def test_unannotated_id_needs_thres(record_files, tmp_path, capsys):
 
 def test_errors_leave_no_output(record_files, tmp_path, capsys):
     bad = str(tmp_path / "bad.npz")
-    arrays, meta = make_records(10, 5, dataset="x")
+    arrays, meta = synthetic_records(10, 5, dataset="x")
     np.savez(bad, meta=np.array(json.dumps(meta)), **dict(arrays, energy=arrays["energy"][:5]))
     _fails(["--id", record_files["id"], "--ood", record_files["coco"], "--ood", bad], tmp_path, capsys,
            "bad.npz: 'energy'")
@@ -244,8 +234,7 @@ def test_errors_leave_no_output(record_files, tmp_path, capsys):
            capsys, "given twice")
     _fails(["--id", record_files["id"], "--ood", str(tmp_path / "missing.npz")], tmp_path, capsys, "missing.npz")
     other = str(tmp_path / "other.npz")
-    arrays, meta = make_records(10, 6, dataset="y")
-    save_records(other, arrays, dict(meta, class_names=["x", "y", "z"]))
+    write_records(other, 10, 6, dataset="y", class_names=["x", "y", "z"])
     _fails(["--id", record_files["id"], "--ood", other], tmp_path, capsys, "classes")
 
 
@@ -297,10 +286,8 @@ def test_id_records_given_as_ood_and_unmatched_id_records_are_refused(record_fil
 
 
 def test_few_detections_are_flagged_with_a_standard_error(tmp_path, capsys):
-    paths = {}
-    for name, seed, kw in [("id", 0, {}), ("ood", 1, {"annotated": False, "dataset": "tiny_ood"})]:
-        arrays, meta = make_records(40, seed, **kw)
-        paths[name] = save_records(str(tmp_path / f"{name}.npz"), arrays, meta)
+    paths = {"id": write_records(tmp_path / "id.npz", 40, 0, dataset="tiny_id"),
+             "ood": write_records(tmp_path / "ood.npz", 40, 1, matched=None, dataset="tiny_ood")}
     assert eval_ood.main(["--id", paths["id"], "--ood", paths["ood"], "--thres", "0.0",
                           "--output-dir", str(tmp_path / "r")]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())["tiny_ood"]
@@ -325,12 +312,8 @@ def test_draw_marks_flagged_detections_on_images(tmp_path):
     from ffs_det.evaluation.draw import ID_COLOUR, OOD_COLOUR
 
     generate_world(str(tmp_path / "data" / "shapes"), {"train": 0, "val": 3, "ood": 3, "far_ood": 0}, seed=2)
-    paths = []
-    for name, seed, shift in (("shapes_val", 0, 3.0), ("shapes_ood", 1, -3.0)):
-        arrays, meta = make_records(60, seed, shift, annotated=False, dataset=name)
-        arrays["image_id"] = (np.arange(60) % 3 + 1).astype(np.int64)
-        arrays["boxes"] = np.clip(arrays["boxes"], 0, 120)
-        paths.append(save_records(str(tmp_path / f"{name}.npz"), arrays, meta))
+    paths = [write_records(tmp_path / f"{name}.npz", 60, seed, shift=shift, matched=None, dataset=name, images=3,
+                           image_size=120) for name, seed, shift in (("shapes_val", 0, 3.0), ("shapes_ood", 1, -3.0))]
     out = tmp_path / "drawn"
     assert eval_ood.main(["--id", paths[0], "--ood", paths[1], "--thres", "0.2", "--draw", "2", "--dataset-dir",
                           str(tmp_path / "data"), "--output-dir", str(out)]) == 0
@@ -354,12 +337,9 @@ def test_draw_uses_the_image_files_the_records_name(tmp_path):
         target = moved / f"img_{im['id']}.png"
         shutil.copy(tmp_path / "data" / "shapes" / "val" / im["file_name"], target)
         files[str(im["id"])] = str(target)
-    paths = []
-    for name, seed, shift in (("custom_id", 0, 3.0), ("custom_ood", 1, -3.0)):
-        arrays, meta = make_records(40, seed, shift, annotated=False, dataset=name)
-        arrays["image_id"] = (np.arange(40) % 2 + 1).astype(np.int64)
-        arrays["boxes"] = np.clip(arrays["boxes"], 0, 120)
-        paths.append(save_records(str(tmp_path / f"{name}.npz"), arrays, dict(meta, image_files=files)))
+    paths = [write_records(tmp_path / f"{name}.npz", 40, seed, shift=shift, matched=None, dataset=name, images=2,
+                           image_size=120, image_files=files)
+             for name, seed, shift in (("custom_id", 0, 3.0), ("custom_ood", 1, -3.0))]
     out = tmp_path / "drawn"
     assert eval_ood.main(["--id", paths[0], "--ood", paths[1], "--thres", "0.2", "--draw", "5",
                           "--output-dir", str(out)]) == 0

@@ -1,7 +1,6 @@
 """The papers' evaluation protocol: COCOeval threshold, keep rule and FPR95 point, against independent
 computations on hand-built sets where they differ from the global-F1 protocol."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from ffs_det.evaluation.coco_eval import evaluate_boxes
 from ffs_det.evaluation.detections import annotate_matches
 from ffs_det.evaluation.ood_report import evaluate_ood
 from ffs_det.evaluation.records import save_records
+from records_factory import records_meta
 
 CLASSES = ["cat", "dog"]
 
@@ -84,11 +84,6 @@ def _independent_threshold(gt_json, arrays):
     return float(np.mean(kept)), per_class
 
 
-def _records(tmp_path, name, arrays, meta_extra, dataset):
-    meta = {"dataset": dataset, "model": "m", "num_classes": 2, "class_names": CLASSES, "config": "", **meta_extra}
-    return save_records(str(tmp_path / f"{name}.npz"), arrays, meta)
-
-
 def test_papers_threshold_from_cocoeval_and_eval_ood_uses_it(tmp_path):
     gt_json, arrays = _hand_built_set(tmp_path, "protocol_id")
     coco = evaluate_boxes("protocol_id", arrays, list(range(1, 7)), CLASSES)
@@ -107,10 +102,11 @@ def test_papers_threshold_from_cocoeval_and_eval_ood_uses_it(tmp_path):
     t_global, _ = optimal_f1_threshold(arrays["score"], arrays["gt_matched"], n_positive_total=num_gt)
     assert abs(t_global - got["threshold"]) > 0.01
 
-    id_path = _records(tmp_path, "id", arrays, {"num_gt": num_gt, "papers_threshold": got}, "protocol_id")
+    id_path = save_records(str(tmp_path / "id.npz"), arrays,
+                           records_meta("protocol_id", CLASSES, num_gt=num_gt, papers_threshold=got))
     ood = {k: v[::-1].copy() for k, v in arrays.items() if k != "gt_matched"}
     ood["energy"] = ood["energy"] - 1.0
-    ood_path = _records(tmp_path, "ood", ood, {}, "protocol_ood")
+    ood_path = save_records(str(tmp_path / "ood.npz"), ood, records_meta("protocol_ood", CLASSES))
     ev = evaluate_ood(id_path, [ood_path])
     assert ev.protocol == "papers" and ev.threshold == got["threshold"]
     logits = arrays["logits"].astype(np.float64)
@@ -139,11 +135,9 @@ def test_keep_rule_keeps_both_classes_of_a_box_that_straddle_the_threshold(tmp_p
     base = {"image_id": np.array([1, 1]), "boxes": box, "pred_class": np.array([0, 1]),
             "score": np.array([0.5, 0.3], np.float32), "logits": logits,
             "energy": np.log(np.exp(logits[:, :3]).sum(1)).astype(np.float32)}
-    meta = {"model": "m", "num_classes": 3, "class_names": ["a", "b", "c"], "config": ""}
     id_path = save_records(str(tmp_path / "id.npz"), {**base, "energy": base["energy"] + np.float32(1)},
-                           {**meta, "dataset": "id"})
-    ood_path = save_records(str(tmp_path / "ood.npz"), {**base, "image_id": np.array([2, 2])},
-                            {**meta, "dataset": "ood"})
+                           records_meta("id"))
+    ood_path = save_records(str(tmp_path / "ood.npz"), {**base, "image_id": np.array([2, 2])}, records_meta("ood"))
     papers = evaluate_ood(id_path, [ood_path], thres=0.4)
     assert papers.kept["id"].tolist() == [True, True] and papers.metrics("ood")["n_ood"] == 2
     own = evaluate_ood(id_path, [ood_path], thres=0.4, protocol="global-f1")

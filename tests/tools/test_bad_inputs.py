@@ -15,23 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ffs_det.evaluation.ood_report import run_report
-from ffs_det.evaluation.records import load_records, save_records
+from ffs_det.evaluation.records import load_records
+from records_factory import synthetic_records, write_records
 from repo_paths import REPO_ROOT as REPO
 
-K = 3
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def _records(n, seed=0):
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=(n, K + 1)).astype(np.float32)
-    arrays = {"image_id": np.arange(n, dtype=np.int64), "boxes": np.tile([[0, 0, 10, 10]], (n, 1)).astype(np.float32),
-              "pred_class": rng.integers(0, K, n).astype(np.int64), "score": rng.uniform(0, 1, n).astype(np.float32),
-              "energy": rng.normal(size=n).astype(np.float32), "logits": logits,
-              "gt_matched": rng.uniform(size=n) < 0.5}
-    meta = {"dataset": f"set{seed}", "model": "m", "num_classes": K, "class_names": ["a", "b", "c"], "config": "",
-            "num_gt": n}
-    return arrays, meta
 
 
 def _npz_bytes(arrays, meta_value):
@@ -64,7 +52,7 @@ def test_random_bytes_are_rejected_naming_the_file(tmp_path, data):
 @given(cut=st.integers(0, 10_000), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)),
                                                   max_size=4))
 def test_truncated_or_corrupted_records_fail_cleanly(tmp_path, cut, flips):
-    arrays, meta = _records(20)
+    arrays, meta = synthetic_records(20, features=0)
     good = bytearray(_npz_bytes(arrays, np.array(json.dumps(meta))))
     for pos, x in flips:
         good[pos % len(good)] ^= x
@@ -89,7 +77,7 @@ _ARRAYS = st.dictionaries(
 @FAST
 @given(meta=_META_VALUES, spec=_ARRAYS, drop=st.sets(st.sampled_from(["energy", "score", "boxes"]), max_size=2))
 def test_records_with_wrong_keys_dtypes_shapes_or_meta_fail_cleanly(tmp_path, meta, spec, drop):
-    arrays, _ = _records(4)
+    arrays, _ = synthetic_records(4, features=0)
     for key in drop:
         arrays.pop(key)
     for key, (dtype, shape) in spec.items():
@@ -100,7 +88,7 @@ def test_records_with_wrong_keys_dtypes_shapes_or_meta_fail_cleanly(tmp_path, me
 
 
 def test_deeply_nested_meta_is_refused_cleanly(tmp_path):
-    arrays, _ = _records(3)
+    arrays, _ = synthetic_records(3, features=0)
     path = tmp_path / "r.npz"
     path.write_bytes(_npz_bytes(arrays, np.array("[" * 100000 + "]" * 100000)))
     with pytest.raises(ValueError, match=r"r\.npz: 'meta': JSON nested too deeply to read"):
@@ -108,7 +96,7 @@ def test_deeply_nested_meta_is_refused_cleanly(tmp_path):
 
 
 def test_pickled_object_arrays_are_refused_without_unpickling(tmp_path):
-    arrays, meta = _records(3)
+    arrays, meta = synthetic_records(3, features=0)
     arrays["evil"] = np.array([object()] * 3, dtype=object)
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
@@ -121,9 +109,8 @@ def test_pickled_object_arrays_are_refused_without_unpickling(tmp_path):
 @given(bad=st.sampled_from(["empty", "garbage", "zero_id", "zero_ood", "missing"]))
 def test_report_with_a_bad_input_writes_nothing(tmp_path_factory, bad):
     tmp = tmp_path_factory.mktemp("rep")
-    id_path = save_records(str(tmp / "id.npz"), *_records(0 if bad == "zero_id" else 30, 1))
-    ood = _records(0 if bad == "zero_ood" else 30, 2)
-    ood_path = save_records(str(tmp / "ood.npz"), *ood)
+    id_path = write_records(tmp / "id.npz", 0 if bad == "zero_id" else 30, 1, dataset="set1", features=0)
+    ood_path = write_records(tmp / "ood.npz", 0 if bad == "zero_ood" else 30, 2, dataset="set2", features=0)
     target = id_path
     if bad == "empty":
         open(ood_path, "wb").close()
@@ -209,14 +196,14 @@ def _cli(tool, *args, status=2):
 
 
 def test_eval_ood_cli_bad_inputs(tmp_path):
-    id_path = save_records(str(tmp_path / "id.npz"), *_records(30, 1))
+    id_path = write_records(tmp_path / "id.npz", 30, 1, dataset="set1", features=0)
     (tmp_path / "bad.npz").write_bytes(b"\x00" * 50)
     msg = _cli("eval_ood.py", "--id", id_path, "--ood", tmp_path / "bad.npz", "--output-dir", tmp_path / "out")
     assert msg.startswith(f"error: records {tmp_path / 'bad.npz'}: not an .npz (zip) archive")
     msg = _cli("eval_ood.py", "--id", id_path, "--ood", tmp_path / "none.npz", "--output-dir", tmp_path / "out")
     assert msg == f"error: records file not found: {tmp_path / 'none.npz'}"
     assert not (tmp_path / "out").exists()
-    ood = save_records(str(tmp_path / "ood.npz"), *_records(30, 2))
+    ood = write_records(tmp_path / "ood.npz", 30, 2, dataset="set2", features=0)
     (tmp_path / "file").write_text("x")
     msg = _cli("eval_ood.py", "--id", id_path, "--ood", ood, "--output-dir", tmp_path / "file")
     assert msg == f"error: output folder {tmp_path / 'file'} exists and is not a folder"

@@ -13,33 +13,8 @@ from hypothesis import strategies as st
 
 from ffs_det.atomic_io import finite_json, json_bytes
 from ffs_det.evaluation.records import INFERENCE_KEYS, check_same_model, inference_settings, save_records
+from records_factory import synthetic_records, write_records
 from repo_paths import load_tool
-
-K, D = 3, 8
-
-
-def _records(path, dataset, n=60, seed=0, shift=0.0, config="", sha=None, matched=True, nan_row=None):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, K, n)
-    arrays = {
-        "image_id": np.arange(n, dtype=np.int64) + 1000 * seed,
-        "boxes": np.tile(np.array([[1, 1, 20, 20]], np.float32), (n, 1)),
-        "pred_class": labels.astype(np.int64),
-        "score": rng.uniform(0.5, 1.0, n).astype(np.float32),
-        "logits": rng.normal(size=(n, K + 1)).astype(np.float32),
-        "features": (np.eye(K, D)[labels] * 5 + shift + rng.normal(size=(n, D))).astype(np.float32),
-    }
-    arrays["energy"] = np.log(np.exp(arrays["logits"][:, :K]).sum(1)).astype(np.float32)
-    if nan_row is not None:
-        arrays["features"][nan_row, 2] = np.nan
-    meta = {"dataset": dataset, "model": "m", "num_classes": K, "class_names": ["a", "b", "c"], "config": config}
-    if sha:
-        meta["weights_sha256"] = sha
-    if matched:
-        arrays["gt_matched"] = np.ones(n, bool)
-        meta["num_gt"] = n
-    return save_records(str(path), arrays, meta)
-
 
 CONFIG = ("DATASETS:\n  TRAIN: [t_train]\n  TEST: [t_val]\nINPUT:\n  MIN_SIZE_TEST: 640\nMODEL:\n  ROI_HEADS:\n"
           "    NMS_THRESH_TEST: 0.5\n")
@@ -58,17 +33,17 @@ def test_inference_settings_are_read_from_the_records_config():
 
 
 def test_eval_ood_refuses_records_of_other_inference_settings(tmp_path, capsys):
-    idp = _records(tmp_path / "id.npz", "t_val", config=_config(640, 0.5), sha="a" * 64)
-    ood = _records(tmp_path / "ood.npz", "t_ood", seed=1, shift=3, matched=False, config=_config(128, 0.9),
-                   sha="a" * 64)
+    idp = write_records(tmp_path / "id.npz", 60, 0, dataset="t_val", config=_config(640, 0.5), weights_sha256="a" * 64)
+    ood = write_records(tmp_path / "ood.npz", 60, 1, dataset="t_ood", feature_shift=3, matched=None,
+                        config=_config(128, 0.9), weights_sha256="a" * 64)
     out = tmp_path / "report"
     assert load_tool("eval_ood").main(["--id", idp, "--ood", ood, "--output-dir", str(out), "--thres", "0.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "other inference settings" in err
     assert "INPUT.MIN_SIZE_TEST 128 vs 640" in err and "MODEL.ROI_HEADS.NMS_THRESH_TEST 0.9 vs 0.5" in err
     assert not out.exists()
-    same = _records(tmp_path / "ood2.npz", "t_ood", seed=1, shift=3, matched=False, config=_config(640, 0.5),
-                    sha="a" * 64)
+    same = write_records(tmp_path / "ood2.npz", 60, 1, dataset="t_ood", feature_shift=3, matched=None,
+                         config=_config(640, 0.5), weights_sha256="a" * 64)
     assert load_tool("eval_ood").main(["--id", idp, "--ood", same, "--output-dir", str(out), "--thres", "0.5"]) == 0
 
 
@@ -97,9 +72,10 @@ def test_same_model_check_refuses_exactly_the_differing_settings(a, b):
 
 
 def test_score_boxes_and_compare_scores_refuse_training_records_of_another_checkpoint(tmp_path, capsys):
-    train = _records(tmp_path / "train.npz", "t_train", n=200, config=CONFIG, sha="b" * 64)
-    idp = _records(tmp_path / "id.npz", "t_val", seed=1, config=CONFIG, sha="a" * 64)
-    ood = _records(tmp_path / "ood.npz", "t_ood", seed=2, shift=3, matched=False, config=CONFIG, sha="a" * 64)
+    train = write_records(tmp_path / "train.npz", 200, 0, dataset="t_train", config=CONFIG, weights_sha256="b" * 64)
+    idp = write_records(tmp_path / "id.npz", 60, 1, dataset="t_val", config=CONFIG, weights_sha256="a" * 64)
+    ood = write_records(tmp_path / "ood.npz", 60, 2, dataset="t_ood", feature_shift=3, matched=None, config=CONFIG,
+                        weights_sha256="a" * 64)
     out = tmp_path / "out"
     assert load_tool("score_boxes").main(["--scorer", "mahalanobis", "--train", train, "--records", idp,
                                           "--output-dir", str(out)]) == 2
@@ -111,16 +87,16 @@ def test_score_boxes_and_compare_scores_refuse_training_records_of_another_check
 
 
 def test_the_id_test_set_is_refused_as_training_set(tmp_path, capsys):
-    idp = _records(tmp_path / "id.npz", "t_val", n=200, seed=1, config=CONFIG)
-    ood = _records(tmp_path / "ood.npz", "t_ood", seed=2, shift=3, matched=False, config=CONFIG)
+    idp = write_records(tmp_path / "id.npz", 200, 1, dataset="t_val", config=CONFIG)
+    ood = write_records(tmp_path / "ood.npz", 60, 2, dataset="t_ood", feature_shift=3, matched=None, config=CONFIG)
     out = tmp_path / "out"
     # a set the model's config lists as a test set only
     assert load_tool("score_boxes").main(["--scorer", "mahalanobis", "--train", idp, "--records", ood,
                                           "--output-dir", str(out)]) == 2
     assert "a test set of the model's config (DATASETS.TEST), not a training set" in capsys.readouterr().err
     # a set that is also scored (here under a config that does not list it)
-    same = _records(tmp_path / "same.npz", "t_val", n=200, seed=1)
-    idp2 = _records(tmp_path / "id2.npz", "t_val", n=200, seed=1)
+    same = write_records(tmp_path / "same.npz", 200, 1, dataset="t_val")
+    idp2 = write_records(tmp_path / "id2.npz", 200, 1, dataset="t_val")
     assert load_tool("compare_scores").main(["--train", same, "--id", idp2, "--ood", ood, "--scorer", "mahalanobis",
                                              "--no-fuse", "--thres", "0.5", "--output-dir", str(out)]) == 2
     assert "fit on the ID training set, not on a set that is scored" in capsys.readouterr().err
@@ -129,14 +105,16 @@ def test_the_id_test_set_is_refused_as_training_set(tmp_path, capsys):
 
 def test_score_boxes_refuses_to_overwrite_its_input_and_names_nan_features(tmp_path, capsys):
     inference = tmp_path / "inference"
-    train = _records(inference / "t_train" / "records.npz", "t_train", n=200)
-    idp = _records(inference / "t_val" / "records.npz", "t_val", seed=1)
+    train = write_records(inference / "t_train" / "records.npz", 200, 0, dataset="t_train")
+    idp = write_records(inference / "t_val" / "records.npz", 60, 1, dataset="t_val")
     before = open(idp, "rb").read()
     assert load_tool("score_boxes").main(["--scorer", "knn", "--option", "k=3", "--train", train, "--records", idp,
                                           "--output-dir", str(inference)]) == 2
     assert "is an input of this command" in capsys.readouterr().err
     assert open(idp, "rb").read() == before
-    bad = _records(tmp_path / "nan.npz", "t_val", seed=1, nan_row=4)
+    arrays, meta = synthetic_records(60, 1, dataset="t_val")
+    arrays["features"][4, 2] = np.nan
+    bad = save_records(str(tmp_path / "nan.npz"), arrays, meta)
     assert load_tool("score_boxes").main(["--scorer", "knn", "--option", "k=3", "--train", train, "--records", bad,
                                           "--output-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
@@ -308,7 +286,7 @@ def test_demo_refuses_negative_seeds_and_bad_overrides_before_the_world(tmp_path
 def test_proposal_records_or_the_training_set_are_not_evaluated_as_detections(tmp_path, capsys):
     from ffs_det.evaluation.records import load_records
 
-    idp = _records(tmp_path / "id.npz", "t_val", config=CONFIG)
+    idp = write_records(tmp_path / "id.npz", 60, 0, dataset="t_val", config=CONFIG)
     arrays, meta = load_records(idp)
     arrays["gt_class"], arrays["iou"] = arrays["pred_class"].copy(), np.ones(len(arrays["score"]), np.float32)
     props = save_records(str(tmp_path / "proposals.npz"), arrays, dict(meta, dataset="t_train", kind="proposals"))
@@ -318,7 +296,7 @@ def test_proposal_records_or_the_training_set_are_not_evaluated_as_detections(tm
     assert load_tool("score_boxes").main(["--scorer", "knn", "--train", props, "--records", idp,
                                           "--output-dir", out]) == 2
     assert "are proposal records" in capsys.readouterr().err
-    train = _records(tmp_path / "train.npz", "t_train", seed=3, config=CONFIG)
+    train = write_records(tmp_path / "train.npz", 60, 3, dataset="t_train", config=CONFIG)
     assert load_tool("eval_ood").main(["--id", idp, "--ood", train, "--output-dir", out, "--thres", "0.5"]) == 2
     assert "a training set of the model (DATASETS.TRAIN)" in capsys.readouterr().err
     assert not os.path.exists(out)
