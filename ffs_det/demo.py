@@ -12,15 +12,15 @@ Steps (each job's outputs are reused from a previous run with the same settings,
    energy with the papers' protocol (``ood/``, :mod:`ffs_det.evaluation.ood_report`), compare every box-level
    score on the same kept detections (:func:`ffs_det.evaluation.box_scores.compare_box_scores`) and draw where
    its synthetic outliers lie (``features_pca.png``). ``jobs`` jobs run at once, each in its own process;
-3. one summary: per-seed rows, mean ± std per method, and the paired comparison against vanilla (per-seed
-   difference, its mean, and how many seeds agree in sign) -> ``<out>/summary.md`` and ``<out>/summary.json``,
-   and one ROC plot of every (method, seed) -> ``<out>/roc_shapes_ood.png``.
+3. one summary (:mod:`ffs_det.demo_report`): per-seed rows, mean ± std per method, and the paired comparison
+   against vanilla (per-seed difference, its mean, and how many seeds agree in sign) -> ``<out>/summary.md``
+   and ``<out>/summary.json``, and one ROC plot of every (method, seed) -> ``<out>/roc_shapes_ood.png``, drawn
+   from the kept scores the jobs hand back with their rows.
 
 With a fixed seed, every method trains the same detector up to ``FFS.START_ITER`` (the flow and the energy
 margin are initialised from their own generator), so the paired differences come from the synthesis alone.
 """
 import argparse
-import io
 import json
 import logging
 import multiprocessing
@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ import torch
 
 from .atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-__all__ = ["METHODS", "ID_SET", "OOD_SET", "run_demo", "run_job", "summarize", "format_summary", "DemoJobsFailed"]
+__all__ = ["METHODS", "ID_SET", "OOD_SET", "ROC_SCORES", "run_demo", "run_job", "DemoJobsFailed"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +46,22 @@ METHODS = {"vanilla": "Shapes/vanilla_mobilenet.yaml", "vos": "Shapes/vos_mobile
 ID_SET, OOD_SET, FAR_OOD_SET, TRAIN_SET = "shapes_val", "shapes_ood", "shapes_far_ood", "shapes_train"
 OOD_SETS = (OOD_SET, FAR_OOD_SET)
 ROW_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "threshold", "n_id", "n_ood", "protocol")
-# the metrics of the summary: (row key, header, scale to percent, lower is better); near OOD unless "far"
-SUMMARY_METRICS = (("fpr95", "FPR95 ↓", 100.0, True), ("auroc", "AUROC ↑", 100.0, False),
-                   ("aupr_in", "AUPR-In ↑", 100.0, False), ("far_fpr95", "far FPR95 ↓", 100.0, True),
-                   ("far_auroc", "far AUROC ↑", 100.0, False), ("ap50", "ID AP50 ↑", 1.0, False),
-                   ("ap", "ID AP ↑", 1.0, False))
+# the key of a job's row that holds the kept detections' scores for the ROC plots (in memory only: not in
+# row.json or summary.json): {"energy": {set: scores}, "box": {score: {set: scores}}}
+ROC_SCORES = "roc_scores"
 NUM_PROJECTED_OUTLIERS = 300
 
 
 # what a job writes besides its log (demo_job.log, open while the job runs)
 _JOB_OUTPUTS = ("train_info.json", "row.json", "features_pca.png", "config.yaml", "metrics.json", "last_checkpoint",
-                "log.txt", "inference", "ood", "kept_scores.npz", "box_scores.npz")
+                "log.txt", "inference", "ood")
+# what earlier versions of a job wrote and none reads now (the kept scores go to the summary in memory):
+# removed whenever the job runs, trained again or not, so that no stale copy stays beside the new outputs
+_OBSOLETE_OUTPUTS = ("kept_scores.npz", "box_scores.npz")
+
+
+def _remove(path: str) -> None:
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _clear_job(out: str) -> None:
@@ -64,10 +69,9 @@ def _clear_job(out: str) -> None:
     if not os.path.isdir(out):
         return
     for name in os.listdir(out):
-        path = os.path.join(out, name)
         if name in _JOB_OUTPUTS or name.startswith("events.out.tfevents") or (
                 name.startswith("model_") and name.endswith(".pth")):
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            _remove(os.path.join(out, name))
 
 
 def _train(config: str, out: str, opts: List[str], fresh: bool, info: Dict) -> Dict:
@@ -168,8 +172,9 @@ def _projection(model, cfg, out: str, evaluation, method: str, seed: int) -> Dic
 
 
 def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), fresh: bool = False) -> Dict:
-    """Train, apply and evaluate one (method, seed); returns its summary row. The world must exist under
-    ``<output_dir>/datasets`` (see :func:`run_demo`)."""
+    """Train, apply and evaluate one (method, seed); returns its summary row (``row.json``) with the kept
+    detections' scores under :data:`ROC_SCORES` (``box`` empty when the box scores could not be computed).
+    The world must exist under ``<output_dir>/datasets`` (see :func:`run_demo`)."""
     from .data import register_all
     from .evaluation import run_report
 
@@ -178,6 +183,9 @@ def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), f
     out = os.path.join(output_dir, method, f"seed{seed}")
     opts = list(opts) + ["SEED", str(seed)]
     start = time.perf_counter()
+    for name in _OBSOLETE_OUTPUTS:  # an output folder of an earlier version
+        if os.path.lexists(os.path.join(out, name)):
+            _remove(os.path.join(out, name))
     info = _train(config, out, opts, fresh, {"method": method, "config": config, "seed": seed, "opts": opts})
     applied, model, cfg = _apply(config, out, opts, fresh)
     evaluation, _ = run_report(os.path.join(out, "inference", ID_SET, "records.npz"),
@@ -185,12 +193,9 @@ def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), f
                                os.path.join(out, "ood"))
     metrics = evaluation.metrics(OOD_SET)
     far = evaluation.metrics(FAR_OOD_SET)
-    buf = io.BytesIO()  # the kept detections' scores, for the ROC
-    np.savez(buf, id=evaluation.kept_values("energy", ID_SET), ood=evaluation.kept_values("energy", OOD_SET),
-             far_ood=evaluation.kept_values("energy", FAR_OOD_SET))
-    atomic_write_bytes(os.path.join(out, "kept_scores.npz"), buf.getvalue())
+    energy = {name: evaluation.kept_values("energy", name) for name in (ID_SET, *OOD_SETS)}
     support = _projection(model, cfg, out, evaluation, method, seed)
-    scores = _box_scores(out, evaluation)
+    scores, box = _box_scores(out, evaluation)
     bbox = applied[ID_SET].get("bbox", {})
     row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS}, "far_fpr95": far["fpr95"],
            "far_auroc": far["auroc"], "far_n_ood": far["n_ood"],
@@ -199,13 +204,14 @@ def run_job(method: str, seed: int, output_dir: str, opts: Sequence[str] = (), f
            "iterations": info["iterations"], "job_seconds": round(time.perf_counter() - start, 1),
            "support": support, "scores": scores}
     atomic_write_json(os.path.join(out, "row.json"), row, indent=2)
-    return row
+    return dict(row, **{ROC_SCORES: {"energy": energy, "box": box}})
 
 
-def _box_scores(out: str, evaluation) -> Dict:
+def _box_scores(out: str, evaluation) -> Tuple[Dict, Dict]:
     """Every score on the kept detections of ``evaluation`` (the job's eval_ood result;
     :func:`ffs_det.evaluation.box_scores.compare_box_scores`, scorers fitted on the training set's proposals):
-    the metrics per score and OOD set, and the kept scores saved for the ROC of every (method, score)."""
+    the metrics per score and OOD set, and the kept scores ``{score: {set: scores}}`` for the ROC of every
+    (method, score)."""
     from .evaluation.box_scores import compare_box_scores
 
     rec = lambda name: os.path.join(out, "inference", name, "records.npz")  # noqa: E731
@@ -215,12 +221,10 @@ def _box_scores(out: str, evaluation) -> Dict:
                                               proposals=os.path.join(out, "inference", TRAIN_SET, "proposals.npz"))
     except ValueError as e:  # too few training boxes (a barely trained model): the energy row stands alone
         logger.warning("box-level scores not computed: %s", e)
-        return {"error": str(e)}
-    buf = io.BytesIO()
-    np.savez(buf, **{f"{score}__{name}": v for score, sets in comparison.scores.items() for name, v in sets.items()})
-    atomic_write_bytes(os.path.join(out, "box_scores.npz"), buf.getvalue())
-    return dict(info, metrics={score: {name: {k: m[name][k] for k in ("fpr95", "auroc", "aupr_in", "n_id", "n_ood")}
-                                       for name in OOD_SETS} for score, m in comparison.metrics.items()})
+        return {"error": str(e)}, {}
+    metrics = {score: {name: {k: m[name][k] for k in ("fpr95", "auroc", "aupr_in", "n_id", "n_ood")}
+                       for name in OOD_SETS} for score, m in comparison.metrics.items()}
+    return dict(info, metrics=metrics), comparison.scores
 
 
 def _job_in_worker(method: str, seed: int, output_dir: str, opts: List[str], fresh: bool, threads: int) -> Dict:
@@ -237,141 +241,19 @@ def _job_in_worker(method: str, seed: int, output_dir: str, opts: List[str], fre
     return run_job(method, seed, output_dir, opts, fresh)
 
 
-def _std(x: np.ndarray) -> float:
-    return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
-
-
-def summarize(rows: List[Dict], baseline: str = "vanilla") -> Dict:
-    """Mean ± std per method and the paired per-seed comparison of every other method against ``baseline``."""
-    seen = list(dict.fromkeys(r["method"] for r in rows))  # in METHODS order, whatever order jobs ended in
-    methods = [m for m in METHODS if m in seen] + [m for m in seen if m not in METHODS]
-    by = {m: {r["seed"]: r for r in rows if r["method"] == m} for m in methods}
-    out = {"methods": {}, "paired": {}}
-    for m in methods:
-        seeds = sorted(by[m])
-        out["methods"][m] = {"seeds": seeds}
-        for key, _, scale, _ in SUMMARY_METRICS:
-            vals = np.array([by[m][s][key] for s in seeds], dtype=float) * scale
-            out["methods"][m][key] = {"mean": float(vals.mean()), "std": _std(vals), "per_seed": vals.tolist()}
-    if baseline in by:
-        for m in methods:
-            if m == baseline:
-                continue
-            common = sorted(set(by[m]) & set(by[baseline]))
-            if not common:
-                continue
-            paired = {"seeds": common}
-            for key, _, scale, lower_better in SUMMARY_METRICS:
-                diff = np.array([by[m][s][key] - by[baseline][s][key] for s in common], dtype=float) * scale
-                better = int((diff < 0).sum() if lower_better else (diff > 0).sum())
-                paired[key] = {"mean": float(diff.mean()), "std": _std(diff), "per_seed": diff.tolist(),
-                               "seeds_better": better, "seeds": len(common)}
-            out["paired"][m] = paired
-    return out
-
-
-SCORE_METRICS = (("fpr95", "FPR95 ↓", True), ("auroc", "AUROC ↑", False), ("aupr_in", "AUPR-In ↑", False))
-
-
-def summarize_scores(rows: List[Dict]) -> Dict:
-    """Per (method, score, OOD set): mean ± std over seeds of FPR95 / AUROC / AUPR-In (%) on the same kept
-    detections; per (method, OOD set), on how many seeds each fused score beats each of its parts, and how far
-    (FPR95 points, paired per seed) it is from the best single score of its seed."""
-    out = {"scores": {}, "fused": {}}
-    for m in dict.fromkeys(r["method"] for r in sorted(rows, key=lambda r: list(METHODS).index(r["method"])
-                                                       if r["method"] in METHODS else len(METHODS))):
-        mine = sorted((r for r in rows if r["method"] == m and "metrics" in r.get("scores", {})),
-                      key=lambda r: r["seed"])
-        if not mine:
-            continue
-        # the scores every seed has (a scorer that could not be fitted on one seed is left out)
-        names = [n for n in mine[0]["scores"]["metrics"] if all(n in r["scores"]["metrics"] for r in mine)]
-        out["scores"][m] = {}
-        for name in names:
-            out["scores"][m][name] = {}
-            for o in OOD_SETS:
-                vals = {k: np.array([100 * r["scores"]["metrics"][name][o][k] for r in mine]) for k, _, _ in SCORE_METRICS}
-                out["scores"][m][name][o] = {k: {"mean": float(v.mean()), "std": _std(v), "per_seed": v.tolist()}
-                                             for k, v in vals.items()}
-        singles = [n for n in names if "+" not in n]
-        for fused in (n for n in names if "+" in n):
-            parts = fused.split("+")
-            for o in OOD_SETS:
-                beats = {}
-                for k, _, lower_better in SCORE_METRICS:
-                    f = np.array([r["scores"]["metrics"][fused][o][k] for r in mine])
-                    for part in parts:
-                        p = np.array([r["scores"]["metrics"][part][o][k] for r in mine])
-                        beats[f"{k} vs {part}"] = int((f < p).sum() if lower_better else (f > p).sum())
-                fpr = lambda n: np.array([100 * r["scores"]["metrics"][n][o]["fpr95"] for r in mine])  # noqa: E731
-                gap = fpr(fused) - np.min([fpr(n) for n in singles], axis=0)
-                out["fused"].setdefault(m, {}).setdefault(fused, {})[o] = {
-                    "seeds": len(mine), "beats": beats,
-                    "fpr95_above_best_single": {"per_seed": gap.tolist(), "max": float(gap.max())}}
-    return out
-
-
-def format_scores(rows: List[Dict]) -> str:
-    """Markdown: every score of every method on the same kept detections, and the fused scores vs their parts."""
-    s = summarize_scores(rows)
-    if not s["scores"]:
-        return ""
-    cols = [(o, k, h) for o in OOD_SETS for k, h, _ in SCORE_METRICS if k != "aupr_in"]
-    lines = ["Every score on the same kept detections (mean ± std over seeds, %; post-hoc scorers fitted on the "
-             "pre-activation box features of the ID training set's foreground proposals):", "",
-             "| method | score | " + " | ".join(f"{o} {h}" for o, _, h in cols) + " |", "|---|---|" + "---|" * len(cols)]
-    for m, per in s["scores"].items():
-        for name, d in per.items():
-            lines.append(f"| {m} | {name} | " + " | ".join(_pm(d[o][k]) for o, k, _ in cols) + " |")
-    if s["fused"]:
-        lines += ["", "Fused scores (calibrated on ID training detections, weighted by separation from background "
-                  "proposals; no OOD data): seeds on which the fused score's FPR95 beats each part, and its FPR95 "
-                  "minus the best single score's of the same seed (points; max over seeds):", "",
-                  "| method | fused | OOD set | FPR95 better than each part (seeds) | above best single, per seed "
-                  "(max) |", "|---|---|---|---|---|"]
-        for m, per in s["fused"].items():
-            for fused, by_set in per.items():
-                for o, d in by_set.items():
-                    gap = d["fpr95_above_best_single"]
-                    lines.append(f"| {m} | {fused} | {o} | " + ", ".join(
-                        f"{p} {d['beats'][f'fpr95 vs {p}']}/{d['seeds']}" for p in fused.split("+")) + " | " +
-                        " ".join(f"{g:+.1f}" for g in gap["per_seed"]) + f" ({gap['max']:+.1f}) |")
-    return "\n".join(lines)
-
-
-def _pm(d: Dict) -> str:
-    return f"{d['mean']:.2f} ± {d['std']:.2f}" if len(d["per_seed"]) > 1 else f"{d['mean']:.2f}"
-
-
-def format_summary(rows: List[Dict], summary: Optional[Dict] = None, baseline: str = "vanilla") -> str:
-    """Markdown: the mean ± std table, the paired comparison against ``baseline`` and the per-seed rows."""
-    summary = summary or summarize(rows, baseline)
-    head = "| method | seeds | " + " | ".join(h for _, h, _, _ in SUMMARY_METRICS) + " |"
-    protocols = sorted({str(r.get("protocol", "global-f1")) for r in rows})
-    lines = [f"Mean ± std over training seeds (%; the energy's OOD metrics under the {'/'.join(protocols)} protocol "
-             f"of eval_ood on {OOD_SET} (near) and {FAR_OOD_SET} (far); ID AP: COCO box AP on the ID test set):", "",
-             head,
-             "|" + "---|" * (head.count("|") - 1)]
-    for m, s in summary["methods"].items():
-        lines.append(f"| {m} | {','.join(map(str, s['seeds']))} | "
-                     + " | ".join(_pm(s[k]) for k, _, _, _ in SUMMARY_METRICS) + " |")
-    if summary["paired"]:
-        lines += ["", f"Paired difference to {baseline} (same seed; mean ± std, seeds better / seeds):", "",
-                  "| method | " + " | ".join(f"Δ {h}" for _, h, _, _ in SUMMARY_METRICS) + " |",
-                  "|" + "---|" * (len(SUMMARY_METRICS) + 1)]
-        for m, p in summary["paired"].items():
-            lines.append(f"| {m} | " + " | ".join(f"{p[k]['mean']:+.2f} ± {p[k]['std']:.2f} "
-                                                  f"({p[k]['seeds_better']}/{p[k]['seeds']})"
-                                                  for k, _, _, _ in SUMMARY_METRICS) + " |")
-    lines += ["", "Per seed:", "",
-              "| method | seed | FPR95 | AUROC | AUPR-In | far FPR95 | far AUROC | ID AP50 | ID AP | ID dets kept | "
-              "OOD dets kept | far-OOD dets kept | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (list(summary["methods"]).index(r["method"]), r["seed"])):
-        lines.append(f"| {r['method']} | {r['seed']} | {100 * r['fpr95']:.2f} | {100 * r['auroc']:.2f} | "
-                     f"{100 * r['aupr_in']:.2f} | {100 * r['far_fpr95']:.2f} | {100 * r['far_auroc']:.2f} | "
-                     f"{r['ap50']:.2f} | {r['ap']:.2f} | {r['n_id']} | {r['n_ood']} | {r['far_n_ood']} | "
-                     f"{r['train_seconds']:.0f} |")
-    return "\n".join(lines)
+def _check_arguments(methods: List[str], seeds: List[int], jobs: int, counts: Dict[str, int]) -> None:
+    """ValueError for an argument the demo cannot run with (tools/demo.py relies on these checks)."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise ValueError(f"methods: unknown {unknown or 'empty list'}; choose from {','.join(METHODS)}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        # a negative SEED is detectron2's "pick a random seed": the methods would no longer share one per job
+        raise ValueError(f"seeds must be a non-empty list of distinct integers >= 0, got {seeds}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    for split, n in counts.items():
+        if n < 1:
+            raise ValueError(f"the {split} split needs >= 1 image (--num-{split.replace('_', '-')}), got {n}")
 
 
 def _check_opts(methods: Sequence[str], opts: List[str], seed: int) -> None:
@@ -387,24 +269,20 @@ def _check_opts(methods: Sequence[str], opts: List[str], seed: int) -> None:
 def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = None, seeds: Sequence[int] = (0,),
              jobs: int = 1, fresh: bool = False, opts: Optional[List[str]] = None,
              counts: Optional[Dict[str, int]] = None, world_seed: int = 0, threads: int = 0) -> Dict:
-    """Run the whole embedded default; returns ``{"rows", "summary", "table", "wall_seconds", "machine"}``.
+    """Run the whole embedded default; returns ``{"rows", "summary", "table", "wall_seconds", "machine"}``
+    (each row with its kept scores under :data:`ROC_SCORES`, which summary.json leaves out).
 
-    Each (method, seed) job runs in its own process with ``threads`` torch threads (0: torch's default),
-    ``jobs`` of them at once.
+    ``methods`` None runs every method. Each (method, seed) job runs in its own process with ``threads`` torch
+    threads (0: torch's default), ``jobs`` of them at once. Every argument is checked here, before the world is
+    generated (ValueError).
     """
     from .data.shapes import generate_world
+    from .demo_report import roc_of_scores, roc_of_seeds, summary_and_table
     from .exit_status import one_line
 
-    methods = list(methods or METHODS)
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown demo methods {unknown}; choose from {sorted(METHODS)}")
+    methods = list(METHODS) if methods is None else list(methods)
     seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        # a negative SEED is detectron2's "pick a random seed": the methods would no longer share one per job
-        raise ValueError(f"seeds must be a non-empty list of distinct integers >= 0, got {seeds}")
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    _check_arguments(methods, seeds, jobs, counts or {})
     opts = list(opts or [])
     _check_opts(methods, opts, seeds[0])  # before the world is generated
     start = time.perf_counter()
@@ -442,54 +320,23 @@ def run_demo(output_dir: str = "demo_output", methods: Optional[List[str]] = Non
     if not rows:
         raise DemoJobsFailed(f"every job failed: {'; '.join(failed)}")
     print("[3/3] summary", flush=True)
-    summary = summarize(rows)
-    summary["box_scores"] = summarize_scores(rows)
-    table = format_summary(rows, summary)
-    scores_table = format_scores(rows)
-    if scores_table:
-        table += "\n\n" + scores_table
+    summary, table = summary_and_table(rows)
     wall = round(time.perf_counter() - start, 1)
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     atomic_write_json(os.path.join(output_dir, "summary.json"),
-                      {"rows": rows, "summary": summary, "wall_seconds": wall, "machine": machine,
-                       "opts": opts, "world_seed": world_seed, "counts": counts}, indent=2)
+                      {"rows": [{k: v for k, v in r.items() if k != ROC_SCORES} for r in rows], "summary": summary,
+                       "wall_seconds": wall, "machine": machine, "opts": opts, "world_seed": world_seed,
+                       "counts": counts}, indent=2)
     atomic_write_text(os.path.join(output_dir, "summary.md"), table + "\n")
-    atomic_write_bytes(os.path.join(output_dir, f"roc_{OOD_SET}.png"), _roc(output_dir, rows))
+    atomic_write_bytes(os.path.join(output_dir, f"roc_{OOD_SET}.png"), roc_of_seeds(rows))
     if any("metrics" in r.get("scores", {}) for r in rows):
         for name in OOD_SETS:
-            atomic_write_bytes(os.path.join(output_dir, f"roc_scores_{name}.png"), _roc_scores(output_dir, rows, name))
+            atomic_write_bytes(os.path.join(output_dir, f"roc_scores_{name}.png"), roc_of_scores(rows, name))
     result = {"rows": rows, "summary": summary, "table": table, "wall_seconds": wall, "machine": machine}
     if failed:
         raise DemoJobsFailed(f"{len(failed)} of {len(todo)} jobs failed: {'; '.join(failed)}; the summary holds "
                              "the others", result)
     return result
-
-
-def _roc(output_dir: str, rows: List[Dict]) -> bytes:
-    """One ROC plot of every finished (method, seed) on the OOD set (energy of the kept detections)."""
-    from .density.report import roc_png
-
-    curves = {}
-    for r in sorted(rows, key=lambda r: (list(METHODS).index(r["method"]), r["seed"])):
-        with np.load(os.path.join(output_dir, r["method"], f"seed{r['seed']}", "kept_scores.npz")) as z:
-            curves[f"{r['method']} seed {r['seed']}"] = (z["id"], z["ood"])
-    return roc_png(curves, f"ROC, energy: {ID_SET} vs {OOD_SET}", xlabel="FPR (OOD detections kept)",
-                   ylabel="TPR (ID detections kept)")
-
-
-def _roc_scores(output_dir: str, rows: List[Dict], ood: str) -> bytes:
-    """One ROC plot of every (method, score) of the first seed on OOD set ``ood``."""
-    from .density.report import roc_png
-
-    seed = min(r["seed"] for r in rows)
-    curves = {}
-    for r in sorted((r for r in rows if r["seed"] == seed and "metrics" in r.get("scores", {})),
-                    key=lambda r: list(METHODS).index(r["method"])):
-        with np.load(os.path.join(output_dir, r["method"], f"seed{seed}", "box_scores.npz")) as z:
-            for name in r["scores"]["metrics"]:
-                curves[f"{r['method']}: {name}"] = (z[f"{name}__{ID_SET}"], z[f"{name}__{ood}"])
-    return roc_png(curves, f"ROC of every score, seed {seed}: {ID_SET} vs {ood}",
-                   xlabel="FPR (OOD detections kept)", ylabel="TPR (ID detections kept)")
 
 
 class DemoJobsFailed(RuntimeError):

@@ -1,15 +1,18 @@
-"""The multi-seed demo protocol (ffs_det.demo): summary statistics, the paired comparison, and a tiny
-end-to-end run of two methods over two seeds in two processes."""
+"""The multi-seed demo protocol (ffs_det.demo, its summary ffs_det.demo_report): summary statistics, the
+paired comparison, the argument checks of run_demo and tools/demo.py, and a tiny end-to-end run of two
+methods over two seeds in two processes."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from ffs_det.atomic_io import file_sha256
-from ffs_det.demo import format_summary, run_demo, summarize
+from ffs_det.atomic_io import file_sha256, json_bytes
+from ffs_det.demo import ROC_SCORES, run_demo
+from ffs_det.demo_report import format_summary, summarize, summary_and_table
 from ffs_det.density.metrics import ood_metrics
 from ffs_det.evaluation.records import load_records
+from repo_paths import load_tool
 
 
 def _row(method, seed, fpr95, auroc, ap50=97.0):
@@ -40,12 +43,42 @@ def test_seeds_without_baseline_give_no_paired_rows():
     assert s["paired"] == {} and s["methods"]["ffs"]["fpr95"]["std"] == 0.0
 
 
+def test_fused_scores_are_compared_with_their_parts_per_seed():
+    def row(method, seed, fpr):  # fpr: {score: FPR95 on both OOD sets}
+        metrics = {n: {o: {"fpr95": v, "auroc": 1 - v, "aupr_in": 0.5, "n_id": 10, "n_ood": 12}
+                       for o in ("shapes_ood", "shapes_far_ood")} for n, v in fpr.items()}
+        return dict(_row(method, seed, 0.5, 0.5), scores={"metrics": metrics})
+
+    rows = [row("ffs", 0, {"energy": 0.50, "fde": 0.40, "energy+fde": 0.45}),
+            row("ffs", 1, {"energy": 0.30, "fde": 0.60, "energy+fde": 0.25})]
+    summary, table = summary_and_table(rows)
+    fused = summary["box_scores"]["fused"]["ffs"]["energy+fde"]["shapes_ood"]
+    # seed 0 beats energy only, seed 1 both; above the best single: 45 - 40 = +5, 25 - 30 = -5 points
+    assert fused["beats"]["fpr95 vs energy"] == 2 and fused["beats"]["fpr95 vs fde"] == 1
+    assert fused["fpr95_above_best_single"]["per_seed"] == pytest.approx([5.0, -5.0])
+    assert summary["box_scores"]["scores"]["ffs"]["fde"]["shapes_ood"]["fpr95"]["mean"] == pytest.approx(50.0)
+    assert "| ffs | energy+fde | shapes_ood | energy 2/2, fde 1/2 | +5.0 -5.0 (+5.0) |" in table
+    assert "| ffs | fde | 50.00 ± 14.14 | 50.00 ± 14.14 | 50.00 ± 14.14 | 50.00 ± 14.14 |" in table
+
+
 @pytest.mark.parametrize("kwargs, match", [({"seeds": []}, "seeds"), ({"seeds": [1, 1]}, "seeds"),
-                                           ({"methods": ["plain"]}, "unknown"), ({"jobs": 0}, "jobs")])
+                                           ({"methods": ["plain"]}, "unknown"), ({"methods": []}, "empty list"),
+                                           ({"jobs": 0}, "jobs"), ({"counts": {"far_ood": 0}}, "--num-far-ood")])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         run_demo(str(tmp_path / "out"), **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [(["--methods", "vanilla,plain"], "unknown ['plain']"),
+                                           (["--methods", ","], "unknown empty list"),
+                                           (["--jobs", "0"], "jobs must be >= 1, got 0"),
+                                           (["--num-train", "0"], "(--num-train), got 0")])
+def test_the_command_line_maps_run_demos_checks_to_exit_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert load_tool("demo").main(["--output-dir", str(out)] + argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 TINY = ["SOLVER.MAX_ITER", "8", "FFS.START_ITER", "2", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0",
@@ -74,14 +107,21 @@ def test_tiny_demo_two_methods_two_seeds_two_processes(tmp_path):
     assert next(r for r in result["rows"] if r["method"] == "vanilla")["support"]["synthetic"]["n"] == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["summary"]["paired"]["ffs"]["fpr95"]["seeds"] == 2
+    # the kept scores come back in memory with the rows; the JSON files hold the rows without them
+    assert all(ROC_SCORES not in r for r in summary["rows"])
+    assert summary["rows"] == [json.loads(json_bytes({k: v for k, v in r.items() if k != ROC_SCORES}))
+                               for r in result["rows"]]
     md = (out / "summary.md").read_text()
     assert "Paired difference to vanilla" in md and "| vanilla | 0,1 |" in md
-    # the ROC of every job is drawn from the kept scores each job saved: they give its row's metrics
+    # the ROC of every job is drawn from the kept scores each job handed back: they give its row's metrics
     assert (out / "roc_shapes_ood.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for r in result["rows"]:
-        with np.load(out / r["method"] / f"seed{r['seed']}" / "kept_scores.npz") as z:
-            m = ood_metrics(z["id"], z["ood"], fpr_point="closest")  # the papers' protocol, the demo's
-            far = ood_metrics(z["id"], z["far_ood"], fpr_point="closest")
+        job = out / r["method"] / f"seed{r['seed']}"
+        assert ROC_SCORES not in json.loads((job / "row.json").read_text())
+        assert not (job / "kept_scores.npz").exists() and not (job / "box_scores.npz").exists()
+        energy = r[ROC_SCORES]["energy"]
+        m = ood_metrics(energy["shapes_val"], energy["shapes_ood"], fpr_point="closest")  # the papers' protocol
+        far = ood_metrics(energy["shapes_val"], energy["shapes_far_ood"], fpr_point="closest")
         assert (m["fpr95"], m["auroc"], m["n_id"], m["n_ood"]) == (r["fpr95"], r["auroc"], r["n_id"], r["n_ood"])
         assert (far["fpr95"], far["auroc"], far["n_ood"]) == (r["far_fpr95"], r["far_auroc"], r["far_n_ood"])
         # every score on the same kept detections of both OOD sets; energy's row is the one above
@@ -90,14 +130,21 @@ def test_tiny_demo_two_methods_two_seeds_two_processes(tmp_path):
         assert scores["energy"]["shapes_far_ood"]["fpr95"] == r["far_fpr95"]
         assert {"fde", "mahalanobis", "gmm", "energy+fde"} <= set(scores)
         assert ("flow_loglik" in scores) == (r["method"] == "ffs")
+        box = r[ROC_SCORES]["box"]
+        assert set(box) == set(scores) and len(box["fde"]["shapes_far_ood"]) == r["far_n_ood"]
+        assert ood_metrics(box["fde"]["shapes_val"], box["fde"]["shapes_ood"],
+                           fpr_point="closest")["fpr95"] == scores["fde"]["shapes_ood"]["fpr95"]
         assert all(s[o]["n_id"] == r["n_id"] for s in scores.values() for o in s)
         assert r["scores"]["fit_source"] == "proposals" and r["scores"]["feature_space"] == "preactivation"
     assert (out / "roc_scores_shapes_ood.png").is_file() and (out / "roc_scores_shapes_far_ood.png").is_file()
     assert "Every score on the same kept detections" in md and "above best single" in md
-    # a second run reuses every job (same settings); a changed override retrains
+    # a second run reuses every job (same settings), and removes the kept scores earlier versions wrote;
+    # a changed override retrains
     before = os.path.getmtime(out / "ffs" / "seed0" / "model_final.pth")
+    (out / "ffs" / "seed0" / "kept_scores.npz").write_bytes(b"old")
     again = run_demo(str(out), ["ffs"], seeds=[0], jobs=1, opts=TINY, counts={"train": 6, "val": 4, "ood": 4, "far_ood": 3})
     assert os.path.getmtime(out / "ffs" / "seed0" / "model_final.pth") == before
+    assert not (out / "ffs" / "seed0" / "kept_scores.npz").exists()
     assert again["rows"][0]["fpr95"] == next(r for r in result["rows"] if r["method"] == "ffs" and r["seed"] == 0)["fpr95"]
     run_demo(str(out), ["ffs"], seeds=[0], jobs=1, opts=TINY + ["FFS.SAMPLE_FROM", "60"],
              counts={"train": 6, "val": 4, "ood": 4, "far_ood": 3})

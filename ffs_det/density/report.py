@@ -1,4 +1,5 @@
-"""The one ID-vs-OOD report: metrics of ``{method: {set: scores}}`` and their table, CSV and plots.
+"""The one ID-vs-OOD report: metrics of ``{method: {set: scores}}`` and their table, CSV and plots, and the
+statistics of a metric over training seeds (mean ± std, paired per-seed differences) with their markdown.
 
 Protocols decide what the scores are and live with their data: the detector's records (kept detections
 above a score threshold, :mod:`ffs_det.evaluation.ood_report`), the image benchmark's feature stores
@@ -17,7 +18,8 @@ import numpy as np
 from .metrics import ood_metrics, roc_curve_points
 
 __all__ = ["Comparison", "compare", "METRIC_KEYS", "FEW_SAMPLES", "comparison_table", "comparison_csv", "roc_png",
-           "hist_png", "safe_name"]
+           "hist_png", "safe_name", "seed_stats", "paired_stats", "seeds_better", "mean_pm", "paired_pm",
+           "markdown_table"]
 
 METRIC_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_ood_positive")
 # below this many samples on either side, the table gives FPR95's binomial standard error
@@ -104,6 +106,42 @@ def comparison_csv(comparison: Comparison, method_label: str = "method", extra: 
         if m not in comparison.scores:
             w.writerow([m, "", *[values.get(c, "") for c in extra_columns]] + [""] * (2 + len(METRIC_KEYS)))
     return buf.getvalue()
+
+
+def seed_stats(values: Sequence[float]) -> dict:
+    """``{"mean", "std", "per_seed"}`` of one metric over seeds; the std is the sample one (ddof 1), 0 for
+    a single seed."""
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "per_seed": v.tolist()}
+
+
+def seeds_better(diff: Sequence[float], lower_better: bool) -> int:
+    """How many per-seed differences (method minus baseline) favour the method."""
+    d = np.asarray(diff, dtype=float)
+    return int((d < 0).sum() if lower_better else (d > 0).sum())
+
+
+def paired_stats(values: Sequence[float], baseline: Sequence[float], lower_better: bool, scale: float = 1.0) -> dict:
+    """The paired comparison of a method's per-seed ``values`` with the ``baseline``'s of the same seeds:
+    :func:`seed_stats` of ``(values - baseline) * scale``, ``seeds_better`` and ``seeds``."""
+    diff = (np.asarray(values, dtype=float) - np.asarray(baseline, dtype=float)) * scale
+    return dict(seed_stats(diff), seeds_better=seeds_better(diff, lower_better), seeds=len(diff))
+
+
+def mean_pm(stats: Mapping) -> str:
+    """``mean ± std`` of :func:`seed_stats` (the mean alone for one seed), two decimals."""
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f}" if len(stats["per_seed"]) > 1 else f"{stats['mean']:.2f}"
+
+
+def paired_pm(stats: Mapping) -> str:
+    """``+mean ± std (seeds better/seeds)`` of :func:`paired_stats`, two decimals."""
+    return f"{stats['mean']:+.2f} ± {stats['std']:.2f} ({stats['seeds_better']}/{stats['seeds']})"
+
+
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: the header, its rule and one line per row of cells."""
+    line = lambda cells: "| " + " | ".join(cells) + " |"
+    return "\n".join([line(head), "|" + "---|" * len(head)] + [line(r) for r in rows])
 
 
 def safe_name(name: str) -> str:
