@@ -1,10 +1,11 @@
 """Maximum-likelihood training of a flow on a fixed set of features: the one training loop used by the FDE
 scorer, the flow-based scorers (residual flow, likelihood ratio, LID) and the benchmarks.
 
-(The detector's FFS flow is trained online, one step per detector step, inside
-:class:`~ffs_det.modeling.roi_heads.FFSROIHeads`.)
+(The detector's FFS flow is built by the same :class:`FlowConfig`, from ``cfg.FFS.FLOW``, and trained
+online, one step per detector step, inside :class:`~ffs_det.modeling.roi_heads.FFSROIHeads`.)
 """
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, fields
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
@@ -34,13 +35,30 @@ class FlowConfig:
     nonfinite: str = "raise"  # a NaN/inf training loss: "raise" a ValueError, or "continue"
     seed: int = 0  # subnet initialisation, permutations and minibatch order
     device: str = "cpu"
+    init: str = "identity"  # the coupling subnets' initialisation (FeatureFlow's ``init``)
+    permutation_seeds: str = "stream"  # how the permutations are seeded (FeatureFlow's ``permutation_seeds``)
 
-    def build(self, dim: int) -> FeatureFlow:
-        """The untrained flow, seeded without touching the global random state."""
-        with seeded_init(self.seed):  # subnet initialisation
-            flow = FeatureFlow(dim, coupling=self.coupling, blocks=self.blocks, hidden=self.hidden,
-                               clamp=self.clamp, seed=self.seed)
+    @classmethod
+    def from_options(cls, options) -> "FlowConfig":
+        """The configuration of an object's attributes named like the fields (a flow scorer's options); the
+        others keep their defaults. Counts become ints and rates floats (``epochs`` and ``max_steps`` may be
+        None); a device of None is the CPU."""
+        values = {f.name: _like(getattr(options, f.name), f.default) for f in fields(cls) if hasattr(options, f.name)}
+        return cls(**{**values, "device": values.get("device") or "cpu"})
+
+    def build(self, dim: int, seeded: bool = True) -> FeatureFlow:
+        """The untrained flow on ``device``, seeded without touching the global random state; ``seeded=False``:
+        its initial weights come from the CPU generator as it stands (a caller's ``seeded_init`` block that
+        initialises other modules after it, as the detector's ROI head does)."""
+        with seeded_init(self.seed) if seeded else contextlib.nullcontext():  # subnet initialisation
+            flow = FeatureFlow(dim, coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
+                               seed=self.seed, init=self.init, permutation_seeds=self.permutation_seeds)
         return flow.to(self.device)
+
+
+def _like(value, default):
+    """``value`` as the type of a field's ``default`` (int or float); strings and None as they are."""
+    return value if value is None or isinstance(default, str) else type(default)(value)
 
 
 def minibatches(n: int, batch_size: int, epochs: Optional[int], max_steps: Optional[int],

@@ -20,22 +20,22 @@ Strategies:
   standardised with running per-dimension statistics before the flow (``standardize``), so the flow sees
   unit-scale inputs while the detector's features drift during training; densities and samples are those of
   the unstandardised features.
-* ``"gaussian"`` (VOS, Du et al., ICLR 2022): class-conditional Gaussians with one shared covariance,
-  estimated from per-class FIFO queues of ``queue_size`` features; ``sample_from`` draws per class, keep
-  the ``select`` lowest-density ones per class. Nothing until every queue is full. The covariance is
-  accumulated in float64 (from running sums, or recomputed every step: ``covariance``) and floored when it
-  is not positive definite (:func:`covariance_factor`).
+* ``"gaussian"`` (VOS, Du et al., ICLR 2022): class-conditional Gaussians with one shared covariance
+  (:class:`~ffs_det.density.gaussians.Gaussians`), estimated from per-class FIFO queues of ``queue_size``
+  features; ``sample_from`` draws per class, keep the ``select`` lowest-density ones per class. Nothing
+  until every queue is full. The covariance is accumulated in float64 (from running sums, or recomputed
+  every step: ``covariance``) and floored when it is not positive definite (:func:`covariance_factor`).
 * ``"none"``: no outliers (plain training).
 """
 import hashlib
 import logging
-import math
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .flow import FeatureFlow, full_precision, standard_normal_log_prob, widen
+from .gaussians import Gaussians, ridge_cholesky
 
 __all__ = ["OutlierSynthesizer", "NoSynthesis", "FlowTailSynthesizer", "GaussianTailSynthesizer",
            "build_synthesizer", "shared_covariance_factor", "covariance_factor", "SYNTHESIS_KINDS",
@@ -383,16 +383,18 @@ class GaussianTailSynthesizer(SampledSynthesizer):
 
     @torch.no_grad()
     def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The ``select`` least likely of ``sample_from`` draws from each class Gaussian, ``(C select, D)``."""
         if not self.ready:
             return self._empty()
-        means, chol = self._fit()
-        e = self._tail_noise(chol.device, chol.dtype, generator or self._stream(chol.device))  # (C, select, D)
-        with full_precision(chol.device):
-            return (means[:, None] + e @ chol.T).reshape(-1, self.dim)
+        gaussians = self.gaussians()
+        device = gaussians.means.device
+        generator = generator or self._stream(device)
+        with full_precision(device):
+            return gaussians.tail_sample(self.sample_from, self.select, generator).reshape(-1, self.dim)
 
-    def _fit(self):
-        """Class means ``(C, D)`` and a lower-triangular factor ``L`` of the shared covariance (``L L^T``),
-        from the queues, in the queue's dtype; see :func:`shared_covariance_factor`."""
+    def gaussians(self) -> Gaussians:
+        """The class Gaussians of the queues, with their shared covariance, in the queue's dtype (see
+        :func:`shared_covariance_factor`)."""
         means, cov = self._moments()
         chol, floored = covariance_factor(cov, self.eps)
         if floored and not self._warned_floor:
@@ -400,41 +402,17 @@ class GaussianTailSynthesizer(SampledSynthesizer):
                            "(rank-deficient queues?); its eigenvalues were floored (logged once)",
                            self.num_classes * self.queue_size, self.dim)
             self._warned_floor = True
-        return means.to(self.queue.dtype), chol.to(self.queue.dtype)
+        return Gaussians.shared_covariance(means.to(self.queue.dtype), chol.to(self.queue.dtype))
 
     @torch.no_grad()
     def log_prob(self, features: torch.Tensor) -> torch.Tensor:
         """Log-density under the most likely class Gaussian (NaN until every queue is full)."""
         if not self.ready:
             return super().log_prob(features)
-        means, chol = self._fit()
-        with full_precision(chol.device):
-            diff = features.to(chol.dtype)[:, None, :] - means[None]  # (N, C, D)
-            sol = torch.linalg.solve_triangular(chol, diff.reshape(-1, self.dim).T, upper=False)  # (D, N*C)
-            maha = (sol * sol).sum(0).reshape(features.shape[0], -1)  # (N, C)
-            log_det = 2 * torch.log(torch.diagonal(chol)).sum()
-            const = self.dim * math.log(2 * math.pi) + log_det
-            return (-0.5 * (maha + const)).max(dim=1).values.to(widen(features).dtype)
-
-    def _tail_noise(self, device, dtype, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """For each class, the ``select`` largest-norm of ``sample_from`` draws ``e ~ N(0, I_D)``: ``(C, select, D)``.
-
-        With a shared covariance a class density is monotone in ``|e|^2``, so these are the lowest-density
-        draws. For ``e ~ N(0, I)`` the squared norm (chi-square with ``D`` degrees of freedom) is independent
-        of the direction ``e / |e|`` (uniform on the sphere); so drawing ``sample_from`` squared norms,
-        keeping the largest ``select`` and giving each a uniform direction has exactly the same distribution
-        as drawing ``sample_from`` full vectors and keeping the largest — without the ``sample_from x D``
-        normal draws that dominated this step.
-        """
-        # chi-square with D degrees of freedom = 2 Gamma(D / 2, 1), as torch.distributions.Chi2 draws it, but from
-        # ``generator`` and without the distribution's argument validation (a host synchronisation per step)
-        half_dof = torch.full((self.num_classes, self.sample_from), self.dim / 2, device=device, dtype=dtype)
-        sq_norms = (torch._standard_gamma(half_dof, generator=generator) * 2).clamp_min_(torch.finfo(dtype).tiny)
-        tail = torch.topk(sq_norms, self.select, dim=1, largest=True).values  # (C, select)
-        directions = torch.randn(self.num_classes, self.select, self.dim, device=device, dtype=dtype,
-                                 generator=generator)
-        directions = directions / directions.norm(dim=2, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-        return directions * tail.sqrt()[..., None]
+        gaussians = self.gaussians()
+        with full_precision(gaussians.means.device):
+            x = features.to(gaussians.means.dtype)
+            return gaussians.nearest_log_prob(x).to(widen(features).dtype)
 
 
 def shared_covariance_factor(queue: torch.Tensor, eps: float, floor: float = 1e-6):
@@ -462,9 +440,7 @@ def covariance_factor(cov: torch.Tensor, eps: float, floor: float = 1e-6):
     duplicated rows, or an ill-conditioned float32 queue), its eigenvalues are floored at
     ``max(eps, floor * largest eigenvalue)`` and the Cholesky factor of the floored matrix is returned.
     One host synchronisation (the factorisation's status) when it succeeds."""
-    eye = torch.eye(cov.shape[-1], device=cov.device, dtype=torch.float64)
-    cov = cov.to(torch.float64) + float(eps) * eye
-    chol, info = torch.linalg.cholesky_ex(cov)
+    cov, chol, info = ridge_cholesky(cov, eps)
     if int(info) == 0:
         return chol, False
     if not torch.isfinite(cov).all():
@@ -474,6 +450,7 @@ def covariance_factor(cov: torch.Tensor, eps: float, floor: float = 1e-6):
     floored_cov = (vecs * vals) @ vecs.T
     chol, info = torch.linalg.cholesky_ex((floored_cov + floored_cov.T) / 2)
     if int(info) != 0:  # rounding in the reconstruction: a (non-triangular) square root would break log_prob
+        eye = torch.eye(cov.shape[-1], device=cov.device, dtype=torch.float64)
         chol, info = torch.linalg.cholesky_ex((floored_cov + floored_cov.T) / 2 + float(vals[0]) * eye)
     if int(info) != 0:
         raise ValueError(f"VOS: could not factor the shared covariance even after flooring its eigenvalues "

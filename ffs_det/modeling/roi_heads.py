@@ -36,8 +36,9 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
-from ..density import FeatureFlow, build_synthesizer
+from ..density import build_synthesizer
 from ..density.flow import seeded_init
+from ..density.flow_training import FlowConfig
 from ..density.synthesis import OutlierSynthesizer
 from .energy import EnergyMargin
 
@@ -48,6 +49,14 @@ logger = logging.getLogger(__name__)
 
 FEATURE_SPACES = ("output", "preactivation")
 OUTLIER_MAPS = ("none", "sigmoid")
+
+
+def flow_config(flow_cfg) -> FlowConfig:
+    """How to build the flow of ``cfg.FFS.FLOW``: coupling, blocks, hidden width, clamp, seed, initialisation
+    and permutation seeding (it trains with the detector, by ``FFS.FLOW.BASE_LR`` and ``CLIP_GRAD_NORM``)."""
+    return FlowConfig(coupling=flow_cfg.COUPLING, blocks=flow_cfg.BLOCKS, hidden=flow_cfg.HIDDEN,
+                      clamp=flow_cfg.CLAMP, seed=flow_cfg.SEED, init=flow_cfg.INIT,
+                      permutation_seeds=flow_cfg.PERMUTATION_SEEDS)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -123,11 +132,7 @@ class FFSROIHeads(StandardROIHeads):
         # random streams (detector initialisation, data order, proposal sampling on every device) are the same
         # whatever FFS.SYNTHESIS is, and no CUDA generator is seeded here
         with seeded_init(f.FLOW.SEED):
-            flow = None
-            if kind == "flow":
-                flow = FeatureFlow(dim, coupling=f.FLOW.COUPLING, blocks=f.FLOW.BLOCKS, hidden=f.FLOW.HIDDEN,
-                                  clamp=f.FLOW.CLAMP, seed=f.FLOW.SEED, init=f.FLOW.INIT,
-                                  permutation_seeds=f.FLOW.PERMUTATION_SEEDS)
+            flow = flow_config(f.FLOW).build(dim, seeded=False) if kind == "flow" else None
             synthesizer = build_synthesizer(kind, dim, num_classes, flow=flow, sample_from=f.SAMPLE_FROM,
                                             select=f.SELECT, queue_size=f.QUEUE_SIZE, eps=f.COV_EPS,
                                             covariance=f.COV_UPDATE,

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ffs_det.density.flow import FeatureFlow
+from ffs_det.density.gaussians import Gaussians
 from ffs_det.density.synthesis import (SYNTHESIS_KINDS, FlowTailSynthesizer, GaussianTailSynthesizer,
                                        NoSynthesis, build_synthesizer, shared_covariance_factor)
 
@@ -197,8 +198,8 @@ def test_gaussian_tail_noise_matches_keeping_the_largest_of_full_draws():
 
     torch.manual_seed(0)
     dim, sample_from, select, rounds = 6, 300, 2, 1500
-    synth = build_synthesizer("gaussian", dim, num_classes=1, queue_size=4, sample_from=sample_from, select=select)
-    fast = torch.cat([synth._tail_noise("cpu", torch.float32)[0] for _ in range(rounds)])
+    standard = Gaussians.shared_covariance(torch.zeros(1, dim), torch.eye(dim))  # e itself
+    fast = torch.cat([standard.tail_sample(sample_from, select)[0] for _ in range(rounds)])
     brute = []
     for _ in range(rounds):
         e = torch.randn(sample_from, dim)
@@ -208,6 +209,19 @@ def test_gaussian_tail_noise_matches_keeping_the_largest_of_full_draws():
     assert ks_2samp(fast.norm(dim=1).numpy(), brute.norm(dim=1).numpy()).pvalue > 1e-3
     for k in range(dim):  # directions uniform: every coordinate distributed alike
         assert ks_2samp(fast[:, k].numpy(), brute[:, k].numpy()).pvalue > 1e-3
+
+
+def test_tail_samples_of_gaussians_with_their_own_covariances_lie_in_their_own_tails():
+    gen = torch.Generator().manual_seed(0)
+    means = torch.tensor([[0.0, 0.0, 0.0], [20.0, 0.0, 0.0]], dtype=torch.float64)
+    chols = torch.stack([torch.eye(3, dtype=torch.float64), torch.diag(torch.tensor([5.0, 1.0, 0.2]))])
+    g = Gaussians(means, chols, torch.log(torch.tensor([0.5, 0.5], dtype=torch.float64)), np.arange(2))
+    out = g.tail_sample(2000, 4, gen)
+    assert out.shape == (2, 4, 3)
+    for k in range(2):
+        own = g.whiten(out[k], k).pow(2).sum(1)  # squared distance in the component's own metric
+        draws = g.whiten(g.means[k] + torch.randn(2000, 3, generator=gen, dtype=torch.float64) @ chols[k].T, k)
+        assert (own > draws.pow(2).sum(1).quantile(0.99)).all()
 
 
 def test_gaussian_queues_are_checkpointed():
@@ -372,6 +386,9 @@ def test_gaussian_log_prob_is_the_best_class_gaussian():
     cov = centered.T @ centered / 100
     per_class = torch.stack([torch.distributions.MultivariateNormal(m, cov).log_prob(x) for m in means], 1)
     torch.testing.assert_close(synth.log_prob(x), per_class.max(1).values, rtol=1e-4, atol=1e-4)
+    # the scorers' route through the same class Gaussians (rows and means whitened apart) agrees
+    best = synth.gaussians().component_log_prob(x).max(1).values
+    torch.testing.assert_close(best, synth.log_prob(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["flow", "gaussian"])

@@ -81,6 +81,21 @@ def test_flow_width_follows_the_box_head(tmp_path):
     assert build_model(cfg).roi_heads.synthesizer.flow.dim == 96
 
 
+@pytest.mark.parametrize("opts", [[], ["FFS.FLOW.INIT", "default", "FFS.FLOW.PERMUTATION_SEEDS", "per_block",
+                                       "FFS.FLOW.SEED", "4", "FFS.FLOW.COUPLING", "realnvp"]])
+def test_the_heads_flow_is_its_flow_config_seeded_with_the_flow_seed(opts):
+    """The head builds its flow from FlowConfig, first in the generator seeded with FFS.FLOW.SEED (the energy
+    margin's initial weights come after it): the same flow as FlowConfig's own seeded build."""
+    from ffs_det.modeling.roi_heads import flow_config
+
+    cfg = build_cfg("Shapes/ffs_mobilenet.yaml", ["MODEL.MOBILENET.WEIGHTS", "", "FFS.FLOW.HIDDEN", "16"] + opts)
+    flow = build_model(cfg).roi_heads.synthesizer.flow
+    expected = flow_config(cfg.FFS.FLOW).build(flow.dim)
+    assert flow.config == expected.config and flow.config["coupling"] == cfg.FFS.FLOW.COUPLING
+    got, want = flow.state_dict(), expected.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
 def test_zero_foreground_batch_gives_zero_nll_with_gradients(tmp_path):
     cfg = _cfg(tmp_path, "flow", start_iter=0)
     model = build_model(cfg)

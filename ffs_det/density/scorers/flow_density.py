@@ -65,12 +65,7 @@ class FlowDensityScorer(Scorer):
         if len(x) < 2:
             raise ValueError(f"fde needs at least 2 training features, got {len(x)}")
         self.normalizer_ = FeatureNormalizer(self.normalize).fit(x)
-        config = FlowConfig(coupling=self.coupling, blocks=int(self.blocks), hidden=int(self.hidden),
-                            clamp=float(self.clamp), epochs=int(self.epochs),
-                            max_steps=None if self.max_steps is None else int(self.max_steps),
-                            batch_size=int(self.batch_size), lr=float(self.lr),
-                            weight_decay=float(self.weight_decay), grad_clip=float(self.grad_clip),
-                            seed=self.seed, device=self.device or "cpu")
+        config = FlowConfig.from_options(self)
         self.flow_ = config.build(x.dim if streamed else x.shape[1])
         self.history_ = train_flow(self.flow_, x.map(self.normalizer_) if streamed else self.normalizer_(x),
                                    config)

@@ -17,11 +17,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..gaussians import fit_class_gaussians
 from ..inputs import as_features
 from ..normalize import l2_normalize
 from ..streaming import FeatureRows, as_feature_rows
 from .base import Scorer, register_scorer
-from .gaussians import fit_class_gaussians
 
 __all__ = ["GMMScorer"]
 

@@ -41,10 +41,10 @@ from torch import nn
 
 from ..flow import seeded_init
 from ..flow_training import minibatches
+from ..gaussians import fit_class_gaussians
 from ..inputs import as_features, as_labels, linear_head
 from ..streaming import FeatureRows, Rows, as_feature_rows, column_mean_std, is_streamed
 from .base import Scorer, register_scorer
-from .gaussians import fit_class_gaussians
 from .gmm import GMMScorer
 
 __all__ = ["HEATScorer", "PRIORS"]

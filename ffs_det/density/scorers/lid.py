@@ -92,9 +92,7 @@ class LIDScorer(Scorer):
                 raise ValueError(f"the given flow has dim {self.flow.dim}, features have {dim}")
             self.standardizer_, self.flow_ = None, self.flow.eval()
         else:
-            config = FlowConfig(coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
-                                epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
-                                lr=self.lr, seed=int(self.seed), device=self.device)
+            config = FlowConfig.from_options(self)
             if is_streamed(X):
                 self.standardizer_ = Standardizer().fit(x)
                 self.flow_ = fit_flow(x.map(self.standardizer_), config)

@@ -60,9 +60,7 @@ class LikelihoodRatioScorer(Scorer):
         background minibatch is perturbed afresh with donors drawn from the same minibatch (a sample of each
         coordinate's marginal), instead of one perturbed copy of the whole set."""
         self.check_params()
-        config = FlowConfig(coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
-                            epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr,
-                            seed=int(self.seed), device=self.device)
+        config = FlowConfig.from_options(self)
         background = replace(config, weight_decay=float(self.background_weight_decay))
         gen = torch.Generator().manual_seed(int(self.seed))
         if is_streamed(X):

@@ -14,10 +14,10 @@ gradients through the network; see ODIN for that family).
 """
 import numpy as np
 
+from ..gaussians import fit_class_gaussians
 from ..inputs import as_features, as_labels
 from ..streaming import Rows, as_feature_rows
 from .base import Scorer, register_scorer
-from .gaussians import fit_class_gaussians
 
 __all__ = ["MahalanobisScorer"]
 

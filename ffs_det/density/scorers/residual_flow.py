@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from ..flow_training import FlowConfig, finite_or_floor, fit_flow, flow_log_prob
+from ..gaussians import fit_class_gaussians
 from ..inputs import as_labels, as_layers
 from ..streaming import ArrayRows, FeatureRows, as_feature_rows, is_streamed, read_labels
 from .base import Scorer, register_scorer
-from .gaussians import fit_class_gaussians
 from .layer_combiner import PROXIES, LayerCombiner, proxy_outliers
 
 __all__ = ["ResidualFlowScorer"]
@@ -116,9 +116,7 @@ class ResidualFlowScorer(Scorer):
                 val = {k: v.read(0, min(len(v), STREAM_VAL_ROWS)) for k, v in val.items()}
         elif use_combiner:
             val = as_layers(X_val, "X_val", layers)
-        config = FlowConfig(coupling=self.coupling, blocks=self.blocks, hidden=self.hidden, clamp=self.clamp,
-                            epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr,
-                            weight_decay=self.weight_decay, seed=int(self.seed), device=self.device)
+        config = FlowConfig.from_options(self)
         self.models_ = {name: _LayerModel(x, labels, float(self.ridge), config) for name, x in feats.items()}
         self.dims_ = {name: (x.dim if streamed else x.shape[1]) for name, x in feats.items()}
         self.combiner_ = None

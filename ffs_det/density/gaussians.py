@@ -1,9 +1,10 @@
 """Class-conditional Gaussians in closed form: the shared density behind Mahalanobis, the residual flow,
-the GMM scorer and HEAT's GMM prior.
+the GMM scorer, HEAT's GMM prior and VOS outlier synthesis (:mod:`~ffs_det.density.synthesis`).
 
 A :class:`Gaussians` holds ``K`` components ``N(mu_k, Sigma_k)`` with log mixing weights; each covariance is
 kept as its lower Cholesky factor ``L_k`` (``Sigma_k = L_k L_k^T``), and a tied covariance is stored once.
-Everything is float64 on the CPU.
+Fitted to features (:func:`fit_class_gaussians`) everything is float64 on the CPU; VOS's class Gaussians
+(:meth:`Gaussians.shared_covariance`) are in its queues' dtype, on their device.
 """
 import math
 from typing import Optional
@@ -11,10 +12,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..streaming import (FeatureRows, as_feature_rows, class_counts, default_block_rows, label_blocks, read_labels,
+from .streaming import (FeatureRows, as_feature_rows, class_counts, default_block_rows, label_blocks, read_labels,
                          sample_indices)
 
-__all__ = ["Gaussians", "fit_class_gaussians"]
+__all__ = ["Gaussians", "fit_class_gaussians", "ridge_cholesky"]
 
 
 class Gaussians:
@@ -25,6 +26,14 @@ class Gaussians:
         self.log_weights = log_weights  # (K,)
         self.component_class = component_class  # (K,) class label of each component
         self.tied = chols.shape[0] == 1 and means.shape[0] > 1
+
+    @classmethod
+    def shared_covariance(cls, means: torch.Tensor, chol: torch.Tensor) -> "Gaussians":
+        """Equally weighted components with ``means (K, D)`` and one covariance ``chol chol^T`` (``chol (D, D)``
+        lower triangular), labelled ``0 .. K-1``: classes of equal size, as VOS's queues."""
+        k = means.shape[0]
+        return cls(means, chol[None], torch.full((k,), -math.log(k), dtype=means.dtype, device=means.device),
+                   np.arange(k))
 
     @property
     def dim(self) -> int:
@@ -43,14 +52,23 @@ class Gaussians:
         r = (x - self.means[k]).T
         return torch.linalg.solve_triangular(self._chol(k), r, upper=False).T
 
-    def sq_mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
-        """Squared Mahalanobis distance of each row to each component, ``(N, K)``."""
-        if self.chols.shape[0] == 1:  # one triangular solve for all components
-            L = self.chols[0]
-            y = torch.linalg.solve_triangular(L, x.T, upper=False).T
-            m = torch.linalg.solve_triangular(L, self.means.T, upper=False).T
-            return torch.stack([((y - m[k]) ** 2).sum(dim=1) for k in range(m.shape[0])], dim=1)
-        return torch.stack([(self.whiten(x, k) ** 2).sum(dim=1) for k in range(self.means.shape[0])], dim=1)
+    def sq_mahalanobis(self, x: torch.Tensor, whiten_residuals: bool = False) -> torch.Tensor:
+        """Squared Mahalanobis distance of each row to each component, ``(N, K)``.
+
+        With one covariance the rows and the means are whitened apart (a triangular solve of ``N + K``
+        columns), or with ``whiten_residuals`` each residual ``x - mu_k`` (one solve of ``N K`` columns: no
+        cancellation between a whitened row and a whitened mean far from the origin, for VOS's float32
+        queues). With one covariance per component each residual is whitened."""
+        if self.chols.shape[0] > 1:
+            return torch.stack([(self.whiten(x, k) ** 2).sum(dim=1) for k in range(self.means.shape[0])], dim=1)
+        L = self.chols[0]
+        if whiten_residuals:
+            r = (x[:, None, :] - self.means[None]).reshape(-1, self.dim)  # (N K, D)
+            w = torch.linalg.solve_triangular(L, r.T, upper=False)
+            return (w * w).sum(0).reshape(x.shape[0], -1)
+        y = torch.linalg.solve_triangular(L, x.T, upper=False).T
+        m = torch.linalg.solve_triangular(L, self.means.T, upper=False).T
+        return torch.stack([((y - m[k]) ** 2).sum(dim=1) for k in range(m.shape[0])], dim=1)
 
     def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log N(x; mu_k, Sigma_k)`` in nats, ``(N, K)`` (mixing weights not included)."""
@@ -60,6 +78,34 @@ class Gaussians:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Mixture log-density ``log sum_k pi_k N(x; mu_k, Sigma_k)``, ``(N,)``."""
         return torch.logsumexp(self.component_log_prob(x) + self.log_weights, dim=1)
+
+    def nearest_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``max_k log N(x; mu_k, Sigma_k)``, ``(N,)``: the log-density under the most likely component
+        (mixing weights not included), from the whitened residuals (:meth:`sq_mahalanobis`)."""
+        d2 = self.sq_mahalanobis(x, whiten_residuals=True)
+        return (-0.5 * (d2 + (self.dim * math.log(2 * math.pi) + self.log_det()))).max(dim=1).values
+
+    def tail_sample(self, draws: int, keep: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """For each component, the ``keep`` least likely of ``draws`` draws from it: ``(K, keep, D)``.
+
+        A draw is ``mu_k + L_k e`` with ``e ~ N(0, I_D)``, and its density is monotone in ``|e|^2``. For ``e ~
+        N(0, I)`` the squared norm (chi-square with ``D`` degrees of freedom) is independent of the direction
+        ``e / |e|`` (uniform on the sphere); so drawing ``draws`` squared norms, keeping the largest ``keep``
+        and giving each a uniform direction has exactly the same distribution as drawing ``draws`` full
+        vectors and keeping the largest -- without the ``draws x D`` normal draws that would dominate.
+        """
+        k, device, dtype = self.means.shape[0], self.means.device, self.means.dtype
+        # chi-square with D degrees of freedom = 2 Gamma(D / 2, 1), as torch.distributions.Chi2 draws it, but from
+        # ``generator`` and without the distribution's argument validation (a host synchronisation per call)
+        half_dof = torch.full((k, draws), self.dim / 2, device=device, dtype=dtype)
+        sq_norms = (torch._standard_gamma(half_dof, generator=generator) * 2).clamp_min_(torch.finfo(dtype).tiny)
+        tail = torch.topk(sq_norms, keep, dim=1, largest=True).values  # (K, keep)
+        directions = torch.randn(k, keep, self.dim, device=device, dtype=dtype, generator=generator)
+        directions = directions / directions.norm(dim=2, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        e = directions * tail.sqrt()[..., None]
+        if self.chols.shape[0] == 1:
+            return self.means[:, None] + e @ self.chols[0].T
+        return self.means[:, None] + e @ self.chols.transpose(1, 2)
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``n`` draws from the mixture, ``(n, D)``."""
@@ -72,9 +118,16 @@ class Gaussians:
         return out
 
 
+def ridge_cholesky(cov: torch.Tensor, ridge: float):
+    """``(cov + ridge I, its lower Cholesky factor, info)`` in float64 on ``cov``'s device; ``info`` (a tensor)
+    is non-zero when that matrix is not positive definite."""
+    eye = torch.eye(cov.shape[-1], device=cov.device, dtype=torch.float64)
+    cov = cov.to(torch.float64) + float(ridge) * eye
+    return (cov, *torch.linalg.cholesky_ex(cov))
+
+
 def _cholesky(cov: torch.Tensor, ridge: float, what: str) -> torch.Tensor:
-    cov = cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype)
-    chol, info = torch.linalg.cholesky_ex(cov)
+    _, chol, info = ridge_cholesky(cov, ridge)
     if int(info) != 0:
         raise ValueError(f"the covariance of {what} is not positive definite; increase ridge (now {ridge})")
     return chol
