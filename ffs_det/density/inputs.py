@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["as_float64", "as_features", "as_layers", "as_labels", "as_scores", "LinearHead", "final_linear",
+__all__ = ["required_head", "as_float64", "as_features", "as_layers", "as_labels", "as_scores", "LinearHead", "final_linear",
            "linear_head"]
 
 
@@ -144,3 +144,15 @@ def linear_head(head, name: str = "head") -> LinearHead:
         raise ValueError(f"{name} bias must have shape ({w.shape[0]},) to match weight {tuple(w.shape)}, "
                          f"got {tuple(b.shape)}")
     return LinearHead(w, b)
+
+
+def required_head(name: str, head, dim: int) -> LinearHead:
+    """The final linear layer ``head`` (see :func:`linear_head`) of a scorer that cannot
+    do without it, checked against the width ``dim`` of the features; ValueError naming scorer ``name``."""
+    if head is None:
+        raise ValueError(f"{name}: fit needs the classifier's final linear layer (head=...)")
+    head = linear_head(head)
+    if head.in_features != dim:
+        raise ValueError(f"{name}: features have {dim} dimensions but the final linear layer expects "
+                         f"{head.in_features}")
+    return head

@@ -16,16 +16,17 @@ from ..density.scorers import (check_stream, classifier_needs, fit_source, make_
 from .feature_store import FeatureStore
 from .results import BenchmarkResult, ScorerResult
 
-__all__ = ["evaluate_scorers", "resolve_scorers"]
+__all__ = ["evaluate_scorers", "resolve_scorers", "PROVIDES", "FIT_IMAGES"]
 
 
 def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]] = None,
                     options: Optional[Mapping[str, dict]] = None) -> Dict[str, dict]:
-    """``{scorer name: constructor kwargs}``; ``None`` or ``"all"`` means every registered scorer that needs no
-    fit input besides features, labels and the head (not SAFE, a box-level scorer fitted on perturbed objects).
-    ``options`` adds or overrides kwargs per scorer."""
+    """``{scorer name: constructor kwargs}``; ``None`` or ``"all"`` means every registered scorer whose required
+    fit inputs the benchmark has (:data:`PROVIDES`: the classifier and the training set's raw images, for
+    AdaSCALE; not SAFE, a box-level scorer fitted on perturbed objects). ``options`` adds or overrides kwargs
+    per scorer."""
     if scorers is None or scorers == "all":
-        chosen = {name: {} for name in sorted(registry.SCORERS) if not registry.SCORERS[name].requires}
+        chosen = {name: {} for name in sorted(registry.SCORERS) if set(registry.SCORERS[name].requires) <= PROVIDES}
     elif isinstance(scorers, str):
         chosen = {s.strip(): {} for s in scorers.split(",") if s.strip()}
     elif isinstance(scorers, Mapping):
@@ -33,7 +34,7 @@ def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]]
     else:
         chosen = {s: {} for s in scorers}
     classes = {name: scorer_class(name) for name in [*chosen, *(options or {})]}  # ValueError: unknown scorer
-    needs = {name: classes[name].requires for name in chosen if classes[name].requires}
+    needs = {name: classes[name].requires for name in chosen if not set(classes[name].requires) <= PROVIDES}
     if needs:
         raise ValueError(f"scorer(s) {sorted(needs)} need fit inputs the image benchmark does not have "
                          f"({needs}); they score detector boxes (tools/compare_scores.py)")
@@ -43,6 +44,10 @@ def resolve_scorers(scorers: Union[None, str, Iterable[str], Mapping[str, dict]]
     return chosen
 
 
+PROVIDES = {"model", "inputs"}  # fit inputs the benchmark can give a scorer besides features, labels, head
+FIT_IMAGES = "id_train"  # the key of ``datasets`` under which the training set's raw images are found
+
+
 def _skip_reason(cls, model, datasets, set_names) -> str:
     needs = classifier_needs(cls)
     if "model" in needs and model is None:
@@ -50,7 +55,8 @@ def _skip_reason(cls, model, datasets, set_names) -> str:
     if "head" in needs and model is None:
         return "needs the classifier's final linear layer (model): give the model, or use stores that record it"
     if "inputs" in needs:
-        missing = [s for s in set_names if s not in (datasets or {})]
+        fit_sets = [FIT_IMAGES] if "inputs" in cls.requires else []
+        missing = [s for s in [*fit_sets, *set_names] if s not in (datasets or {})]
         if missing:
             return f"needs the raw images of {missing} (input-gradient scorer)"
     return ""
@@ -73,8 +79,9 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
     ``id_test`` against every set in ``ood``.
 
     ``model`` is the classifier (scorers that read the final linear layer get that layer; input-gradient
-    scorers the whole model) and ``datasets`` maps set names (``id_name`` and the OOD names) to the datasets the
-    stores were extracted from, in the same order, for scorers that need raw inputs. A scorer whose needs
+    scorers the whole model) and ``datasets`` maps set names (``id_name`` and the OOD names, and
+    :data:`FIT_IMAGES` for the training set) to the datasets the stores were extracted from, in the same order,
+    for scorers that need raw inputs (the training set's: for those fitted on them, AdaSCALE). A scorer whose needs
     are not met is reported as skipped; one that raises is reported as an error and the others go on.
     ``stream`` says when a scorer is fitted from ``id_train`` on disk, block by block
     (:func:`~ffs_det.density.scorers.apply.streams_fit`). What each scorer reads of the stores, and whether it
@@ -110,6 +117,9 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
             scorer, fit_options = make_scorer(name, kwargs)
             if streams_fit(cls, id_train, stream):
                 log(f"[{name}] fitting from {id_train.path} block by block")
+            if "inputs" in cls.requires:  # fitted on the training set's raw images (AdaSCALE)
+                fit_options.update(model=model, inputs=_image_batches(id_train, datasets[FIT_IMAGES], batch_size,
+                                                                      device))
             fit_source(scorer, id_train, head, stream, **fit_options)
             t1 = time.perf_counter()
             for set_name, store in sets.items():

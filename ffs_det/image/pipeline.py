@@ -20,7 +20,7 @@ from ..atomic_io import check_folder_path, file_sha256
 from ..density import scorers as registry
 
 from .datasets import build_dataset, parse_spec
-from .evaluate import evaluate_scorers, resolve_scorers
+from .evaluate import FIT_IMAGES, evaluate_scorers, resolve_scorers
 from .extract import extract_to_store
 from .feature_store import FeatureStore, check_store_target, shard_name, shard_rows
 from .models import LOCAL_MODELS, Preprocessing, build_classifier, preprocessing
@@ -195,8 +195,11 @@ def _specs_from_store(store: FeatureStore):
 
 
 def _needs(scorers, options, key: str) -> bool:
-    """Whether a chosen scorer reads the classifier's head (``"model"``) or runs it on images (``"inputs"``)."""
+    """Whether a chosen scorer reads the classifier's head (``"model"``), runs it on the scored sets' images
+    (``"inputs"``) or is also fitted on the training set's images (``"fit_inputs"``: AdaSCALE)."""
     classes = [registry.SCORERS[n] for n in resolve_scorers(scorers, options)]
+    if key == "fit_inputs":
+        return any(c.kind == "inputs" and "inputs" in c.requires for c in classes)
     if key == "inputs":
         return any(c.kind == "inputs" for c in classes)
     return any(c.kind == "inputs" or c.uses_head != "none" for c in classes)
@@ -264,7 +267,8 @@ def evaluate_stores(id_train: str, id_test: str, ood: Mapping[str, str], output_
         model, prep = load_classifier(model_spec)
         if _needs(scorers, options, "inputs"):
             datasets = {}
-            for name, store in {id_name: test, **ood_stores}.items():
+            fit = {FIT_IMAGES: train} if _needs(scorers, options, "fit_inputs") else {}
+            for name, store in {**fit, id_name: test, **ood_stores}.items():
                 m_spec, s_spec = _specs_from_store(store)
                 if s_spec is not None and m_spec == model_spec:
                     datasets[name] = _dataset(model_spec, s_spec, prep)
@@ -313,7 +317,7 @@ def run_image_benchmark(model_spec: ModelSpec, id_train: SetSpec, id_test: SetSp
         stores[name] = extract_set(model, prep, model_spec, set_spec, paths[name],
                                    batch_size=batch_size, num_workers=num_workers, device=device, reuse=reuse,
                                    progress=progress, log=log)
-        if name != "id_train" and _needs(scorers, options, "inputs"):
+        if _needs(scorers, options, "fit_inputs" if name == "id_train" else "inputs"):
             datasets[name] = _dataset(model_spec, set_spec, prep)
     t1 = time.perf_counter()
     result = evaluate_scorers(stores["id_train"], stores[id_name], {k: stores[k] for k in ood}, scorers=scorers,

@@ -33,7 +33,7 @@ def data():
 
 def test_the_registry_has_every_scorer():
     assert set(SCORERS) == {"msp", "energy", "odin", "react", "fde", "mahalanobis", "residual_flow", "gmm",
-                            "heat", "knn", "vim", "likelihood_ratio", "lid", "safe"}
+                            "heat", "knn", "vim", "likelihood_ratio", "lid", "safe"} | {"ash", "scale", "adascale"} | {"gen", "fdbd", "nnguide"}
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))

@@ -94,6 +94,10 @@ CASES = {
     "fde": ({"epochs": 1, "hidden": 16, "blocks": 1}, 1e-4),
     "residual_flow": ({"epochs": 1, "hidden": 8, "blocks": 1}, 1e-4),
     "lid": ({"epochs": 1, "hidden": 8, "blocks": 1, "calibration_rows": 50}, 1e-4),
+    "ash": ({}, 1e-9),
+    "scale": ({}, 1e-9),
+    "fdbd": ({}, 1e-9),
+    "nnguide": ({"k": 5}, 1e-5),
 }
 
 

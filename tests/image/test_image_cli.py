@@ -14,7 +14,7 @@ from ffs_det.image.models import save_state_dict
 from ffs_det.image.small_cnn import SmallCNN
 from repo_paths import REPO_ROOT as ROOT
 
-SCORERS = "msp,energy,react,odin,fde"
+SCORERS = "msp,energy,react,odin,fde,adascale"  # adascale: fitted on the training set's raw images
 OPTS = ["--opt", "fde.epochs=2", "--opt", "fde.hidden=32", "--opt", "odin.temperature=100"]
 
 
@@ -50,6 +50,14 @@ def test_step_by_step_equals_run(tmp_path, weights):
     for f in ["results.csv", "table.txt", "scores.npz", "roc_tex.png", "hist_react.png"]:
         assert os.path.getsize(os.path.join(step_dir, f)) > 0, f
     # same model, same texture crops; the run's ID subsets use seed 0 instead of 1 and 2
+    # without the training set's images, the scorer fitted on them is skipped, naming what it lacks
+    from ffs_det.image.evaluate import evaluate_scorers
+    from ffs_det.image.pipeline import ModelSpec, load_classifier
+    skipped = evaluate_scorers(FeatureStore(stores["train"]), FeatureStore(stores["test"]),
+                               {"tex": FeatureStore(stores["tex"])}, scorers="adascale",
+                               model=load_classifier(ModelSpec("small_cnn", weights))[0], datasets={},
+                               progress=False, log=lambda *a: None).scorers["adascale"]
+    assert skipped.status == "skipped" and "['id_train', 'id', 'tex']" in skipped.message
     step_scores = np.load(os.path.join(step_dir, "scores.npz"))
     run_scores = np.load(os.path.join(run_dir, "scores.npz"))
     np.testing.assert_allclose(step_scores["odin__tex"], run_scores["odin__tex"], rtol=1e-6)

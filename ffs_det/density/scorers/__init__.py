@@ -6,6 +6,8 @@ from .base import (SCORERS, InputScorer, LogitScorer, NotFittedError, Scorer, bu
 # scorer modules: importing them registers their scorers
 from . import flow_density, logits, odin, react  # noqa: E402,F401
 from . import gmm, heat, knn, lid, likelihood_ratio, mahalanobis, residual_flow, safe, vim  # noqa: E402,F401
+from . import adascale, shaping  # noqa: E402,F401
+from . import fdbd, gen, nnguide  # noqa: E402,F401
 from .apply import (STREAMS, check_stream, classifier_needs, fit_and_score, fit_scorer, fit_source,  # noqa: E402
                     make_scorer, score_samples, score_source, streams_fit)
 

@@ -50,8 +50,8 @@ def fit_scorer(scorer: Scorer, X=None, y=None, head=None, **fit_options) -> Scor
     every scorer (those with ``uses_head == "none"`` ignore it; logit scorers use it to score features)."""
     if scorer.uses_head == "required" and head is None:
         raise ValueError(f"{scorer.name} needs the classifier's final linear layer (head=...)")
-    if scorer.kind != "features":
-        return scorer.fit(None, head=head)
+    if scorer.kind != "features":  # fit options: an input scorer's in-distribution ``model`` and ``inputs``
+        return scorer.fit(None, head=head, **fit_options)
     if X is None:
         raise ValueError(f"{scorer.name} is fitted on in-distribution training features; none were given")
     return scorer.fit(X, y if scorer.uses_labels else None, head=head, **fit_options)
@@ -93,7 +93,8 @@ def fit_and_score(name: str, X, y=None, test_sets: Optional[Dict[str, object]] =
         test_sets: ``{set_name: features or a dict as for X}``.
         head: the classifier's final linear layer (``nn.Linear``, classifier, ``(weight, bias)``), for the
             scorers that read it and so that logit scorers can score sets without logits.
-        **options: the scorer's constructor options (e.g. ``k=50``) and its own fit options (e.g. ``X_val``).
+        **options: the scorer's constructor options (e.g. ``k=50``) and its own fit options (e.g. ``X_val``;
+            an input scorer fitted on in-distribution inputs, AdaSCALE: ``model`` and ``inputs``, with ``X=None``).
     """
     if not test_sets:
         raise ValueError("test_sets must be a non-empty dict {set_name: features}")
@@ -121,10 +122,15 @@ def streams_fit(cls, source, stream: str = "auto") -> bool:
     return stream == "always" or 8 * len(source) * math.prod(source.rows("features").shape[1:]) > STREAM_AUTO_BYTES
 
 
-def fit_source(scorer: Scorer, source, head=None, stream: str = "auto", **fit_options) -> Scorer:
+def fit_source(scorer: Scorer, source, head=None, stream: str = "auto", inputs: Optional[Iterable] = None,
+               model=None, **fit_options) -> Scorer:
     """Fit ``scorer`` on a source: feature scorers on its ``features`` (and ``labels``, class-conditional ones),
     read block by block when :func:`streams_fit` says so, else loaded whole. ``head`` goes only to the scorers
-    that read it: logit scorers score a source's stored logits, so they need none."""
+    that read it: logit scorers score a source's stored logits, so they need none. An input scorer fitted on
+    in-distribution inputs (``requires`` them: AdaSCALE) gets ``model`` and ``inputs`` (the batches of the
+    source's raw inputs, as :func:`score_source` takes them); other scorers ignore both."""
+    if scorer.kind == "inputs" and "inputs" in scorer.requires:
+        fit_options = {"model": model, "inputs": inputs, **fit_options}
     train = {}
     if scorer.kind == "features":
         get = source.rows if streams_fit(scorer, source, stream) else source.load

@@ -152,7 +152,9 @@ class LogitScorer(Scorer):
 
 
 class InputScorer(Scorer):
-    """A scorer that runs the classifier on (perturbed) raw inputs: :meth:`score_inputs`; no fitting."""
+    """A scorer that runs the classifier on (perturbed) raw inputs: :meth:`score_inputs`; no fitting, unless it
+    learns in-distribution statistics from inputs: then its ``fit`` takes the classifier and the inputs as
+    keyword-only ``model`` and ``inputs``, which it lists in ``requires`` (AdaSCALE)."""
 
     kind = "inputs"
 

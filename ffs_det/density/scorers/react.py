@@ -7,7 +7,7 @@ of ``N``) and keeps the classifier's final linear layer; ``score(X)`` returns
 """
 import numpy as np
 
-from ..inputs import as_features, linear_head
+from ..inputs import as_features, required_head
 from ..streaming import as_feature_rows, is_streamed, percentile
 from .base import Scorer, register_scorer
 from .logits import check_temperature, negative_energy
@@ -33,14 +33,8 @@ class ReActScorer(Scorer):
 
     def fit(self, X, y=None, *, head=None) -> "ReActScorer":
         self.check_params()
-        if head is None:
-            raise ValueError("react: fit needs the classifier's final linear layer (head=...)")
         x = as_feature_rows(X) if is_streamed(X) else as_features(X)
-        dim = x.dim if is_streamed(X) else x.shape[1]
-        self.head_ = linear_head(head)
-        if self.head_.in_features != dim:
-            raise ValueError(f"features have {dim} dimensions but the final linear layer expects "
-                             f"{self.head_.in_features}")
+        self.head_ = required_head(self.name, head, x.dim if is_streamed(X) else x.shape[1])
         if is_streamed(X):
             self.threshold_ = percentile(x, float(self.percentile))
         else:

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..inputs import as_features, linear_head
+from ..inputs import as_features, required_head
 from ..streaming import as_feature_rows
 from .base import Scorer, register_scorer
 
@@ -42,13 +42,9 @@ class ViMScorer(Scorer):
     def fit(self, X, y=None, *, head=None) -> "ViMScorer":
         """``X`` in memory or a row source: two passes over its blocks, ``O(D^2)`` memory."""
         self.check_params()
-        if head is None:
-            raise ValueError("vim: fit needs the classifier's final linear layer (head=...)")
         x = as_feature_rows(X)
-        head = linear_head(head)
         dim = x.dim
-        if head.in_features != dim:
-            raise ValueError(f"weight has width {head.in_features}, features have {dim}")
+        head = required_head(self.name, head, dim)
         d = dim // 2 if self.d is None else int(self.d)
         if not 1 <= d < dim:
             raise ValueError(f"vim: d={d} must be below the feature width {dim}")
