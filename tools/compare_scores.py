@@ -17,7 +17,12 @@ else on the training detections matched to ground truth. The fused score (--fuse
 (standardised on the calibration images' ID detections), each weighted by how well it separates those
 detections from the same images' background proposals: no OOD data is used anywhere. SAFE (--scorer safe) reads
 the backbone features apply_net --safe stores and is fitted on the training set's detections and their
-FGSM-perturbed copies (apply_net --safe-fit-of on the training set). Writes scores.md,
+FGSM-perturbed copies (apply_net --safe-fit-of on the training set). Scorers that read the classifier's final
+layer (react, vim, ash, scale, fdbd, nnguide; heat with --option heat.priors=energy) get the inlier rows of the
+box predictor's classification layer from the checkpoint the records name (meta weights, or --weights where it
+was moved; its SHA-256 must be the records'; read without running code from it, .pkl refused), and the box
+head's output features (the ReLU of pre-activation features); the other scorers read the stored features and
+no checkpoint is read for them. Writes scores.md,
 scores.csv, scores.json, roc_<ood set>.png and hist_<score>_<ood set>.png into --output-dir (written whole: a
 rerun replaces an earlier report there; a folder holding other files is refused).
 """
@@ -65,6 +70,10 @@ def parse_args(argv=None):
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="papers",
                    help="which detections count (eval_ood's --protocol; default papers)")
     p.add_argument("--thres", type=float, default=None, help="detection threshold (default: the protocol's)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="the checkpoint that wrote the records, where it is now (default: the records' meta weights); "
+                        "read only for scorers of the classifier's final layer, and checked against the records' "
+                        "weights_sha256")
     p.add_argument("--min-score", type=float, default=0.5,
                    help="training detections used when the training records have no ground-truth matches")
     return p.parse_args(argv)
@@ -84,7 +93,8 @@ def main(argv=None) -> int:
         fuse = [] if args.no_fuse else None if args.fuse is None else [tuple(f) for f in args.fuse]
         comparison, info = compare_box_scores(args.train, args.id, args.ood, scorers=scorers, fuse=fuse,
                                               thres=args.thres, min_score=args.min_score, options=options,
-                                              protocol=args.protocol, proposals=args.proposals)
+                                              protocol=args.protocol, proposals=args.proposals,
+                                              weights=args.weights)
         if info["failed"]:
             raise ValueError("; ".join(f"{k}: {v}" for k, v in info["failed"].items()))
         files = render_box_scores(comparison, info)

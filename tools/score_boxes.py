@@ -15,7 +15,10 @@ proposals of --proposals (apply_net --proposals-of; labels = ground-truth classe
 detections matched to ground truth (else score >= --min-score; labels = predicted classes). Each --records file
 is copied to <output-dir>/<dataset>/records.npz with one more array named after the scorer (or --key). SAFE (--scorer safe) is
 fitted on every training detection of the fit images against its FGSM-perturbed copy (apply_net --safe-fit-of)
-and scores the records' safe_features (apply_net --safe).
+and scores the records' safe_features (apply_net --safe). Scorers that read the classifier's final layer (react,
+vim, ash, scale, fdbd, nnguide; heat with --option priors=energy) get the inlier rows of the box predictor's
+classification layer from the checkpoint the records name (meta weights, or --weights where it was moved; its
+SHA-256 must be the records'; .pkl refused) and score the box head's output (the ReLU of pre-activation features).
 """
 import argparse
 import json
@@ -46,13 +49,16 @@ def main(argv=None) -> int:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--min-score", type=float, default=0.5,
                    help="training detections kept when the records have no ground-truth matches")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="the checkpoint that wrote the records, where it is now (default: the records' meta weights); "
+                        "for scorers of the classifier's final layer, checked against the records' weights_sha256")
     p.add_argument("--key", default="", help="name of the added array (default: the scorer's name)")
     p.add_argument("--option", type=_option, action="append", default=[],
                    help="scorer argument NAME=VALUE (JSON value), e.g. k=10 (repeatable)")
     args = p.parse_args(argv)
     try:
         written = add_box_scores(args.scorer, args.train, args.records, args.output_dir, args.min_score,
-                                 args.key, proposals=args.proposals, **dict(args.option))
+                                 args.key, proposals=args.proposals, weights=args.weights, **dict(args.option))
     except INPUT_ERRORS + (OSError,) as e:
         return error(e)
     for path in written:

@@ -21,6 +21,11 @@ and ``tools/compare_scores.py``). The training images are split by image id: eve
 calibration detections; a part's weight is its separation ``d' = sqrt(2) * Phi^-1(AUROC)`` of the calibration
 detections from the background proposals (clipped at 0), so a part that tells nothing apart weighs nothing.
 Nothing here sees an OOD label; OOD records are only scored.
+
+**Scorers that read the classifier's final linear layer** (:func:`reads_head`: react, vim, ash, scale, fdbd,
+nnguide; heat with its energy prior) get the box classifier's inlier rows (:func:`box_head`, read from the
+checkpoint that wrote the records, only when such a scorer runs) and the features that layer reads: the box
+head's output, i.e. the ReLU of ``"preactivation"`` features. Every other scorer reads the stored features.
 """
 import logging
 import os
@@ -31,7 +36,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from scipy.stats import norm
 
-from ..atomic_io import check_folder_path, child_folder, json_bytes
+from ..atomic_io import check_folder_path, child_folder, file_sha256, json_bytes
 from ..density.metrics import ood_metrics
 from ..density.scorers import fit_and_score, make_scorer
 from .records import PROPOSALS_KIND, RESERVED_KEYS, check_detections, check_same_model, config_datasets, \
@@ -40,7 +45,7 @@ from .records import PROPOSALS_KIND, RESERVED_KEYS, check_detections, check_same
 logger = logging.getLogger(__name__)
 
 __all__ = ["add_box_scores", "compare_box_scores", "check_training_set", "fuse_scores", "fusion_weights", "training_boxes",
-           "TrainingBoxes", "POSTHOC_SCORERS", "DEFAULT_FUSE", "CALIBRATION_EVERY"]
+           "box_head", "reads_head", "TrainingBoxes", "CLS_SCORE", "POSTHOC_SCORERS", "DEFAULT_FUSE", "CALIBRATION_EVERY"]
 
 # the box-level scorers compared with the detector's energy by default
 POSTHOC_SCORERS = ("fde", "knn", "gmm", "mahalanobis")
@@ -50,6 +55,8 @@ DEFAULT_FUSE = (("energy", "fde"), ("energy", "fde", "knn"))
 CALIBRATION_EVERY = 5
 # the scores that are stored in records rather than fitted
 STORED_SCORES = ("energy", "flow_loglik")
+# detectron2's box classification layer in a checkpoint's state dict: K + 1 rows, the last one background
+CLS_SCORE = "roi_heads.box_predictor.cls_score"
 
 
 def _features(arrays, meta, path):
@@ -142,6 +149,84 @@ def _fit_inputs(scorer: str, boxes: "TrainingBoxes", train_records: str):
             {"features": boxes.safe["calibration"]})
 
 
+def reads_head(scorer: str, options: Optional[dict] = None) -> bool:
+    """Whether ``scorer`` (with ``options``) reads the classifier's final linear layer on boxes: every scorer that
+    requires it, and HEAT when its ``priors`` name ``"energy"`` (its default priors stay the head-free GMM prior
+    on boxes, so that a HEAT run without that option is the same as without a head)."""
+    built, _ = make_scorer(scorer, options)
+    if built.uses_head == "required":
+        return True
+    priors = getattr(built, "priors", "auto")
+    return built.uses_head == "optional" and priors != "auto" and \
+        "energy" in ([priors] if isinstance(priors, str) else list(priors))
+
+
+def box_head(records: str, meta: dict, weights: Optional[str] = None):
+    """``(weight (K, D), bias (K,))``: the inlier rows of the box classification layer (:data:`CLS_SCORE`,
+    detectron2's background row, the last, dropped) of the checkpoint that wrote ``records`` (meta ``weights``;
+    ``weights``: the same file at another path): the layer whose outputs are the records' inlier logits. The file
+    must have the records' ``weights_sha256`` (so the head is that of the model that made the features) and is
+    read with ``torch.load(weights_only=True)``, which runs no code from it (a ``.pkl``, readable only with
+    pickle, is refused). ValueError naming the file and what to do."""
+    import torch
+
+    path = weights or meta.get("weights")
+    redo = "pass --weights with the checkpoint that wrote them"
+    if not path:
+        raise ValueError(f"records {records}: meta names no checkpoint ('weights') to read the classifier from; {redo}")
+    given = "--weights" if weights else f"meta 'weights' of {records}"
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} ({given}): not found; the classifier's final layer is read from it: "
+                         f"{redo} (e.g. where it was moved)")
+    if path.endswith(".pkl"):
+        raise ValueError(f"checkpoint {path} ({given}): a .pkl file can only be read with pickle, which runs code "
+                         "from the file; convert it once to a .pth state dict and apply the model with that file")
+    expected = meta.get("weights_sha256")
+    if not expected:
+        raise ValueError(f"records {records}: meta holds no weights_sha256 (the model's weights were not a local "
+                         f"file when applied), so checkpoint {path} cannot be checked; apply it from a local file")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(f"checkpoint {path} ({given}): SHA-256 {actual[:16]}... is not the {expected[:16]}... of the "
+                         f"checkpoint that wrote {records}; {redo}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that weights_only refuses, or not a torch file
+        raise ValueError(f"checkpoint {path}: cannot be read with torch.load(weights_only=True) "
+                         f"({type(e).__name__})") from None
+    state = data.get("model", data) if isinstance(data, dict) else None
+    keys = (f"{CLS_SCORE}.weight", f"{CLS_SCORE}.bias")
+    if not isinstance(state, dict) or any(not torch.is_tensor(state.get(k)) for k in keys):
+        raise ValueError(f"checkpoint {path}: holds no {keys[0]} and {keys[1]} (a detectron2 box predictor)")
+    weight, bias = (state[k].detach().float().numpy() for k in keys)
+    k = meta.get("num_classes")
+    if weight.ndim != 2 or weight.shape[0] != k + 1 or bias.shape != (k + 1,):
+        raise ValueError(f"checkpoint {path}: {keys[0]} of shape {tuple(weight.shape)}, bias {tuple(bias.shape)}; "
+                         f"the records' {k} classes need {k + 1} rows (the last: background)")
+    return weight[:-1], bias[:-1]
+
+
+def _relu_features(inputs: Dict[str, np.ndarray], space: str) -> Dict[str, np.ndarray]:
+    """``inputs`` with the features the classifier reads: the ReLU of pre-activation features (the box head's
+    output); output features as they are."""
+    if space != "preactivation" or "features" not in inputs:
+        return inputs
+    return dict(inputs, features=np.maximum(inputs["features"], 0.0))
+
+
+def _head_inputs(head, space: str, fit_x, fit_extra: dict, sets: Dict[str, dict]):
+    """``(fit_x, fit_extra, sets)`` of a scorer that reads the classifier's final layer: the features that layer
+    reads (:func:`_relu_features`) in the fit and every scored set, and ``head`` among the fit options."""
+    return (_relu_features(fit_x, space), dict(fit_extra, head=head),
+            {name: _relu_features(data, space) for name, data in sets.items()})
+
+
+def _check_weights_used(weights: Optional[str], heads: Sequence[str], scorers: Sequence[str]) -> None:
+    if weights is not None and not heads:
+        raise ValueError(f"--weights {weights}: only scorers that read the classifier's final layer use it (e.g. "
+                         f"react, vim, ash, scale, fdbd, nnguide); none of {', '.join(scorers)} does")
+
+
 def _stored(arrays, rows) -> Dict[str, np.ndarray]:
     return {k: arrays[k][rows].astype(np.float64) for k in STORED_SCORES if k in arrays}
 
@@ -230,10 +315,11 @@ def _check_space(boxes: TrainingBoxes, meta: dict, path: str, width: int) -> Non
 
 def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str], output_dir: str,
                    min_score: float = 0.5, key: str = "", proposals: Optional[str] = None,
-                   **scorer_kwargs) -> List[str]:
+                   weights: Optional[str] = None, **scorer_kwargs) -> List[str]:
     """Fit ``scorer`` on the training boxes (:func:`training_boxes`) and write each of ``record_paths`` with an
     added ``key`` array (default: the scorer's name) to ``output_dir/<dataset>/records.npz``. Returns the
-    written paths."""
+    written paths. A scorer that reads the classifier's final layer gets it from the records' checkpoint
+    (:func:`box_head`; ``weights``: that checkpoint moved)."""
     key = key or scorer
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", key) or key in RESERVED_KEYS + ("meta",):
         raise ValueError(f"--key {key!r}: a records array name is letters, digits and _ . + - (not starting with . "
@@ -259,9 +345,14 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
         if os.path.realpath(target) in inputs:
             raise ValueError(f"--output-dir {output_dir}: {target} is an input of this command; write the scored "
                              "records to another folder")
+    heads = [scorer] if reads_head(scorer, scorer_kwargs) else []
+    _check_weights_used(weights, heads, [scorer])
     fit_x, fit_y, fit_extra, _ = _fit_inputs(scorer, boxes, train_records)
-    scores = fit_and_score(scorer, fit_x, fit_y, {p: _scorer_inputs(scorer, a, m, p) for p, (a, m) in loaded.items()},
-                           **fit_extra, **scorer_kwargs)
+    sets = {p: _scorer_inputs(scorer, a, m, p) for p, (a, m) in loaded.items()}
+    if heads:
+        head = box_head(train_records, load_records(train_records)[1], weights)
+        fit_x, fit_extra, sets = _head_inputs(head, boxes.feature_space, fit_x, fit_extra, sets)
+    scores = fit_and_score(scorer, fit_x, fit_y, sets, **fit_extra, **scorer_kwargs)
     written = []
     for (path, (arrays, meta)), name in zip(loaded.items(), names):
         arrays = dict(arrays, **{key: scores[path].astype(np.float32)})
@@ -324,7 +415,7 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
                        scorers: Sequence[str] = POSTHOC_SCORERS, fuse: Optional[Sequence[Sequence[str]]] = None,
                        thres: Optional[float] = None, min_score: float = 0.5,
                        options: Optional[Dict[str, dict]] = None, protocol: str = "papers",
-                       evaluation=None, proposals: Optional[str] = None):
+                       evaluation=None, proposals: Optional[str] = None, weights: Optional[str] = None):
     """Energy, the records' ``flow_loglik`` (FFS models), post-hoc box-level scorers and fused scores, on the
     same kept detections: returns ``(comparison, info)`` with a :class:`~ffs_det.density.report.Comparison` of
     ``{score: {set: kept scores}}``. ``fuse``: the parts of each fused score (two or more of those scores each,
@@ -334,7 +425,9 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     The kept detections, threshold and FPR95 point are those of eval_ood under ``protocol`` (or ``thres``),
     or of ``evaluation`` (an :class:`~ffs_det.evaluation.ood_report.OODEvaluation` of these records, whose
     protocol and threshold then apply) when given. Scorers are fitted and the fused score calibrated as the
-    module doc says (:func:`training_boxes`; ``proposals``: the training set's proposals.npz).
+    module doc says (:func:`training_boxes`; ``proposals``: the training set's proposals.npz). Scorers that read
+    the classifier's final layer (:func:`reads_head`) get it from the records' checkpoint (:func:`box_head`,
+    read only when such a scorer runs; ``weights``: that checkpoint moved) and the box head's output features.
     """
     from ..density.report import compare
     from .ood_report import RecordSet, evaluate_ood, kept_detections
@@ -345,6 +438,8 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     unknown = sorted(set(options) - set(scorers))
     if unknown:
         raise ValueError(f"options for {unknown}: not among the scorers ({', '.join(scorers)})")
+    heads = [scorer for scorer in scorers if reads_head(scorer, options.get(scorer, {}))]
+    _check_weights_used(weights, heads, scorers)
     if fuse is None:
         fuse = [parts for parts in DEFAULT_FUSE if set(parts) <= set(scorers) | set(STORED_SCORES)]
     if isinstance(fuse, str) or any(isinstance(parts, str) for parts in fuse):
@@ -372,6 +467,7 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
     check_training_set(train_records, {rs.path: (rs.arrays, rs.meta) for rs in sets.values()})
     for name, rs in sets.items():
         _check_space(boxes, rs.meta, rs.path, _checked_features(rs.arrays, rs.meta, rs.path).shape[1])
+    head = box_head(train_records, train.meta, weights) if heads else None  # before any fitting
     scores, calibration, negatives = {}, {}, {}
     for key in STORED_SCORES:
         if all(key in rs.arrays for rs in sets.values()) and key in boxes.calibration:
@@ -385,6 +481,9 @@ def compare_box_scores(train_records: str, id_records: str, ood_records: Sequenc
         extra = {"__calibration__": calib, **({"__negatives__": boxes.negatives}
                                               if boxes.negatives and scorer != "safe" else {})}
         test = {name: _scorer_inputs(scorer, rs.arrays, rs.meta, rs.path, ev.kept[name]) for name, rs in sets.items()}
+        if scorer in heads:
+            fit_x, fit_extra, test = _head_inputs(head, boxes.feature_space, fit_x, fit_extra, {**extra, **test})
+            extra = {}
         try:
             out = fit_and_score(scorer, fit_x, fit_y, {**extra, **test}, **fit_extra, **options.get(scorer, {}))
         except ValueError as e:  # e.g. knn's k above the number of training boxes: the other scores go on

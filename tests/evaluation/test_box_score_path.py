@@ -110,6 +110,88 @@ def test_compare_scores_cli_fits_on_proposals(applied, capsys):
     assert "gmm" in capsys.readouterr().err and not (root / "x").exists()
 
 
+HEAD_SCORERS = ("react", "vim", "ash", "scale", "fdbd", "nnguide")
+
+
+def test_the_checkpoints_box_classifier_reproduces_the_records_logits_from_relu_features(applied):
+    """The head given to box scorers: the inlier rows of the checkpoint's box classifier, applied to the box
+    head's output (ReLU of the pre-activation features), are the stored inlier logits."""
+    from ffs_det.density.inputs import linear_head
+    from ffs_det.evaluation.box_scores import box_head
+
+    root, out, common, overrides = applied
+    arrays, meta = load_records(str(out / "bp_id" / "records.npz"))
+    weight, bias = box_head(str(out / "bp_id" / "records.npz"), meta)
+    assert weight.shape == (meta["num_classes"], arrays["features"].shape[1]) and bias.shape == (meta["num_classes"],)
+    head = linear_head((weight, bias))
+    logits = head.logits(torch.from_numpy(np.maximum(arrays["features"], 0.0)).double()).numpy()
+    np.testing.assert_allclose(logits, arrays["logits"][:, :-1], rtol=1e-5, atol=1e-5)
+    # the ReLU matters: the pre-activation features themselves give other logits
+    raw = head.logits(torch.from_numpy(arrays["features"]).double()).numpy()
+    assert np.abs(raw - arrays["logits"][:, :-1]).max() > 1e-3
+
+
+def test_head_reading_scorers_score_boxes_and_leave_the_other_scores_as_they_were(applied, monkeypatch):
+    from ffs_det.evaluation import box_scores
+
+    root, out, common, overrides = applied
+    kw = dict(train_records=str(out / "bp_train" / "records.npz"), id_records=str(out / "bp_id" / "records.npz"),
+              ood_records=[str(out / "bp_ood" / "records.npz")], thres=0.0,
+              proposals=str(out / "bp_train" / "proposals.npz"), options={"knn": {"k": 3}, "nnguide": {"k": 3}})
+    comparison, info = box_scores.compare_box_scores(scorers=("knn", *HEAD_SCORERS), fuse=[("energy", "react")], **kw)
+    assert not info["failed"] and {"knn", "energy+react", *HEAD_SCORERS} <= set(comparison.metrics)
+    for scorer in HEAD_SCORERS:
+        assert all(np.isfinite(v).all() and len(v) for v in comparison.scores[scorer].values()), scorer
+    # without a head-reading scorer no checkpoint is read, and knn's scores are the same
+    monkeypatch.setattr(box_scores, "box_head", lambda *a, **k: pytest.fail("checkpoint read for knn alone"))
+    alone, _ = box_scores.compare_box_scores(scorers=("knn",), fuse=(), options={"knn": {"k": 3}},
+                                             **{k: v for k, v in kw.items() if k != "options"})
+    for name, values in alone.scores["knn"].items():
+        np.testing.assert_array_equal(values, comparison.scores["knn"][name])
+
+
+def test_the_head_checkpoint_must_be_the_one_that_wrote_the_records(applied, tmp_path, capsys):
+    import shutil
+
+    from ffs_det.density.scorers import fit_and_score
+    from ffs_det.evaluation.box_scores import box_head, training_boxes
+
+    root, out, common, overrides = applied
+    args = ["--scorer", "react", "--train", str(out / "bp_train" / "records.npz"), "--records",
+            str(out / "bp_id" / "records.npz")]
+    moved = shutil.copy(overrides[1], tmp_path / "moved.pth")  # the same file elsewhere: accepted
+    assert load_tool("score_boxes").main([*args, "--weights", str(moved), "--output-dir", str(tmp_path / "ok")]) == 0
+    scored, meta = load_records(str(tmp_path / "ok" / "bp_id" / "records.npz"))
+    # ReAct read the box head's output (ReLU of the stored pre-activation features) through the checkpoint's head
+    boxes = training_boxes(args[3])
+    head = box_head(args[5], meta)
+
+    def react(relu):
+        space = (lambda x: np.maximum(x, 0.0)) if relu else (lambda x: x)
+        test = {"features": space(scored["features"]), "logits": scored["logits"][:, :-1]}
+        return fit_and_score("react", dict(boxes.fit, features=space(boxes.fit["features"])), boxes.labels,
+                             {"id": test}, head=head)["id"].astype(np.float32)
+
+    np.testing.assert_array_equal(scored["react"], react(relu=True))
+    assert not np.allclose(scored["react"], react(relu=False))
+    other = tmp_path / "other.pth"
+    other.write_bytes(moved.read_bytes() + b"\0")  # another file: refused before any fitting or writing
+    capsys.readouterr()
+    assert load_tool("score_boxes").main([*args, "--weights", str(other), "--output-dir", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"checkpoint {other} (--weights): SHA-256" in err and "--weights" in err
+    assert not (tmp_path / "no").exists()
+    assert load_tool("compare_scores").main(["--train", args[3], "--id", args[5], "--ood", str(out / "bp_ood" / "records.npz"),
+                                             "--scorer", "vim", "--thres", "0.0", "--weights", str(tmp_path / "gone.pth"),
+                                             "--output-dir", str(tmp_path / "no")]) == 2
+    assert "gone.pth (--weights): not found" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    # --weights without a scorer that reads the head is named, not ignored
+    assert load_tool("compare_scores").main(["--train", args[3], "--id", args[5], "--ood", str(out / "bp_ood" / "records.npz"),
+                                             "--scorer", "knn", "--thres", "0.0", "--weights", str(moved),
+                                             "--output-dir", str(tmp_path / "no")]) == 2
+    assert "only scorers that read the classifier's final layer use it" in capsys.readouterr().err
+
+
 def test_proposals_of_another_model_or_space_are_refused(applied, tmp_path):
     from ffs_det.evaluation.box_scores import training_boxes
 
