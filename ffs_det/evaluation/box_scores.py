@@ -349,8 +349,9 @@ def add_box_scores(scorer: str, train_records: str, record_paths: Sequence[str],
     _check_weights_used(weights, heads, [scorer])
     fit_x, fit_y, fit_extra, _ = _fit_inputs(scorer, boxes, train_records)
     sets = {p: _scorer_inputs(scorer, a, m, p) for p, (a, m) in loaded.items()}
-    if heads:
-        head = box_head(train_records, load_records(train_records)[1], weights)
+    if heads:  # the scored records' checkpoint is the training records' (check_training_set): no reload
+        first, (_, first_meta) = next(iter(loaded.items()))
+        head = box_head(first, first_meta, weights)
         fit_x, fit_extra, sets = _head_inputs(head, boxes.feature_space, fit_x, fit_extra, sets)
     scores = fit_and_score(scorer, fit_x, fit_y, sets, **fit_extra, **scorer_kwargs)
     written = []
