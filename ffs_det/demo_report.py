@@ -33,8 +33,8 @@ def _method_order(method: str) -> int:
 
 def summarize(rows: List[Dict], baseline: str = "vanilla") -> Dict:
     """Mean ± std per method and the paired per-seed comparison of every other method against ``baseline``."""
-    seen = list(dict.fromkeys(r["method"] for r in rows))  # in METHODS order, whatever order jobs ended in
-    methods = [m for m in METHODS if m in seen] + [m for m in seen if m not in METHODS]
+    # in METHODS order, whatever order jobs ended in (others after them, as first seen)
+    methods = sorted(dict.fromkeys(r["method"] for r in rows), key=_method_order)
     by = {m: {r["seed"]: r for r in rows if r["method"] == m} for m in methods}
     out = {"methods": {}, "paired": {}}
     for m in methods:
