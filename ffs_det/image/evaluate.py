@@ -117,10 +117,9 @@ def evaluate_scorers(id_train: FeatureStore, id_test: FeatureStore, ood: Mapping
             scorer, fit_options = make_scorer(name, kwargs)
             if streams_fit(cls, id_train, stream):
                 log(f"[{name}] fitting from {id_train.path} block by block")
-            if "inputs" in cls.requires:  # fitted on the training set's raw images (AdaSCALE)
-                fit_options.update(model=model, inputs=_image_batches(id_train, datasets[FIT_IMAGES], batch_size,
-                                                                      device))
-            fit_source(scorer, id_train, head, stream, **fit_options)
+            fit_images = (_image_batches(id_train, datasets[FIT_IMAGES], batch_size, device)
+                          if "inputs" in cls.requires else None)  # fitted on the training set's images: AdaSCALE
+            fit_source(scorer, id_train, head, stream, inputs=fit_images, model=model, **fit_options)
             t1 = time.perf_counter()
             for set_name, store in sets.items():
                 images = _image_batches(store, (datasets or {}).get(set_name), batch_size, device)
